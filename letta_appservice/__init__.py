@@ -1,0 +1,3 @@
+"""Letta AI agents as Matrix puppets."""
+
+__version__ = "0.1.0"

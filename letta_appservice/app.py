@@ -1,0 +1,197 @@
+"""Composition root: builds every part from the config and starts/stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import aiohttp
+from mautrix.appservice import AppServiceAPI, IntentAPI
+from mautrix.appservice.state_store.asyncpg import PgASStateStore
+from mautrix.errors import MatrixRequestError
+from mautrix.util.async_db import Database
+
+from . import __version__
+from .config import Config
+from .db.agent import AgentStore
+from .db.database import DatabaseURL, open_database
+from .db.inbox import InboxEvent, InboxStore
+from .inbox import InboxWorker
+from .matrix.ids import PuppetMatcher
+from .metrics import Metrics
+from .web import WebServer
+
+log = logging.getLogger("letta_appservice")
+USER_AGENT = f"letta-appservice/{__version__}"
+
+
+class App:
+    """The running appservice. Start order: database -> web server (so the homeserver can push
+    and ping) -> homeserver client -> inbox worker -> homeserver bootstrap in the background."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.started_at = time.time()
+        self.homeserver_ok = False
+        self.ping_ms: int | None = None  # set once the homeserver has reached us
+        self._ready = asyncio.Event()
+        self.is_puppet = PuppetMatcher(config.bridge.username_template, config.homeserver.domain)
+        # Every homeserver request, counted (tests and benchmarks prove "no calls" with it).
+        self.matrix_request_count = 0
+        self.recent_matrix_requests: deque[tuple[str, str]] = deque(maxlen=500)
+        self.db: Database | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._http: aiohttp.ClientSession | None = None
+
+    # --- wiring --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        url = DatabaseURL.parse(cfg.appservice.database)
+        self.db = await open_database(url)
+        self.state_store = PgASStateStore(self.db)
+        await PgASStateStore.upgrade_table.upgrade(self.db)
+        self.inbox = InboxStore(self.db)
+        self.agents = AgentStore(self.db)
+        self.worker = InboxWorker(
+            self.inbox, self.handle_event, max_concurrency=cfg.letta.max_concurrency
+        )
+        self.web = WebServer(
+            hs_token=cfg.appservice.hs_token,
+            max_body_size=cfg.appservice.max_body_size,
+            inbox=self.inbox,
+            on_stored=self.worker.wake,
+            query_user=self.query_user,
+            ready_check=self.ready_check,
+            metrics=self.metrics,
+        )
+        await self.web.start(cfg.appservice.hostname, cfg.appservice.port)
+        self._http = self._client_session()
+        self.api = AppServiceAPI(
+            base_url=cfg.homeserver.address,
+            bot_mxid=cfg.bot_mxid,
+            log=logging.getLogger("letta_appservice.matrix"),
+            token=cfg.appservice.as_token,
+            state_store=self.state_store,
+            client_session=self._http,
+            default_retry_count=2,
+        )
+        self.bot: IntentAPI = self.api.bot_intent()
+        await self.worker.start()
+        self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
+        log.info("letta-appservice %s started as %s", __version__, cfg.bot_mxid)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if hasattr(self, "worker"):
+            await self.worker.stop()
+        if hasattr(self, "web"):
+            await self.web.stop()
+        if self._http:
+            await self._http.close()
+        if self.db:
+            await self.db.stop()
+            self.db = None
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        trace = aiohttp.TraceConfig()
+
+        async def on_request_start(_s: Any, _c: Any, params: aiohttp.TraceRequestStartParams):
+            self.matrix_request_count += 1
+            self.recent_matrix_requests.append((params.method, params.url.path))
+            self.metrics.matrix_requests.labels(params.method).inc()
+
+        trace.on_request_start.append(on_request_start)
+        ssl = None if self.config.homeserver.verify_ssl else False
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=100, ssl=ssl),
+            headers={"User-Agent": USER_AGENT},
+            trace_configs=[trace],
+        )
+
+    # --- homeserver ----------------------------------------------------------------------------
+
+    async def _bootstrap(self) -> None:
+        """Register the bot and check both directions of the homeserver link, retrying with a
+        clear error until they work (never exiting silently)."""
+        cfg = self.config
+        delay = 1.0
+        while True:
+            try:
+                await self.bot.ensure_registered()
+                await self.bot.whoami()
+                await self.bot.set_displayname(cfg.appservice.bot_displayname)
+                break
+            except (aiohttp.ClientError, TimeoutError, MatrixRequestError) as e:
+                log.error(
+                    "Cannot use the homeserver at %s as %s: %s. Check homeserver.address and "
+                    "that registration.yaml is loaded by the homeserver. Retrying in %.0f s.",
+                    cfg.homeserver.address,
+                    cfg.bot_mxid,
+                    _describe(e),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60)
+        self.homeserver_ok = True
+        delay = 1.0
+        while True:
+            try:
+                self.ping_ms = await self.bot.appservice_ping(cfg.appservice.id)
+                log.info("Homeserver reached us at %s (%d ms)", cfg.appservice.address, self.ping_ms)
+                break
+            except (aiohttp.ClientError, TimeoutError, MatrixRequestError) as e:
+                log.error(
+                    "The homeserver cannot reach this appservice at %s: %s. Check that "
+                    "appservice.address (the registration url) is reachable from the "
+                    "homeserver and that the registration id is %r. Retrying in %.0f s.",
+                    cfg.appservice.address,
+                    _describe(e),
+                    cfg.appservice.id,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 300)
+        self._ready.set()
+
+    async def wait_ready(self, timeout: float = 60) -> None:
+        """Wait until the homeserver link works both ways."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def query_user(self, mxid: str) -> bool:
+        """User query: only puppets of agents we bridge exist (registered on demand)."""
+        if not self.is_puppet(mxid) or not await self.agents.get_by_mxid(mxid):
+            return False
+        await self.api.intent(mxid).ensure_registered()
+        return True
+
+    async def ready_check(self) -> dict[str, Any]:
+        try:
+            db_ok = self.db is not None and await self.db.fetchval("SELECT 1") == 1
+        except Exception:
+            db_ok = False
+        return {"database": db_ok, "homeserver": self.homeserver_ok}
+
+    # --- events --------------------------------------------------------------------------------
+
+    async def handle_event(self, event: InboxEvent) -> None:
+        """Work on one stored event. The state store learns room state here (memberships,
+        power levels) because we serve transactions ourselves instead of mautrix."""
+        from mautrix.types import Event
+
+        evt = Event.deserialize(event.event)
+        await self.state_store.update_state(evt)
+        log.debug("Handled %s %s in %s", event.event_type, event.event_id, event.room_id)
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, MatrixRequestError):
+        return f"{e.errcode or e.http_status}: {e.message}"
+    return str(e) or type(e).__name__

@@ -1,0 +1,1 @@
+"""Storage: one module per table, plus database creation and migrations."""
