@@ -145,7 +145,9 @@ class App:
         while True:
             try:
                 self.ping_ms = await self.bot.appservice_ping(cfg.appservice.id)
-                log.info("Homeserver reached us at %s (%d ms)", cfg.appservice.address, self.ping_ms)
+                log.info(
+                    "Homeserver reached us at %s (%d ms)", cfg.appservice.address, self.ping_ms
+                )
                 break
             except (aiohttp.ClientError, TimeoutError, MatrixRequestError) as e:
                 log.error(

@@ -185,7 +185,9 @@ async def start_app(
     synapse: SynapseServer, fake_letta: Any, sqlite_url: str
 ) -> AsyncIterator[AppFactory]:
     """Start appservice instances against the session's Synapse; all stopped at the end.
-    ``await start_app(database=..., instance="letta", letta={...}, bridge={...})``."""
+    ``await start_app(database=..., instance="letta", letta={...}, bridge={...})``.
+    A test that passes ``database=database_url`` must list ``database_url`` BEFORE
+    ``start_app`` in its arguments, so the database outlives the app at teardown."""
     apps: list[App] = []
 
     async def start(

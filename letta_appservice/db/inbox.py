@@ -32,10 +32,11 @@ class InboxEvent:
     attempts: int
     not_before: int
     received_at: int
+    error: str | None = None
 
     _columns = (
         "seq, event_id, room_id, sender, event_type, event_json, txn_id, state, attempts,"
-        " not_before, received_at"
+        " not_before, received_at, error"
     )
 
     @property

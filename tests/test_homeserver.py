@@ -1,0 +1,108 @@
+"""The appservice against a real Synapse: registration, ping, user query, pushed transactions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from letta_appservice.db.agent import AgentRow
+from tests.conftest import SERVER_NAME, AppFactory
+from tests.harness.synapse import SynapseServer, fresh_localpart
+
+
+async def test_bot_registers_answers_whoami_and_the_ping_round_trip_works(
+    start_app: AppFactory, synapse: SynapseServer
+) -> None:
+    app = await start_app()
+    assert (await app.bot.whoami()).user_id == f"@letta:{SERVER_NAME}"
+    assert app.ping_ms is not None and app.ping_ms >= 0
+    user = await synapse.register_user(fresh_localpart())
+    profile = await user.request("GET", f"/_matrix/client/v3/profile/@letta:{SERVER_NAME}")
+    assert profile["displayname"] == "Letta Bridge"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{app.config.appservice.address}/ready") as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"ready": True, "database": True, "homeserver": True}
+    await user.close()
+
+
+async def test_user_query_registers_known_puppets_only(
+    start_app: AppFactory, synapse: SynapseServer
+) -> None:
+    app = await start_app()
+    agent_id = "agent-0b7f5a52-1c11-4b0e-9a43-55f5d1f0c001"
+    mxid = f"@agent_0b7f5a52_1c11_4b0e_9a43_55f5d1f0c001:{SERVER_NAME}"
+    await app.agents.upsert(AgentRow(agent_id=agent_id, mxid=mxid, name="Helper"))
+    user = await synapse.register_user(fresh_localpart())
+    room = await user.create_room(preset="private_chat")
+    # Synapse asks the appservice about an unknown user in its namespace before it pushes the
+    # invite to us; the appservice registers the puppet of a known agent then.
+    await user.invite(room, mxid)
+    for _ in range(200):
+        if await _status(user.request("GET", f"/_matrix/client/v3/profile/{mxid}")) == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert await _status(user.request("GET", f"/_matrix/client/v3/profile/{mxid}")) == 200
+    await user.invite(
+        room, unknown := f"@agent_ffffffff_0000_4000_8000_000000000000:{SERVER_NAME}"
+    )
+    invite = await app_event(app, room, unknown)
+    assert invite is not None  # the invite was pushed to us, after the (negative) user query
+    status = await _status(user.request("GET", f"/_matrix/client/v3/profile/{unknown}"))
+    assert status == 404
+    await user.close()
+
+
+async def app_event(app, room: str, state_key: str) -> dict | None:
+    for _ in range(200):
+        row = await app.db.fetchrow(
+            "SELECT event_json FROM inbox WHERE room_id=$1 AND event_json LIKE $2",
+            room,
+            f'%"state_key":"{state_key}"%',
+        )
+        if row:
+            return row["event_json"]
+        await asyncio.sleep(0.05)
+    return None
+
+
+async def _status(coro) -> int:
+    try:
+        await coro
+    except Exception as e:  # MatrixError carries the HTTP status
+        return e.status  # type: ignore[attr-defined]
+    return 200
+
+
+async def test_pushed_events_land_in_the_inbox_exactly_once(
+    database_url: str, start_app: AppFactory, synapse: SynapseServer
+) -> None:
+    app = await start_app(database=database_url)
+    user = await synapse.register_user(fresh_localpart())
+    room = await user.create_room(preset="private_chat", invite=[app.config.bot_mxid])
+    await app.bot.join_room(room)
+    event_id = await user.send_text(room, "hello bridge")
+    # Synapse pushes the event in a transaction; it is stored before the 200.
+    for _ in range(300):
+        stored = await app.inbox.get(event_id)
+        if stored and stored.state == "done":
+            break
+        await asyncio.sleep(0.05)
+    assert stored is not None and stored.state == "done"
+    assert stored.event["content"]["body"] == "hello bridge"
+    rows = await app.db.fetch("SELECT event_id FROM inbox WHERE event_id=$1", event_id)
+    assert len(rows) == 1
+    txns = await app.db.fetchval("SELECT COUNT(*) FROM appservice_txn")
+    assert txns >= 1
+    # The state store learns memberships from pushed events (no extra requests).
+    second = await synapse.register_user(fresh_localpart())
+    await user.invite(room, second.mxid)
+    await second.join(room)
+    for _ in range(200):
+        if await app.state_store.is_joined(room, second.mxid):
+            break
+        await asyncio.sleep(0.05)
+    assert await app.state_store.is_joined(room, second.mxid)
+    await second.close()
+    await user.close()
