@@ -21,7 +21,7 @@ MAX_ATTEMPTS = 100
 POLL_INTERVAL = 5.0
 
 
-class Retry(Exception):  # noqa: N818 - it is a request, not an error
+class Retry(Exception):
     """Raised by a handler: try this event again after ``delay`` seconds. Events behind it in
     the same lane wait, so their order is kept."""
 

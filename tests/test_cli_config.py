@@ -174,5 +174,5 @@ def test_same_tokens_are_rejected() -> None:
         "homeserver": {"address": "http://hs:8008", "domain": "mine.org"},
         "appservice": {"address": "http://as:1", "as_token": "x" * 20, "hs_token": "x" * 20},
     }
-    with pytest.raises(ConfigError, match="appservice.hs_token"):
+    with pytest.raises(ConfigError, match=r"appservice\.hs_token"):
         parse_config(data, {})
