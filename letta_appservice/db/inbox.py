@@ -110,19 +110,29 @@ class InboxStore:
         return len(rows)
 
     async def claim(self, limit: int) -> list[InboxEvent]:
-        """Take up to ``limit`` pending events in arrival order and mark them processing."""
-        async with self.db.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                f"SELECT {InboxEvent._columns} FROM inbox WHERE state=$1 ORDER BY seq LIMIT $2",
-                PENDING,
-                limit,
+        """Take up to ``limit`` pending events in arrival order and mark them processing
+        (one statement, so the claim is atomic and cheap)."""
+        rows = await self.db.fetch(
+            f"UPDATE inbox SET state=$1, updated_at=$2 WHERE seq IN (SELECT seq FROM inbox"
+            f" WHERE state=$3 ORDER BY seq LIMIT $4) RETURNING {InboxEvent._columns}",
+            PROCESSING,
+            now_ms(),
+            PENDING,
+            limit,
+        )
+        return sorted((InboxEvent(**dict(r)) for r in rows), key=lambda e: e.seq)
+
+    async def finish_many(self, seqs: Sequence[int], state: str = DONE) -> None:
+        """Mark many events finished in one statement per chunk."""
+        for start in range(0, len(seqs), 500):
+            chunk = seqs[start : start + 500]
+            marks = ", ".join(f"${i + 3}" for i in range(len(chunk)))
+            await self.db.execute(
+                f"UPDATE inbox SET state=$1, updated_at=$2 WHERE seq IN ({marks})",
+                state,
+                now_ms(),
+                *chunk,
             )
-            if rows:
-                await conn.executemany(
-                    "UPDATE inbox SET state=$1, updated_at=$2 WHERE seq=$3",
-                    [(PROCESSING, now_ms(), r["seq"]) for r in rows],
-                )
-        return [InboxEvent(**{**dict(r), "state": PROCESSING}) for r in rows]
 
     async def finish(self, seq: int, state: str = DONE, error: str | None = None) -> None:
         await self.db.execute(
