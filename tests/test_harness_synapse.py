@@ -38,7 +38,7 @@ class Receiver:
     def pushed_events(self) -> list[dict[str, Any]]:
         return [event for txn in self.transactions for event in txn.get("events", [])]
 
-    async def wait_for_event(self, predicate: Any, timeout: float = 30) -> dict[str, Any]:  # noqa: ASYNC109
+    async def wait_for_event(self, predicate: Any, timeout: float = 30) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
             while True:
                 self.changed.clear()

@@ -86,7 +86,7 @@ class MatrixUser:
         *,
         body: dict[str, Any] | None = None,
         query: dict[str, Any] | list[tuple[str, str]] | None = None,
-        timeout: float = 60,  # noqa: ASYNC109 - a per-request HTTP timeout
+        timeout: float = 60,
     ) -> dict[str, Any]:
         """Call ``path`` (already escaped, e.g. ``/_matrix/client/v3/...``) and return JSON."""
         if self._session is None:
@@ -287,7 +287,7 @@ class MatrixUser:
     async def _wait(
         self,
         check: Callable[[], T | None],
-        timeout: float,  # noqa: ASYNC109 - spans many /sync long-polls
+        timeout: float,
         what: str,
     ) -> T:
         loop = asyncio.get_running_loop()
@@ -306,7 +306,7 @@ class MatrixUser:
         self,
         room_id: str,
         predicate: Callable[[dict[str, Any]], bool],
-        timeout: float = 30,  # noqa: ASYNC109 - spans many /sync long-polls
+        timeout: float = 30,
     ) -> dict[str, Any]:
         """The first timeline event of the room (since the last mark) matching ``predicate``.
 
@@ -332,7 +332,7 @@ class MatrixUser:
     async def wait_for_invite(
         self,
         room_id: str | None = None,
-        timeout: float = 30,  # noqa: ASYNC109 - spans many /sync long-polls
+        timeout: float = 30,
     ) -> str:
         """Wait for an invite (to ``room_id``, or the oldest pending one) and return its room."""
 
@@ -349,7 +349,7 @@ class MatrixUser:
         self,
         room_id: str,
         user_id: str,
-        timeout: float = 30,  # noqa: ASYNC109 - spans many /sync long-polls
+        timeout: float = 30,
         typing: bool = True,
     ) -> bool:
         """True once ``user_id`` is typing (with typing=False: is not); False on timeout."""

@@ -1,0 +1,294 @@
+"""Thin async REST client for a Letta server: health, agents, messages (plain and streamed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from .. import __version__
+from .errors import LettaError, http_error, read_detail, safe_url, transport_errors
+from .models import Agent, LettaResponse, parse_response
+from .stream import LettaStream
+
+log = logging.getLogger("letta_appservice.letta")
+
+# OpenAI-style models only accept a `name` of this form; anything else would fail the request.
+_NAME_RE = re.compile(r"^[^\s<|\\/>]+$")
+# Letta 0.16 serves "v1.0+ SDK" clients (inline streaming, agents without expanded blocks and
+# tools) only when it sees this header; a User-Agent with a "/" alone marks a legacy client.
+_MODERN_API_HEADER = {"X-Stainless-Package-Version": "1.0.0"}
+
+
+class LettaClient:
+    """Async client for one Letta server (self-hosted 0.6 → 0.16.x or Letta Cloud).
+
+    Idempotent GETs (and cancel) are retried with exponential backoff on network errors,
+    timeouts and 5xx. Message POSTs are never retried here: a failed POST may still have
+    reached the agent, and only the caller's durable inbox knows whether to send it again
+    (it does so with the same `otid`), so retrying here would double messages.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str = "",
+        *,
+        timeout: float = 120,
+        page_size: int = 50,
+        retries: int = 3,
+        backoff: float = 0.5,
+        session: aiohttp.ClientSession | None = None,
+        user_agent: str = f"letta-appservice/{__version__}",
+        project: str | None = None,
+    ) -> None:
+        base = base_url.rstrip("/")
+        self.base_url = base.removesuffix("/v1")  # tolerate a base URL given with /v1
+        self.timeout = timeout
+        self.page_size = page_size
+        self.retries = retries
+        self.backoff = backoff
+        self._session = session
+        self._own_session: aiohttp.ClientSession | None = None
+        self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
+        self._headers.update(_MODERN_API_HEADER)
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        if project:
+            self._headers["X-Project"] = project
+        # Set once the server refused inline streaming: later streams go to /messages/stream.
+        self.legacy_streaming = False
+        self._warned_pagination = False
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is not None:
+            return self._session
+        if self._own_session is None or self._own_session.closed:
+            # Created lazily so the client can be built outside a running event loop.
+            self._own_session = aiohttp.ClientSession()
+        return self._own_session
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    async def close(self) -> None:
+        """Close the HTTP session if this client created it (a given one is left open)."""
+        if self._own_session is not None:
+            await self._own_session.close()
+            self._own_session = None
+
+    async def __aenter__(self) -> LettaClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        idempotent: bool,
+    ) -> Any:
+        attempts = 1 + (self.retries if idempotent else 0)
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._call_once(method, path, params, body)
+            except LettaError as exc:
+                if attempt >= attempts or not exc.retryable:
+                    raise
+                delay = self.backoff * 2 ** (attempt - 1)
+                log.warning("%s; retry %d/%d in %.1fs", exc, attempt, self.retries, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _call_once(
+        self, method: str, path: str, params: Sequence[tuple[str, str]], body: Any
+    ) -> Any:
+        url = safe_url(self._url(path))
+        with transport_errors(f"Letta {method} {url}", url, self.timeout):
+            async with self._http().request(
+                method,
+                self._url(path),
+                params=list(params) or None,
+                json=body,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as resp:
+                if resp.status >= 400:
+                    raise http_error(resp.status, method, url, await read_detail(resp))
+                text = (await resp.read()).decode("utf-8", errors="replace")
+        if not text.strip():
+            return None
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            message = f"Letta {method} {url} answered non-JSON: {text[:200]!r}"
+            raise LettaError("protocol", message, url=url) from exc
+
+    # -- API --------------------------------------------------------------------------------
+
+    async def health(self) -> str:
+        """The server's version string (`GET /v1/health/`, which needs no key)."""
+        body = await self._call("GET", "/v1/health/", idempotent=True)
+        if not isinstance(body, Mapping) or not isinstance(body.get("version"), str):
+            raise LettaError("protocol", f"unexpected health answer: {str(body)[:200]}")
+        return body["version"]
+
+    async def list_agents(
+        self, *, tags: Sequence[str] = (), match_all_tags: bool = False, name: str | None = None
+    ) -> list[Agent]:
+        """Every agent matching the filters, in the server's order (newest first by default).
+
+        Pages with `after=<last id>` until an empty page. Stops early, with a warning, when
+        the server brings nothing new or repeats a cursor — 0.6.0 ignores `limit`/`after`
+        and returns everything each time, which this handles with one extra request.
+        """
+        filters: list[tuple[str, str]] = [("tags", tag) for tag in tags]
+        if tags and match_all_tags:
+            filters.append(("match_all_tags", "true"))
+        if name is not None:
+            filters.append(("name", name))
+        agents: dict[str, Agent] = {}
+        cursors: set[str] = set()
+        cursor: str | None = None
+        while True:
+            params = [*filters, ("limit", str(self.page_size))]
+            if cursor is not None:
+                params.append(("after", cursor))
+            page = await self._call("GET", "/v1/agents/", params=params, idempotent=True)
+            if not isinstance(page, list):
+                raise LettaError("protocol", f"agent list is not an array: {str(page)[:200]}")
+            if not page:
+                break
+            try:
+                parsed = [Agent.from_json(raw) for raw in page]
+            except ValueError as exc:
+                raise LettaError("protocol", f"bad agent in list: {exc}") from exc
+            new = [agent for agent in parsed if agent.id not in agents]
+            agents.update((agent.id, agent) for agent in new)
+            cursor = parsed[-1].id
+            if not new or cursor in cursors:
+                self._warn_pagination(len(agents))
+                break
+            cursors.add(cursor)
+        return list(agents.values())
+
+    def _warn_pagination(self, count: int) -> None:
+        # Expected once per process on 0.6.0 servers; repeating it every sync would be noise.
+        level = logging.DEBUG if self._warned_pagination else logging.WARNING
+        self._warned_pagination = True
+        log.log(
+            level,
+            "Letta at %s does not page agent lists (a page brought nothing new); "
+            "stopping with %d agents",
+            safe_url(self.base_url),
+            count,
+        )
+
+    async def get_agent(self, agent_id: str) -> Agent:
+        """One agent by id; LettaError kind "not_found" when it does not exist."""
+        raw = await self._call("GET", f"/v1/agents/{quote(agent_id, safe='')}", idempotent=True)
+        try:
+            return Agent.from_json(raw)
+        except ValueError as exc:
+            raise LettaError("protocol", str(exc)) from exc
+
+    @staticmethod
+    def _message(content: str, name: str | None, otid: str | None) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "user", "content": content}
+        if name and _NAME_RE.fullmatch(name):
+            message["name"] = name
+        if otid:
+            message["otid"] = otid
+        return message
+
+    async def send_message(
+        self, agent_id: str, content: str, *, name: str | None = None, otid: str | None = None
+    ) -> LettaResponse:
+        """Send one user message and wait for the whole turn. Not retried (see class doc)."""
+        body = {"messages": [self._message(content, name, otid)]}
+        path = f"/v1/agents/{quote(agent_id, safe='')}/messages"
+        raw = await self._call("POST", path, body=body, idempotent=False)
+        try:
+            return parse_response(raw)
+        except ValueError as exc:
+            raise LettaError("protocol", str(exc), url=safe_url(self._url(path))) from exc
+
+    def stream_message(
+        self,
+        agent_id: str,
+        content: str,
+        *,
+        name: str | None = None,
+        otid: str | None = None,
+        stream_tokens: bool = False,
+    ) -> LettaStream:
+        """Send one user message and stream the turn's messages as they are produced.
+
+        Use as `async with client.stream_message(...) as stream: async for msg in stream:`;
+        `stream.stop_reason` is set once it is exhausted. Not retried (see class doc).
+        """
+        message = self._message(content, name, otid)
+        return LettaStream(
+            lambda: self._open_stream(agent_id, message, stream_tokens), self.timeout
+        )
+
+    async def cancel(self, agent_id: str) -> None:
+        """Cancel the agent's active runs (a no-op on the server when there are none)."""
+        path = f"/v1/agents/{quote(agent_id, safe='')}/messages/cancel"
+        await self._call("POST", path, body={"run_ids": None}, idempotent=True)
+
+    async def _open_stream(
+        self, agent_id: str, message: dict[str, Any], stream_tokens: bool
+    ) -> aiohttp.ClientResponse:
+        """POST a streaming request, inline first, else (or once refused) the legacy route."""
+        path = f"/v1/agents/{quote(agent_id, safe='')}/messages"
+        body: dict[str, Any] = {
+            "messages": [message],
+            "stream_tokens": stream_tokens,
+            "include_pings": True,
+        }
+        if not self.legacy_streaming:
+            try:
+                resp = await self._post_stream(path, {**body, "streaming": True})
+            except LettaError as exc:
+                if exc.kind != "validation":
+                    raise
+                log.info("%s; streaming through /messages/stream instead", exc)
+            else:
+                if resp.content_type == "application/json":
+                    # Older than inline streaming (< 0.14): the flag was ignored; next time
+                    # use the route that streams.
+                    self.legacy_streaming = True
+                return resp
+        resp = await self._post_stream(path + "/stream", body)
+        # Remembered only now, so a genuine validation error does not switch routes for good.
+        self.legacy_streaming = True
+        return resp
+
+    async def _post_stream(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        url = safe_url(self._url(path))
+        # No total limit: a turn may run for minutes; pings keep each read within `timeout`.
+        timeout = aiohttp.ClientTimeout(sock_connect=self.timeout, sock_read=self.timeout)
+        headers = {**self._headers, "Accept": "text/event-stream"}
+        with transport_errors(f"Letta POST {url}", url, self.timeout):
+            resp = await self._http().post(
+                self._url(path), json=body, headers=headers, timeout=timeout
+            )
+            if resp.status >= 400:
+                try:
+                    raise http_error(resp.status, "POST", url, await read_detail(resp))
+                finally:
+                    resp.release()
+        return resp

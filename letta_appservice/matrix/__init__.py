@@ -1,0 +1,1 @@
+"""Matrix-side helpers: ids, formatting, rooms."""

@@ -1,0 +1,284 @@
+"""FakeLetta: an in-memory Letta REST server speaking the protocol of shared/letta-api.md."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, Literal
+
+from aiohttp import web
+from multidict import MultiDict
+
+from . import letta_replies as replies
+from .fake_letta_state import (
+    FakeAgent,
+    LoggedMessage,
+    Raw,
+    RecordedRequest,
+    Responder,
+    Turn,
+    content_text,
+    is_legacy_client,
+)
+
+__all__ = ["FakeAgent", "FakeLetta", "LoggedMessage", "RecordedRequest", "Responder"]
+
+_BODY = web.RequestKey("body", object)  # the parsed JSON body
+_LEGACY = web.RequestKey("legacy", bool)  # the client judged legacy by its headers
+_STREAMING_422 = "streaming=true is only supported for SDK v1.0+ clients."
+
+
+def _detail(status: int, detail: Any) -> web.Response:
+    return web.json_response({"detail": detail}, status=status)
+
+
+class FakeLetta:
+    """Letta server double with fault injection and recording.
+
+    Modes: `paginate=False` is 0.6.0 (no `limit`/`after`); `honour_after=False` is a broken
+    server that ignores cursors; `inline_streaming` is "v1" (0.16.8: by client headers),
+    "never" (422 to everyone) or "ignored" (before 0.14: the flag is ignored, JSON comes back).
+    """
+
+    def __init__(
+        self,
+        api_key: str = "",
+        *,
+        version: str = "0.16.8",
+        paginate: bool = True,
+        honour_after: bool = True,
+        inline_streaming: Literal["v1", "never", "ignored"] = "v1",
+    ) -> None:
+        self.api_key, self.version = api_key, version
+        self.paginate = paginate
+        self.honour_after = honour_after
+        self.inline_streaming = inline_streaming
+        self.agents: dict[str, FakeAgent] = {}
+        self.responder: Responder = replies.echo
+        self.delay = 0.0
+        self.pings = 0  # keep-alive pings spread over the delay of streamed turns
+        self.done_markers: tuple[str, ...] = ("[DONE]",)
+        self.requests: list[RecordedRequest] = []
+        self.message_log: list[LoggedMessage] = []
+        self.in_flight: dict[str, int] = defaultdict(int)
+        self.max_in_flight: dict[str, int] = defaultdict(int)
+        self.url = ""
+        self._failures: list[list[Any]] = []
+        self.turns: set[Turn] = set()
+        self._changed = asyncio.Event()
+        self._seq = 0
+        self._runner: web.AppRunner | None = None
+
+    # -- control ---------------------------------------------------------------------------
+
+    def add_agent(self, name: str, **fields: Any) -> FakeAgent:
+        self._seq += 1
+        agent = FakeAgent(id=f"agent-{uuid.uuid4()}", name=name, seq=self._seq, **fields)
+        self.agents[agent.id] = agent
+        return agent
+
+    def fail_next(self, n: int, status: int = 500, path_contains: str = "") -> None:
+        """Answer the next `n` requests whose path contains `path_contains` with `status`."""
+        self._failures.append([n, status, path_contains])
+
+    def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == path and method in (None, r.method)]
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_until(self, predicate: Callable[[], bool], within: float) -> None:
+        async with asyncio.timeout(within):
+            while not predicate():
+                await self._changed.wait()
+
+    async def wait_for_messages(self, n: int, timeout: float = 10) -> list[LoggedMessage]:
+        """Wait until `n` messages have been fully processed."""
+        await self._wait_until(lambda: len(self.message_log) >= n, timeout)
+        return list(self.message_log)
+
+    async def wait_for_in_flight(self, agent_id: str, n: int = 1, timeout: float = 10) -> None:
+        """Wait until `n` turns of the agent are being processed."""
+        await self._wait_until(lambda: self.in_flight[agent_id] >= n, timeout)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(middlewares=[self._middleware])
+        add = app.router.add_route
+        for path in ("/v1/health/", "/v1/health"):
+            add("GET", path, self._health)
+        for path in ("/v1/agents/", "/v1/agents"):
+            add("GET", path, self._list_agents)
+            add("POST", path, self._create_agent)
+        add("GET", "/v1/agents/{agent_id}", self._get_agent)
+        add("PATCH", "/v1/agents/{agent_id}", self._patch_agent)
+        add("DELETE", "/v1/agents/{agent_id}", self._delete_agent)
+        add("POST", "/v1/agents/{agent_id}/messages", self._messages)
+        add("POST", "/v1/agents/{agent_id}/messages/stream", self._messages)
+        add("POST", "/v1/agents/{agent_id}/messages/cancel", self._cancel)
+        self._runner = web.AppRunner(app, shutdown_timeout=2)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.url = f"http://{host}:{self._runner.addresses[0][1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        for turn in self.turns:  # release slow turns so shutdown does not wait for them
+            turn.cancel.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        raw = await request.read() if request.can_read_body else b""
+        try:
+            request[_BODY] = json.loads(raw) if raw else None
+        except ValueError:
+            return _detail(422, "Request body is not valid JSON")
+        auth = request.headers.get("Authorization")
+        request[_LEGACY] = is_legacy_client(request.headers)
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+        self.requests.append(
+            RecordedRequest(
+                request.method,
+                request.path,
+                MultiDict(request.query),
+                headers,
+                request[_BODY],
+                time.monotonic(),
+                auth is not None,
+                request[_LEGACY],
+            )
+        )
+        for failure in self._failures:
+            if failure[0] > 0 and failure[2] in request.path:
+                failure[0] -= 1
+                return _detail(failure[1], f"Injected failure {failure[1]}")
+        if self.api_key and not request.path.startswith("/v1/health"):
+            if auth != f"Bearer {self.api_key}":
+                return _detail(401, "Unauthorized")
+        return await handler(request)
+
+    def _agent(self, request: web.Request) -> FakeAgent:
+        agent = self.agents.get(request.match_info["agent_id"])
+        if agent is None:
+            detail = f"Agent with id {request.match_info['agent_id']} not found"
+            body = json.dumps({"detail": detail})
+            raise web.HTTPNotFound(text=body, content_type="application/json")
+        return agent
+
+    def _agent_json(self, request: web.Request, agent: FakeAgent) -> Raw:
+        # Legacy clients get blocks and tools expanded; v1 clients only when they ask.
+        include = request.query.getall("include", [])
+        expand = request[_LEGACY]
+        return agent.to_json(
+            blocks=expand or "agent.blocks" in include, tools=expand or "agent.tools" in include
+        )
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        return web.json_response({"version": self.version, "status": "ok"})
+
+    async def _list_agents(self, request: web.Request) -> web.Response:
+        query = request.query
+        agents = sorted(self.agents.values(), key=lambda a: a.seq)
+        if query.get("order", "desc") != "asc":
+            agents.reverse()
+        tags = set(query.getall("tags", []))
+        if tags:
+            match_all = query.get("match_all_tags", "false").lower() == "true"
+            agents = [
+                a for a in agents if (tags <= set(a.tags) if match_all else tags & set(a.tags))
+            ]
+        if "name" in query:
+            agents = [a for a in agents if a.name == query["name"]]
+        if "query_text" in query:
+            agents = [a for a in agents if query["query_text"].lower() in a.name.lower()]
+        if self.paginate:
+            try:
+                limit = int(query.get("limit", "50"))
+            except ValueError:
+                return _detail(422, [{"loc": ["query", "limit"], "msg": "not an integer"}])
+            ids = [a.id for a in agents]
+            after, before = query.get("after"), query.get("before")
+            if before is not None:
+                agents = agents[: ids.index(before)] if before in ids else []
+            if after is not None and self.honour_after:
+                agents = agents[ids.index(after) + 1 :] if after in ids else []
+            # Nearest to the `before` cursor when paging backwards.
+            agents = agents[-limit:] if before and not after else agents[:limit]
+        return web.json_response([self._agent_json(request, a) for a in agents])
+
+    async def _create_agent(self, request: web.Request) -> web.Response:
+        body = request[_BODY] if isinstance(request[_BODY], dict) else {}
+        known = ("description", "tags", "metadata", "agent_type", "model")
+        agent = self.add_agent(
+            body.get("name") or f"agent-{self._seq + 1}",
+            **{k: body[k] for k in known if body.get(k) is not None},
+        )
+        return web.json_response(self._agent_json(request, agent))
+
+    async def _get_agent(self, request: web.Request) -> web.Response:
+        return web.json_response(self._agent_json(request, self._agent(request)))
+
+    async def _patch_agent(self, request: web.Request) -> web.Response:
+        agent = self._agent(request)
+        body = request[_BODY] if isinstance(request[_BODY], dict) else {}
+        for key in ("name", "description", "tags", "metadata"):
+            if key in body:
+                setattr(agent, key, body[key])
+        agent.updated_at = replies.now_iso()
+        return web.json_response(self._agent_json(request, agent))
+
+    async def _delete_agent(self, request: web.Request) -> web.Response:
+        agent = self.agents.pop(self._agent(request).id)
+        return web.json_response({"message": f"Agent id={agent.id} successfully deleted"})
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        agent = self._agent(request)
+        turns = [t for t in self.turns if t.agent is agent]
+        for turn in turns:
+            turn.cancel.set()
+        return web.json_response({turn.run_id: "cancelled" for turn in turns})
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        agent = self._agent(request)
+        body = request[_BODY] if isinstance(request[_BODY], dict) else {}
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+            return _detail(422, [{"loc": ["body", "messages"], "msg": "Field required"}])
+        message = messages[-1]
+        # `text` is the field of servers before 0.6.15.
+        content = message.get("content", message.get("text"))
+        if content is None:
+            return _detail(422, [{"loc": ["body", "messages", 0, "content"], "msg": "required"}])
+        text = content if isinstance(content, str) else content_text(content)
+        legacy_route = request.path.endswith("/stream")
+        streaming = legacy_route or bool(body.get("streaming"))
+        if not legacy_route and self.inline_streaming == "ignored":
+            streaming = False  # servers before 0.14 do not know the flag
+        elif not legacy_route:
+            if not streaming and (body.get("stream_tokens") or body.get("include_pings") is False):
+                return _detail(422, "Streaming options set without streaming enabled.")
+            legacy = self.inline_streaming == "never" or request[_LEGACY]
+            if streaming and legacy:
+                return _detail(422, _STREAMING_422)
+        if agent.pending_approval:
+            return _detail(409, f"Agent {agent.id} is waiting for a tool approval")
+        if self.in_flight[agent.id]:
+            return _detail(409, f"Agent {agent.id} is already processing a request")
+        turn = Turn(self, agent, text, message)
+        try:
+            if streaming:
+                return await turn.stream(request, body)
+            reply = await turn.run()
+            return web.json_response(reply)
+        finally:
+            turn.finish()
