@@ -6,7 +6,8 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -24,6 +25,18 @@ _NAME_RE = re.compile(r"^[^\s<|\\/>]+$")
 # Letta 0.16 serves "v1.0+ SDK" clients (inline streaming, agents without expanded blocks and
 # tools) only when it sees this header; a User-Agent with a "/" alone marks a legacy client.
 _MODERN_API_HEADER = {"X-Stainless-Package-Version": "1.0.0"}
+
+
+RequestObserver = Callable[[str, float, str | None], None]
+
+
+def _operation(path: str) -> str:
+    """A low-cardinality label for a request path (no agent ids)."""
+    if path.startswith("/v1/health"):
+        return "health"
+    if "/messages" in path:
+        return "cancel" if path.endswith("/cancel") else "message"
+    return "list_agents" if path.rstrip("/") == "/v1/agents" else "get_agent"
 
 
 class LettaClient:
@@ -47,6 +60,7 @@ class LettaClient:
         session: aiohttp.ClientSession | None = None,
         user_agent: str = f"letta-appservice/{__version__}",
         project: str | None = None,
+        on_request: RequestObserver | None = None,
     ) -> None:
         base = base_url.rstrip("/")
         self.base_url = base.removesuffix("/v1")  # tolerate a base URL given with /v1
@@ -62,6 +76,8 @@ class LettaClient:
             self._headers["Authorization"] = f"Bearer {api_key}"
         if project:
             self._headers["X-Project"] = project
+        # Told about every request (operation, seconds, error kind or None): metrics.
+        self.on_request = on_request
         # Set once the server refused inline streaming: later streams go to /messages/stream.
         self.legacy_streaming = False
         self._warned_pagination = False
@@ -113,6 +129,22 @@ class LettaClient:
         raise AssertionError("unreachable")
 
     async def _call_once(
+        self, method: str, path: str, params: Sequence[tuple[str, str]], body: Any
+    ) -> Any:
+        started = time.monotonic()
+        try:
+            result = await self._request_json(method, path, params, body)
+        except LettaError as exc:
+            self._observe(path, started, exc.kind)
+            raise
+        self._observe(path, started, None)
+        return result
+
+    def _observe(self, path: str, started: float, error: str | None) -> None:
+        if self.on_request is not None:
+            self.on_request(_operation(path), time.monotonic() - started, error)
+
+    async def _request_json(
         self, method: str, path: str, params: Sequence[tuple[str, str]], body: Any
     ) -> Any:
         url = safe_url(self._url(path))
@@ -282,6 +314,23 @@ class LettaClient:
         # No total limit: a turn may run for minutes; pings keep each read within `timeout`.
         timeout = aiohttp.ClientTimeout(sock_connect=self.timeout, sock_read=self.timeout)
         headers = {**self._headers, "Accept": "text/event-stream"}
+        started = time.monotonic()
+        try:
+            resp = await self._open(path, url, body, headers, timeout)
+        except LettaError as exc:
+            self._observe(path, started, exc.kind)
+            raise
+        self._observe(path, started, None)  # time until the stream started
+        return resp
+
+    async def _open(
+        self,
+        path: str,
+        url: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
         with transport_errors(f"Letta POST {url}", url, self.timeout):
             resp = await self._http().post(
                 self._url(path), json=body, headers=headers, timeout=timeout
