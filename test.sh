@@ -4,16 +4,7 @@
 # docker-compose for the compose-file check. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
-PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
-fi
-stamp=.venv/.installed-test
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e '.[test]'
-    touch "$stamp"
-fi
+. scripts/venv.sh "[test]"
 # PostgreSQL: storage tests run on it as well as on SQLite.
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start

@@ -115,7 +115,7 @@ async def run_baseline(count: int) -> dict[str, float]:
 
 
 async def run_durable(database: str, count: int) -> dict[str, float]:
-    db = await open_database(DatabaseURL.parse(database))
+    db = await open_database(DatabaseURL.parse(database), in_child=False)
     store = InboxStore(db)
 
     async def noop(_event: Any) -> None:

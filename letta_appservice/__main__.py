@@ -38,6 +38,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate to the latest schema")
+    legacy = sub.add_parser(
+        "import-legacy", help="adopt the rooms, puppets and space of the older Letta-Matrix bot"
+    )
+    legacy.add_argument("mappings", help="agent_user_mappings.json")
+    legacy.add_argument("space", nargs="?", help="letta_space_config.json")
+    legacy.add_argument("--dry-run", action="store_true", help="report, change nothing")
     return p
 
 
@@ -55,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(config.log_level)
         if args.command == "db":
             return db_upgrade(config)
+        if args.command == "import-legacy":
+            return import_legacy(config, args.mappings, args.space, args.dry_run)
         return run(config)
     except ConfigError as e:
         print(f"letta-appservice: config error in {args.config}: {e}", file=sys.stderr)
@@ -104,6 +112,20 @@ def db_upgrade(config: Config) -> int:
 
     migrate(DatabaseURL.parse(config.appservice.database))
     print("Database is at the latest schema.")
+    return 0
+
+
+def import_legacy(config: Config, mappings: str, space: str | None, dry_run: bool) -> int:
+    from .legacy_files import LegacyFileError
+    from .legacy_import import run_import
+
+    try:
+        report = asyncio.run(run_import(config, mappings, space, dry_run))
+    except LegacyFileError as e:
+        print(f"letta-appservice: import-legacy: {e} (nothing was imported)", file=sys.stderr)
+        return EXIT_CONFIG
+    print(("Dry run, nothing changed. " if dry_run else "") + "Legacy import:")
+    print("\n".join(report.lines()))
     return 0
 
 

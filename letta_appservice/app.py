@@ -9,19 +9,36 @@ from collections import deque
 from typing import Any
 
 import aiohttp
+from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.appservice.state_store.asyncpg import PgASStateStore
 from mautrix.errors import MatrixRequestError
 from mautrix.util.async_db import Database
 
 from . import __version__
+from .commands import CommandProcessor
 from .config import Config
+from .conversation import Conversations
+from .conversation import Settings as ConversationSettings
 from .db.agent import AgentStore
+from .db.bridge_state import BridgeState
 from .db.database import DatabaseURL, open_database
 from .db.inbox import InboxEvent, InboxStore
+from .db.invited_agent import InvitedAgentStore
+from .db.room import RoomStore
+from .db.sent_event import SentEventStore
+from .db.turn import TurnStore
+from .db.user_notice import UserNoticeStore
 from .inbox import InboxWorker
+from .letta import LettaClient
 from .matrix.ids import PuppetMatcher
+from .matrix.rooms import RateLimitMiddleware
 from .metrics import Metrics
+from .permissions import Permissions
+from .puppets import Puppets
+from .reconciler import Reconciler
+from .router import Router
+from .scheduler import Scheduler
 from .web import WebServer
 
 log = logging.getLogger("letta_appservice")
@@ -45,6 +62,7 @@ class App:
         self.recent_matrix_requests: deque[tuple[str, str]] = deque(maxlen=500)
         self.db: Database | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._stopped = False
         self._http: aiohttp.ClientSession | None = None
 
     # --- wiring --------------------------------------------------------------------------------
@@ -68,6 +86,7 @@ class App:
             query_user=self.query_user,
             ready_check=self.ready_check,
             metrics=self.metrics,
+            refresh_gauges=self._refresh_gauges,
         )
         await self.web.start(cfg.appservice.hostname, cfg.appservice.port)
         self._http = self._client_session()
@@ -81,21 +100,94 @@ class App:
             default_retry_count=2,
         )
         self.bot: IntentAPI = self.api.bot_intent()
+        self.letta = LettaClient(
+            cfg.letta.base_url,
+            cfg.letta.api_key,
+            timeout=cfg.letta.timeout,
+            page_size=cfg.letta.page_size,
+            on_request=self.metrics.observe_letta,
+        )
+        self.puppets = Puppets(self.api, self.state_store)
+        self.reconciler = Reconciler(
+            cfg,
+            api=self.api,
+            letta=self.letta,
+            agents=self.agents,
+            rooms=RoomStore(self.db),
+            state=BridgeState(self.db),
+            state_store=self.state_store,
+            puppets=self.puppets,
+            request_count=lambda: self.matrix_request_count,
+        )
+        # Started by _bootstrap once the homeserver answers.
+        self.scheduler = Scheduler(
+            self._reconcile_pass, cfg.letta.sync_interval, BridgeState(self.db)
+        )
+        self.commands = CommandProcessor(
+            config=cfg,
+            permissions=Permissions(cfg.bridge.permissions),
+            bot=self.bot,
+            api=self.api,
+            agents=self.agents,
+            rooms=RoomStore(self.db),
+            state=BridgeState(self.db),
+            inbox=self.inbox,
+            letta=self.letta,
+            reconciler=self.reconciler,
+            scheduler=self.scheduler,
+            puppets=self.puppets,
+            started_at=self.started_at,
+        )
+        # Conversations: the router takes every inbox event (after handle_event's bookkeeping)
+        # and picks its lane, so each agent gets one Letta request at a time, in order.
+        self.conversations = Conversations(
+            settings=ConversationSettings.from_config(cfg),
+            letta=self.letta,
+            puppets=self.puppets,
+            turns=TurnStore(self.db),
+            sent=SentEventStore(self.db),
+            metrics=self.metrics,
+        )
+        self.commands.services.conversations = self.conversations
+        self.router = Router(
+            config=cfg,
+            permissions=Permissions(cfg.bridge.permissions),
+            agents=self.agents,
+            rooms=RoomStore(self.db),
+            invited=InvitedAgentStore(self.db),
+            notices=UserNoticeStore(self.db),
+            state_store=self.state_store,
+            puppets=self.puppets,
+            conversations=self.conversations,
+            before=self.handle_event,
+            commands=self.commands,
+        )
+        self.worker.handler, self.worker.lane_key = self.router.handle, self.router.lane_key
         await self.worker.start()
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
         log.info("letta-appservice %s started as %s", __version__, cfg.bot_mxid)
 
     async def stop(self) -> None:
+        """Stop everything that was started, in reverse order; calling it again is a no-op."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if hasattr(self, "web"):
+            await self.web.stop()  # no new pushes; the homeserver keeps them until we are back
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if hasattr(self, "scheduler"):
+            await self.scheduler.stop()
         if hasattr(self, "worker"):
             await self.worker.stop()
-        if hasattr(self, "web"):
-            await self.web.stop()
+        if hasattr(self, "conversations"):
+            await self.conversations.stop()
         if self._http:
             await self._http.close()
+        if hasattr(self, "letta"):
+            await self.letta.close()
         if self.db:
             await self.db.stop()
             self.db = None
@@ -114,6 +206,7 @@ class App:
             connector=aiohttp.TCPConnector(limit=100, ssl=ssl),
             headers={"User-Agent": USER_AGENT},
             trace_configs=[trace],
+            middlewares=(RateLimitMiddleware(),),
         )
 
     # --- homeserver ----------------------------------------------------------------------------
@@ -128,6 +221,7 @@ class App:
                 await self.bot.ensure_registered()
                 await self.bot.whoami()
                 await self.bot.set_displayname(cfg.appservice.bot_displayname)
+                self.reconciler.use_room_version(await self._default_room_version())
                 break
             except (aiohttp.ClientError, TimeoutError, MatrixRequestError) as e:
                 log.error(
@@ -141,6 +235,7 @@ class App:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60)
         self.homeserver_ok = True
+        self.scheduler.start()
         delay = 1.0
         while True:
             try:
@@ -165,7 +260,18 @@ class App:
 
     async def wait_ready(self, timeout: float = 60) -> None:
         """Wait until the homeserver link works both ways."""
-        await asyncio.wait_for(self._ready.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._ready.wait()
+
+    async def _reconcile_pass(self, full: bool) -> Any:
+        summary = await self.reconciler.run_pass(full)
+        self.metrics.observe_reconcile(summary)
+        return summary
+
+    async def _default_room_version(self) -> str:
+        caps = await self.bot.api.request(Method.GET, Path.v3.capabilities)
+        versions = (caps.get("capabilities") or {}).get("m.room_versions") or {}
+        return str(versions.get("default") or "")
 
     async def query_user(self, mxid: str) -> bool:
         """User query: only puppets of agents we bridge exist (registered on demand)."""
@@ -173,6 +279,10 @@ class App:
             return False
         await self.api.intent(mxid).ensure_registered()
         return True
+
+    async def _refresh_gauges(self) -> None:
+        for state, n in (await self.agents.counts()).items():
+            self.metrics.agents.labels(state).set(n)
 
     async def ready_check(self) -> dict[str, Any]:
         try:
@@ -190,6 +300,8 @@ class App:
 
         evt = Event.deserialize(event.event)
         await self.state_store.update_state(evt)
+        if await self.reconciler.observe(evt):
+            self.scheduler.poke()  # drift (a kick, a removed space child): repair soon
         log.debug("Handled %s %s in %s", event.event_type, event.event_id, event.room_id)
 
 

@@ -74,6 +74,7 @@ class LettaConfig:
     max_concurrency: int
     streaming: bool
     retry_window: float
+    delay_notice: float
     filter_tags: tuple[str, ...]
     filter_name: str
 
@@ -141,7 +142,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     for key in REQUIRED_IN_FILE:
         if _lookup(data, key) is None:
             raise ConfigError(key, "is required")
-    merged = _merge(YAML(typ="safe").load(example_text()), data)
+    merged = merge_sections(YAML(typ="safe").load(example_text()), data)
     for var, key in ENV_OVERRIDES.items():
         if env and env.get(var):
             _assign(merged, key, env[var])
@@ -162,12 +163,12 @@ def _assign(data: dict[str, Any], key: str, value: Any) -> None:
     data.setdefault(section, {})[name] = value
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def merge_sections(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
         # Permissions replace the example's wholesale: merging would grant example.org access.
         if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key != "permissions":
-            out[key] = _merge(out[key], value)
+            out[key] = merge_sections(out[key], value)
         else:
             out[key] = value
     return out
@@ -233,6 +234,7 @@ class _Validator:
                 max_concurrency=g("letta.max_concurrency", int, _positive),
                 streaming=g("letta.streaming", bool),
                 retry_window=g("letta.retry_window", float, _positive),
+                delay_notice=g("letta.delay_notice", float, _positive),
                 filter_tags=tuple(g("letta.filter_tags", list, _str_list)),
                 filter_name=g("letta.filter_name", str, _regex),
             ),

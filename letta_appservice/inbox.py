@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -121,10 +122,11 @@ class InboxWorker:
                     await self._enqueue(event)
                 if len(events) == self._claim_batch:
                     continue  # more may be waiting
-            try:
-                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel (stop())
+            # that arrives in the same tick as the wake-up, and the worker would never stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_INTERVAL):
+                    await self._wake.wait()
 
     async def _enqueue(self, event: InboxEvent) -> None:
         try:

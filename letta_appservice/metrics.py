@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -69,3 +71,11 @@ class Metrics:
         self.letta_latency.labels(operation).observe(seconds)
         if error:
             self.letta_errors.labels(error).inc()
+
+    def observe_reconcile(self, summary: Any) -> None:
+        """A finished reconcile pass (reconciler.PassSummary)."""
+        self.reconcile_duration.observe(summary.duration)
+        for kind, n in summary.changes.items():
+            self.reconcile_changes.labels(kind).inc(n)
+        if summary.result != "ok":
+            self.reconcile_failures.inc()

@@ -47,6 +47,7 @@ class WebServer:
         query_user: QueryUser,
         ready_check: ReadyCheck,
         metrics: Metrics,
+        refresh_gauges: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._hs_token = hs_token.encode()
         self.inbox = inbox
@@ -54,6 +55,7 @@ class WebServer:
         self.query_user = query_user
         self.ready_check = ready_check
         self.metrics = metrics
+        self.refresh_gauges = refresh_gauges
         self.app = web.Application(client_max_size=max_body_size, middlewares=[_json_errors])
         self._runner: web.AppRunner | None = None
         for prefix in ("/_matrix/app/v1", ""):  # "" = pre-v1 homeservers
@@ -164,6 +166,11 @@ class WebServer:
             counts = {}
         for state, n in counts.items():
             self.metrics.inbox_depth.labels(state).set(n)
+        if self.refresh_gauges is not None:
+            try:
+                await self.refresh_gauges()
+            except Exception:
+                log.exception("Could not refresh metrics")
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 

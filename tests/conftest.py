@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from letta_appservice.app import App
-from letta_appservice.config import Config, parse_config
+from letta_appservice.config import Config, merge_sections, parse_config
 from letta_appservice.registration import build_registration, write_registration
 from tests.harness.synapse import SynapseServer
 
@@ -65,16 +65,6 @@ class Instance:
                 "permissions": {SERVER_NAME: "user", ADMIN: "admin"},
             },
         }
-
-
-def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "permissions":
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 INSTANCES = {
@@ -177,7 +167,7 @@ def make_config(
     synapse: SynapseServer, database: str, letta_url: str, instance: str = "letta", **over: Any
 ) -> Config:
     data = INSTANCES[instance].config_data(synapse.url, database, letta_url)
-    return parse_config(merge(data, over), env={})
+    return parse_config(merge_sections(data, over), env={})
 
 
 @pytest_asyncio.fixture

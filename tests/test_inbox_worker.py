@@ -16,7 +16,7 @@ from tests.test_transactions import message
 
 @pytest_asyncio.fixture
 async def store(database_url: str) -> AsyncIterator[InboxStore]:
-    db = await open_database(DatabaseURL.parse(database_url))
+    db = await open_database(DatabaseURL.parse(database_url), in_child=False)
     yield InboxStore(db)
     await db.stop()
 

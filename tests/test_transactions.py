@@ -64,7 +64,7 @@ class Endpoint:
 
 @pytest_asyncio.fixture
 async def endpoint(database_url: str) -> AsyncIterator[Endpoint]:
-    db = await open_database(DatabaseURL.parse(database_url))
+    db = await open_database(DatabaseURL.parse(database_url), in_child=False)
     store = InboxStore(db)
     wakes: list[int] = []
 

@@ -80,5 +80,13 @@ class AgentStore:
         )
 
     async def counts(self) -> dict[str, int]:
-        rows = await self.db.fetch("SELECT state, COUNT(*) AS n FROM agent GROUP BY state")
-        return {r["state"]: r["n"] for r in rows}
+        """Agents by state (active, deleted), and how many active ones are paused."""
+        rows = await self.db.fetch(
+            "SELECT state, paused, COUNT(*) AS n FROM agent GROUP BY state, paused"
+        )
+        out = {ACTIVE: 0, DELETED: 0, "paused": 0}
+        for r in rows:
+            out[r["state"]] = out.get(r["state"], 0) + r["n"]
+            if r["state"] == ACTIVE and r["paused"]:
+                out["paused"] += r["n"]
+        return out

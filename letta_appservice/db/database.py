@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from mautrix.util.async_db import Database
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 log = logging.getLogger("letta_appservice.db")
@@ -45,6 +50,8 @@ class DatabaseURL:
 
 
 def alembic_config(url: DatabaseURL) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["sqlalchemy_url"] = url.sqlalchemy
@@ -53,11 +60,30 @@ def alembic_config(url: DatabaseURL) -> AlembicConfig:
 
 def migrate(url: DatabaseURL, revision: str = "head") -> None:
     """Run alembic migrations (blocking; alembic's async env runs its own event loop)."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
 
 
-async def migrate_async(url: DatabaseURL, revision: str = "head") -> None:
-    await asyncio.to_thread(migrate, url, revision)
+_URL_ENV = "LETTA_APPSERVICE_MIGRATE_URL"
+
+
+async def migrate_async(url: DatabaseURL) -> None:
+    """Migrate to head in a child process: alembic and SQLAlchemy cost ~30 MB of memory that
+    a long-running appservice would otherwise keep for nothing after start-up."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        __name__,
+        # The URL may hold a password: pass it in the environment, not on the command line.
+        env={**os.environ, _URL_ENV: url.mautrix},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError("database migration failed: " + " | ".join(tail))
 
 
 def create_database(url: DatabaseURL) -> Database:
@@ -69,9 +95,43 @@ def create_database(url: DatabaseURL) -> Database:
     return Database.create(url.mautrix, upgrade_table=None, db_args=db_args, log=log)
 
 
-async def open_database(url: DatabaseURL, *, run_migrations: bool = True) -> Database:
-    if run_migrations:
-        await migrate_async(url)
+def head_revision() -> str:
+    """The newest migration's id, read from the files (without importing alembic)."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if m := re.search(r'^revision = "([^"]+)"', text, re.M):
+            revisions.add(m.group(1))
+        if m := re.search(r'^down_revision = "([^"]+)"', text, re.M):
+            parents.add(m.group(1))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"migrations must have exactly one head, found {sorted(heads)}")
+    return heads.pop()
+
+
+async def current_revision(db: Database) -> str | None:
+    if not await db.table_exists("alembic_version"):
+        return None
+    return await db.fetchval("SELECT version_num FROM alembic_version")
+
+
+async def open_database(
+    url: DatabaseURL, *, run_migrations: bool = True, in_child: bool = True
+) -> Database:
+    """Open the database, migrating it to head first unless it is there already (in a child
+    process by default; ``in_child=False`` for short-lived tools and storage tests)."""
     db = create_database(url)
     await db.start()
+    if run_migrations and await current_revision(db) != head_revision():
+        await db.stop()
+        await (migrate_async(url) if in_child else asyncio.to_thread(migrate, url))
+        db = create_database(url)
+        await db.start()
     return db
+
+
+if __name__ == "__main__":
+    # The child process of migrate_async().
+    logging.basicConfig(level=logging.WARNING)
+    migrate(DatabaseURL.parse(os.environ[_URL_ENV]))

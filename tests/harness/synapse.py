@@ -145,12 +145,12 @@ class SynapseServer:
         workdir: Path,
         registrations: list[Path],
         server_name: str = "test.local",
-        default_room_version: str = "11",
+        default_room_version: str = "12",
     ) -> SynapseServer:
         """Generate a config, start Synapse and wait until the client API answers.
 
-        ``default_room_version`` defaults to 11, the default of Tuwunel (our target server);
-        Synapse 1.163 would otherwise create version 12 rooms.
+        ``default_room_version`` defaults to 12, the default of Tuwunel >= 1.9.2 (our target
+        server) and of Synapse 1.163; pass "11" for servers before that.
         """
         began = time.monotonic()
         server = cls(_prepare_workdir(workdir), server_name, _free_port())

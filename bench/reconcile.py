@@ -1,0 +1,275 @@
+"""Reconciler benchmark: provision agents into a real Synapse from the fake Letta, then time
+steady-state passes. Prints wall time, homeserver requests per agent, logins and RSS.
+
+    .venv/bin/python bench/reconcile.py [--agents 56] [--process-agents 1000]
+                                        [--steady 1000 10000] [--database sqlite|postgres]
+
+``--agents``: provisioned by an App in this process (requests and logins counted per path).
+``--process-agents``: provisioned by the real ``letta-appservice`` command in its own process,
+so its RSS is the appservice's alone; logins are checked afterwards on the homeserver (a login
+leaves a device behind, appservice registration does not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+from ruamel.yaml import YAML
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from letta_appservice.app import App
+from letta_appservice.config import merge_sections, parse_config
+from letta_appservice.db.bridge_state import BridgeState
+from letta_appservice.db.database import DatabaseURL, create_database
+from letta_appservice.registration import build_registration, write_registration
+from tests.conftest import INSTANCES, PG_ADMIN_DSN, make_config
+from tests.harness.fake_letta import FakeLetta
+from tests.harness.reconcile_support import Bridge
+from tests.harness.synapse import SynapseServer
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process (the appservice runs in it)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def start_app(synapse: SynapseServer, letta: FakeLetta, database: str, **over: Any) -> App:
+    bridge = Bridge()
+    over["bridge"] = bridge.overrides()
+    app = App(make_config(synapse, database, letta.url, "letta", **over))
+    await app.start()
+    await app.wait_ready(timeout=120)
+    await app.scheduler.wait_for_passes(1)
+    return app
+
+
+def paths(app: App, suffix: str) -> int:
+    return sum(1 for _m, p in app.recent_matrix_requests if p.endswith(suffix))
+
+
+async def provision(
+    synapse: SynapseServer, database: str, count: int, concurrency: int
+) -> dict[str, Any]:
+    letta = FakeLetta()
+    await letta.start()
+    app = await start_app(synapse, letta, database)  # the space exists; no agents yet
+    try:
+        app.reconciler._concurrency = concurrency
+        for n in range(count):
+            letta.add_agent(f"Agent {n:05}", description=f"Benchmark agent {n}")
+        app.recent_matrix_requests = type(app.recent_matrix_requests)(maxlen=count * 10)
+        began = time.perf_counter()
+        summary = await app.scheduler.run_now()
+        wall = time.perf_counter() - began
+        assert summary.result == "ok" and summary.changes == {"create": count}, summary
+        return {
+            "agents": count,
+            "wall_s": wall,
+            "requests": summary.matrix_requests,
+            "per_agent": summary.matrix_requests / count,
+            "logins": paths(app, "/login"),
+            "rss_mb": rss_mb(),
+        }
+    finally:
+        await app.stop()
+        await letta.stop()
+
+
+async def steady(synapse: SynapseServer, database: str, count: int) -> dict[str, Any]:
+    """A pass over ``count`` agents that are all provisioned already: rows are written
+    straight into the database (provisioning 10,000 rooms would take Synapse an hour)."""
+    letta = FakeLetta()
+    await letta.start()
+    app = await start_app(synapse, letta, database)
+    try:
+        settings = app.reconciler.settings
+        rows = []
+        for n in range(count):
+            agent = letta.add_agent(f"Agent {n:05}", description=f"Benchmark agent {n}")
+            name = settings.templates.render(settings.templates.room_name, agent.name, agent.id)
+            rows.append(
+                (agent.id, settings.mxid(agent.id), agent.name, agent.description,
+                 f"!bench{n}:test.local", "active", False, name, name,
+                 agent.description, True, n, n)
+            )  # fmt: skip
+        await app.db.executemany(
+            "INSERT INTO agent (agent_id, mxid, name, description, room_id, state, paused,"
+            " displayname, room_name, topic, in_space, created_at, updated_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            rows,
+        )
+        times = []
+        for _ in range(3):
+            began = time.perf_counter()
+            summary = await app.scheduler.run_now()
+            times.append(time.perf_counter() - began)
+            assert summary.result == "ok" and summary.changes == {}, summary
+            assert summary.matrix_requests == 0, summary
+        return {"agents": count, "wall_s": min(times), "requests": summary.matrix_requests}
+    finally:
+        await app.stop()
+        await letta.stop()
+
+
+def process_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+async def last_pass(database: str, after: float) -> dict[str, Any]:
+    """The subprocess's last pass summary (bridge_state) once one started after ``after``."""
+    db = create_database(DatabaseURL.parse(database))
+    await db.start()
+    try:
+        while True:
+            try:
+                summary = await BridgeState(db).get("last_reconcile")
+            except Exception:
+                summary = None
+            if summary and summary["started_at"] > after:
+                return summary
+            await asyncio.sleep(0.5)
+    finally:
+        await db.stop()
+
+
+async def provision_process(
+    synapse: SynapseServer, database: str, count: int, tmp: str
+) -> dict[str, Any]:
+    """The real command in its own process: RSS idle, provisioning ``count`` agents on a
+    timer pass, RSS after, then one more (steady) pass."""
+    letta = FakeLetta()
+    await letta.start()
+    bridge = Bridge()
+    data = merge_sections(
+        INSTANCES["letta"].config_data(synapse.url, database, letta.url),
+        {"bridge": bridge.overrides(), "letta": {"sync_interval": 3}},
+    )
+    config = Path(tmp) / f"config-{bridge.tag}.yaml"
+    with config.open("w") as f:
+        YAML().dump(data, f)
+    log = (Path(tmp) / f"appservice-{bridge.tag}.log").open("wb")
+    began = time.time()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "letta_appservice", "-c", str(config),
+        cwd=Path(tmp), stdout=log, stderr=log,
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(last_pass(database, began), 120)
+        idle = process_rss_mb(proc.pid)
+        for n in range(count):
+            letta.add_agent(f"Agent {n:05}", description=f"Benchmark agent {n}")
+        mark = time.time()
+        while True:
+            summary = await last_pass(database, mark)
+            mark = summary["started_at"]
+            if summary["changes"]:
+                break
+        assert summary["result"] == "ok" and summary["changes"] == {"create": count}, summary
+        rss = process_rss_mb(proc.pid)
+        steady = await last_pass(database, mark)
+        assert steady["changes"] == {} and steady["matrix_requests"] == 0, steady
+        admin = await synapse.register_user(f"bench_{bridge.tag}", admin=True)
+        devices = 0
+        for n, agent_id in enumerate(letta.agents):
+            if n % 10 == 0:  # every tenth puppet
+                path = f"/_synapse/admin/v2/users/{quote(bridge.mxid(agent_id))}/devices"
+                devices += (await admin.request("GET", path))["total"]
+        await admin.close()
+        return {
+            "agents": count,
+            "wall_s": summary["duration"],
+            "requests": summary["matrix_requests"],
+            "per_agent": summary["matrix_requests"] / count,
+            "devices": devices,
+            "rss_idle_mb": idle,
+            "rss_mb": rss,
+            "steady_s": steady["duration"],
+        }
+    finally:
+        proc.terminate()
+        await proc.wait()
+        log.close()
+        await letta.stop()
+
+
+async def database_url(kind: str, tmp: str) -> str:
+    if kind == "sqlite":
+        return f"sqlite:{tmp}/bench-{uuid.uuid4().hex[:8]}.db"
+    name = f"la_bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    return f"postgres://postgres@127.0.0.1:5432/{name}"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--agents", type=int, nargs="*", default=[56])
+    parser.add_argument("--process-agents", type=int, nargs="*", default=[1000])
+    parser.add_argument("--steady", type=int, nargs="*", default=[1000, 10000])
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        registration = Path(tmp) / "registration.yaml"
+        inst = INSTANCES["letta"]
+        config = parse_config(inst.config_data("http://unused", "sqlite:unused.db", "http://x"))
+        write_registration(build_registration(config), registration)
+        began = time.perf_counter()
+        synapse = await SynapseServer.start(Path(tmp) / "hs", [registration])
+        print(f"Synapse {synapse.url} up in {time.perf_counter() - began:.1f} s")
+        print(f"database: {args.database}, concurrency: {args.concurrency}\n")
+        try:
+            for count in args.agents:
+                r = await provision(
+                    synapse, await database_url(args.database, tmp), count, args.concurrency
+                )
+                print(
+                    f"provision {r['agents']:>6} agents: {r['wall_s']:7.2f} s"
+                    f" ({r['wall_s'] / count * 1000:.0f} ms/agent), {r['requests']} requests"
+                    f" = {r['per_agent']:.2f}/agent, logins {r['logins']},"
+                    f" RSS after {r['rss_mb']:.0f} MB"
+                )
+            for count in args.process_agents:
+                database = await database_url(args.database, tmp)
+                r = await provision_process(synapse, database, count, tmp)
+                print(
+                    f"provision {r['agents']:>6} agents (own process): {r['wall_s']:7.2f} s"
+                    f" ({r['wall_s'] / count * 1000:.0f} ms/agent), {r['requests']} requests"
+                    f" = {r['per_agent']:.2f}/agent, puppet devices (logins)"
+                    f" {r['devices']} of every 10th; RSS idle {r['rss_idle_mb']:.0f} MB, after"
+                    f" {r['rss_mb']:.0f} MB; next pass {r['steady_s'] * 1000:.0f} ms"
+                )
+            for count in args.steady:
+                r = await steady(synapse, await database_url(args.database, tmp), count)
+                print(
+                    f"steady pass {r['agents']:>6} agents: {r['wall_s'] * 1000:7.0f} ms,"
+                    f" {r['requests']} homeserver requests"
+                )
+        finally:
+            await synapse.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

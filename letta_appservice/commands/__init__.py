@@ -1,0 +1,160 @@
+"""Bridge commands: the processor the router calls for bot invites and possible commands."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from mautrix.appservice import AppServiceAPI, IntentAPI
+from mautrix.errors import MatrixRequestError
+from mautrix.types import MessageEvent, MessageType, RelationType, StateEvent, UserID
+
+from ..config import Config
+from ..db.agent import AgentStore
+from ..db.bridge_state import BridgeState
+from ..db.inbox import InboxStore
+from ..db.room import MANAGEMENT, RoomRow, RoomStore
+from ..letta.client import LettaClient
+from ..letta.errors import LettaError
+from ..management import Management, send_markdown
+from ..matrix.ids import PuppetMatcher
+from ..permissions import Permissions
+from . import admin, info  # noqa: F401 - importing them declares their commands
+from .context import CommandContext, Services
+from .info import help_text
+from .registry import REGISTRY, CommandResult, Invocation, command_text, dispatch
+
+__all__ = ["REGISTRY", "CommandProcessor", "CommandResult", "dispatch"]
+log = logging.getLogger("letta_appservice.commands")
+
+
+class CommandProcessor:
+    """Recognises commands in messages, runs them and replies as the bot.
+
+    ``reconciler``, ``scheduler`` and ``conversations`` may be set after construction (the
+    app builds them later); commands needing a missing one say it is not available.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        permissions: Permissions,
+        bot: IntentAPI,
+        api: AppServiceAPI,
+        agents: AgentStore,
+        rooms: RoomStore,
+        state: BridgeState,
+        inbox: InboxStore,
+        letta: LettaClient | None = None,
+        reconciler: Any | None = None,
+        scheduler: Any | None = None,
+        conversations: Any | None = None,
+        puppets: Any | None = None,
+        started_at: float | None = None,
+    ) -> None:
+        self.services = Services(
+            config=config,
+            permissions=permissions,
+            bot=bot,
+            api=api,
+            agents=agents,
+            rooms=rooms,
+            state=state,
+            inbox=inbox,
+            letta=letta,
+            reconciler=reconciler,
+            scheduler=scheduler,
+            conversations=conversations,
+            puppets=puppets,
+            started_at=time.time() if started_at is None else started_at,
+        )
+        self.prefix = config.bridge.command_prefix
+        self.bot_mxid = config.bot_mxid
+        self._is_puppet = PuppetMatcher(config.bridge.username_template, config.homeserver.domain)
+        self.management = Management(
+            api=api, bot_mxid=self.bot_mxid, permissions=permissions, rooms=rooms
+        )
+
+    async def on_bot_invite(self, evt: StateEvent) -> None:
+        """The bot was invited: a permitted user's DM becomes their management room (greeted
+        with a short help), a group room is joined, anyone else's invite is rejected."""
+        role = await self.management.on_invite(evt)
+        if role is None:
+            return
+        level = self.services.permissions.level(evt.sender) or "user"
+        if role == MANAGEMENT:
+            text = (
+                "Hello! I am the Letta bridge bot and this is your **management room**.\n\n"
+                + help_text(level, "", short=True)
+            )
+        else:
+            text = "Hello! I am the Letta bridge bot.\n\n" + help_text(
+                level, self.prefix, short=True
+            )
+        await send_markdown(self.services.api, evt.room_id, text, f"greet-{evt.event_id}")
+
+    async def maybe_handle(self, evt: MessageEvent) -> bool:
+        """Run ``evt`` if it is a bridge command and reply; True when it was one (consumed)."""
+        sender = evt.sender
+        if sender == self.bot_mxid or self._is_puppet(sender):
+            return False
+        content = evt.content
+        if content.msgtype != MessageType.TEXT or not isinstance(content.body, str):
+            return False
+        if content.relates_to and content.relates_to.rel_type == RelationType.REPLACE:
+            return False  # an edit of an earlier message is not a new command
+        content.trim_reply_fallback()
+        room = await self.services.rooms.get(evt.room_id)
+        in_management = room is not None and room.kind == MANAGEMENT and room.owner == sender
+        text = command_text(content.body, self.prefix, management_room=in_management)
+        if text is None:
+            return False
+        prefix = "" if in_management else self.prefix
+        result = await self.run(text, sender, evt.room_id, prefix, evt.event_id)
+        reply_to = None if in_management else evt.event_id
+        txn_id = f"cmd-{evt.event_id}"
+        try:
+            await send_markdown(
+                self.services.api, evt.room_id, result.text, txn_id, reply_to=reply_to
+            )
+        except MatrixRequestError as e:
+            # A DM with a puppet need not hold the bot: the room's agent answers instead.
+            puppet = await self._puppet_of(room) if e.http_status == 403 else None
+            if puppet is None:
+                raise
+            api = self.services.api.user(UserID(puppet))
+            await send_markdown(api, evt.room_id, result.text, txn_id, reply_to=reply_to)
+        return True
+
+    async def _puppet_of(self, room: RoomRow | None) -> str | None:
+        if room is None or room.agent_id is None:
+            return None
+        agent = await self.services.agents.get(room.agent_id)
+        return agent.mxid if agent else None
+
+    async def run(
+        self, text: str, sender: str, room_id: str, prefix: str, event_id: str = ""
+    ) -> CommandResult:
+        """Dispatch and run one command line; failures become an error reply (and a log)."""
+        level = self.services.permissions.level(sender)
+        found = dispatch(text, level, REGISTRY, prefix)
+        if not isinstance(found, Invocation):
+            return found
+        assert level is not None  # dispatch refuses users without a level
+        ctx = CommandContext(self.services, sender, room_id, level, found.args, prefix, event_id)
+        name = found.command.name
+        log.info("%s runs %r in %s", sender, name, room_id)
+        try:
+            return await found.command.handler(ctx)
+        except (MatrixRequestError, LettaError, aiohttp.ClientError, TimeoutError) as e:
+            log.warning("Command %r of %s failed: %s", name, sender, e)
+            return CommandResult.error(f"`{name}` failed: {_describe(e)}")
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, MatrixRequestError):
+        return f"the homeserver said {e.errcode or e.http_status}: {e.message}"
+    return str(e) or type(e).__name__

@@ -1,0 +1,83 @@
+"""What a command handler gets: the bridge's services and the invocation (who, where, args)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import attrs
+from mautrix.appservice import AppServiceAPI, IntentAPI
+
+from ..config import Config
+from ..db.agent import AgentRow, AgentStore
+from ..db.bridge_state import BridgeState
+from ..db.inbox import InboxStore
+from ..db.room import RoomStore
+from ..letta.client import LettaClient
+from ..permissions import Permissions
+from .registry import Args, CommandResult, resolve_agent
+
+
+class Scheduler(Protocol):
+    async def run_now(self, full: bool = True) -> Any: ...
+
+
+class Conversations(Protocol):
+    async def cancel(self, agent_id: str) -> bool: ...
+
+
+@attrs.define
+class Services:
+    """The bridge parts commands use. The optional ones may not exist in a build; commands
+    needing a missing one say so instead of failing."""
+
+    config: Config
+    permissions: Permissions
+    bot: IntentAPI
+    api: AppServiceAPI
+    agents: AgentStore
+    rooms: RoomStore
+    state: BridgeState
+    inbox: InboxStore
+    letta: LettaClient | None = None
+    reconciler: Any | None = None
+    scheduler: Scheduler | None = None
+    conversations: Conversations | None = None
+    puppets: Any | None = None  # Puppets: its per-puppet lock keeps a reset and a pass apart
+    started_at: float = 0.0
+
+    @property
+    def domain(self) -> str:
+        return self.config.homeserver.domain
+
+
+@attrs.define
+class CommandContext:
+    """One command being run: the services, who typed it, where, and its arguments."""
+
+    services: Services
+    sender: str
+    room_id: str
+    level: str
+    args: Args
+    prefix: str  # "" in the sender's management room, else the command prefix
+    event_id: str = ""
+
+    async def agent(self, index: int = 0) -> AgentRow | CommandResult:
+        """Resolve the ``<agent>`` argument at ``index`` against the stored agents."""
+        query = self.args.get(index) or ""
+        return resolve_agent(query, await self.services.agents.all())
+
+    def code(self, name: str) -> str:
+        """A command as the user would type it here, in backticks."""
+        return f"`{self.prefix} {name}`" if self.prefix else f"`{name}`"
+
+
+def not_available(what: str) -> CommandResult:
+    return CommandResult.error(f"{what} is not available in this build yet.")
+
+
+def room_link(room_id_or_alias: str, domain: str) -> str:
+    """A matrix.to link; room ids need a ``via`` server to be joinable from the link."""
+    if room_id_or_alias.startswith("!"):
+        return f"https://matrix.to/#/{room_id_or_alias}?via={domain}"
+    return f"https://matrix.to/#/{room_id_or_alias}"

@@ -1,0 +1,254 @@
+"""Command declarations and the pure dispatcher: text + the user's level -> invocation or error."""
+
+from __future__ import annotations
+
+import difflib
+import shlex
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ..db.agent import ACTIVE, AgentRow
+from ..matrix.ids import agent_id_part
+from ..permissions import ADMIN, USER
+
+if TYPE_CHECKING:
+    from .context import CommandContext
+
+Handler = Callable[["CommandContext"], Awaitable["CommandResult"]]
+_RANK = {None: 0, USER: 1, ADMIN: 2}
+MAX_MATCHES = 5  # close matches listed when an agent or command is not found
+
+
+@attrs.frozen
+class CommandResult:
+    """What the user is told: Markdown text; ``ok`` is False for refusals and bad input."""
+
+    text: str
+    ok: bool = True
+
+    @classmethod
+    def error(cls, text: str) -> CommandResult:
+        return cls(text, ok=False)
+
+
+@attrs.frozen
+class Args:
+    """Parsed arguments: positional words and ``--flags``."""
+
+    words: tuple[str, ...] = ()
+    flags: frozenset[str] = frozenset()
+
+    def get(self, index: int, default: str | None = None) -> str | None:
+        return self.words[index] if index < len(self.words) else default
+
+
+@attrs.frozen
+class Command:
+    """A declared command. ``args`` is its usage: ``<x>`` required, ``[x]`` optional, and
+    ``[--flag]`` an allowed flag; the last optional word takes the rest of the line."""
+
+    name: str
+    handler: Handler
+    help: str
+    args: str = ""
+    level: str = USER
+    group: str = ""
+
+    @property
+    def required(self) -> int:
+        return sum(1 for w in self.args.split() if w.startswith("<"))
+
+    @property
+    def optional(self) -> int:
+        return sum(1 for w in self.args.split() if w.startswith("[") and not w.startswith("[--"))
+
+    @property
+    def flags(self) -> frozenset[str]:
+        return frozenset(w.strip("[]") for w in self.args.split() if w.startswith("[--"))
+
+    def usage(self, prefix: str = "") -> str:
+        words = [f"{prefix} {self.name}".strip(), *([self.args] if self.args else [])]
+        return f"`{' '.join(words)}`"
+
+
+@attrs.frozen
+class Invocation:
+    """A command found, permitted and with valid arguments: ready to run."""
+
+    command: Command
+    args: Args
+
+
+class Registry:
+    """The command table. Modules declare commands with ``@registry.command(...)``."""
+
+    def __init__(self) -> None:
+        self.commands: dict[str, Command] = {}
+
+    def command(
+        self, name: str, *, help: str, args: str = "", level: str = USER, group: str = ""
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            if name in self.commands:
+                raise ValueError(f"command {name!r} declared twice")
+            self.commands[name] = Command(name, handler, help, args, level, group)
+            return handler
+
+        return register
+
+    def get(self, name: str) -> Command | None:
+        return self.commands.get(name.lower())
+
+    def available(self, level: str | None) -> list[Command]:
+        """Commands a user of ``level`` may run, in declaration order."""
+        return [c for c in self.commands.values() if allowed(c.level, level)]
+
+    def close_names(self, name: str) -> list[str]:
+        return difflib.get_close_matches(name.lower(), self.commands, n=3, cutoff=0.6)
+
+
+REGISTRY = Registry()
+command = REGISTRY.command
+
+
+def allowed(needed: str, level: str | None) -> bool:
+    return _RANK[level] >= _RANK[needed]
+
+
+def split_words(text: str) -> list[str]:
+    """Words of a command line; quotes group words ("Customer Support") when balanced."""
+    try:
+        return shlex.split(text)
+    except ValueError:  # an unbalanced quote, e.g. an apostrophe in a name
+        return text.split()
+
+
+def command_text(body: str, prefix: str, *, management_room: bool) -> str | None:
+    """The command line in a message body, or None if it is no command: in a management room
+    every message is one (a leading prefix is tolerated), elsewhere only prefixed ones."""
+    text = body.strip()
+    head, _, rest = text.partition(" ")
+    if head.lower() == prefix.lower():
+        return rest.strip()
+    return text if management_room else None
+
+
+def dispatch(
+    text: str, level: str | None, registry: Registry = REGISTRY, prefix: str = ""
+) -> Invocation | CommandResult:
+    """Find the command, check the level and the arguments. Pure: no I/O, nothing changes."""
+    if level is None:
+        return CommandResult.error("You are not allowed to use this bridge.")
+    words = split_words(text)
+    if not words:
+        return CommandResult.error(f"Type {_code(prefix, 'help')} to see the commands.")
+    name, rest = words[0].lower(), words[1:]
+    cmd = registry.get(name)
+    if cmd is None:
+        hints = registry.close_names(name)
+        hint = f" Did you mean {_or_list(_code(prefix, h) for h in hints)}?" if hints else ""
+        return CommandResult.error(
+            f"Unknown command `{words[0]}`.{hint} Type {_code(prefix, 'help')} for the list."
+        )
+    if not allowed(cmd.level, level):
+        return CommandResult.error(
+            f"`{cmd.name}` is for bridge admins only; your level is **{level}**."
+        )
+    flags = frozenset(w for w in rest if w.startswith("--"))
+    positional = [w for w in rest if not w.startswith("--")]
+    usage = f"Usage: {cmd.usage(prefix)}"
+    if unknown := sorted(flags - cmd.flags):
+        return CommandResult.error(f"Unknown option `{unknown[0]}`. {usage}")
+    if len(positional) < cmd.required:
+        return CommandResult.error(f"Missing argument. {usage}")
+    limit = cmd.required + cmd.optional
+    if len(positional) > limit:
+        if not cmd.optional:
+            return CommandResult.error(f"Too many arguments. {usage}")
+        # The last optional word takes the rest (a filter may contain spaces).
+        positional = [*positional[: limit - 1], " ".join(positional[limit - 1 :])]
+    return Invocation(cmd, Args(tuple(positional), flags))
+
+
+def _code(prefix: str, name: str) -> str:
+    return f"`{prefix} {name}`" if prefix else f"`{name}`"
+
+
+def _or_list(items: Iterable[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+# --- <agent> arguments -------------------------------------------------------------------------
+
+
+def resolve_agent(query: str, agents: Sequence[AgentRow]) -> AgentRow | CommandResult:
+    """The agent an ``<agent>`` argument names: its id (with or without ``agent-``), puppet
+    mxid, room id, exact name, or a unique case-insensitive name prefix (active agents
+    first). Unknown or ambiguous -> an error listing close matches."""
+    q = query.strip()
+    ql = q.lower()
+    if not q:
+        return CommandResult.error("Name an agent: its name, id or Matrix ID.")
+    for agent in agents:
+        if ql in (agent.agent_id.lower(), agent.mxid.lower(), (agent.room_id or "").lower()):
+            return agent
+    if not q.startswith(("agent-", "@")):  # the id without its "agent-"
+        part = agent_id_part(q)
+        by_uuid = [a for a in agents if agent_id_part(a.agent_id) == part]
+        if len(by_uuid) == 1:
+            return by_uuid[0]
+    exact = [a for a in agents if a.name.lower() == ql]
+    if len(exact) == 1:
+        return exact[0]
+    if len(exact) > 1:
+        return _ambiguous(q, exact)
+    prefixed = [a for a in agents if a.name.lower().startswith(ql)]
+    active = [a for a in prefixed if a.state == ACTIVE]
+    # An archived agent only wins a prefix when no active agent shares it.
+    candidates = active or prefixed
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        return _ambiguous(q, candidates)
+    close = close_agents(q, agents)
+    hint = f" Close matches: {', '.join(describe(a) for a in close)}." if close else ""
+    return CommandResult.error(f"No agent matches `{q}`.{hint} Type `agents` to list them.")
+
+
+def close_agents(query: str, agents: Sequence[AgentRow]) -> list[AgentRow]:
+    """Agents whose name contains the query or looks like it (typos), best first."""
+    ql = query.lower()
+    names = {a.name.lower(): a for a in agents}
+    found = [a for a in agents if ql in a.name.lower()]
+    for name in difflib.get_close_matches(ql, list(names), n=MAX_MATCHES, cutoff=0.5):
+        if names[name] not in found:
+            found.append(names[name])
+    return found[:MAX_MATCHES]
+
+
+def _ambiguous(query: str, matches: Sequence[AgentRow]) -> CommandResult:
+    listed = ", ".join(describe(a) for a in matches[:MAX_MATCHES])
+    more = f" and {len(matches) - MAX_MATCHES} more" if len(matches) > MAX_MATCHES else ""
+    return CommandResult.error(
+        f"`{query}` matches {len(matches)} agents: {listed}{more}. "
+        "Type more of the name, or use the agent id. Nothing changed."
+    )
+
+
+def describe(agent: AgentRow) -> str:
+    """``**Name** (`agent-…`)``: how an agent is named in lists of matches."""
+    return f"{bold_name(agent)} (`{agent.agent_id}`)"
+
+
+def bold_name(agent: AgentRow) -> str:
+    """``**Name**``: how an agent is named in replies about it."""
+    return f"**{md_escape(agent.name or agent.agent_id)}**"
+
+
+def md_escape(text: str) -> str:
+    """Text shown literally in Markdown."""
+    # Agent names are user data: keep Markdown characters in them literal.
+    return "".join("\\" + c if c in "\\`*_[]<>#|~" else c for c in text)

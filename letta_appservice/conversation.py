@@ -1,0 +1,235 @@
+"""One agent turn: the Letta call (plain or streamed), one per agent, cancel, retry policy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+import attrs
+from mautrix.errors import MatrixConnectionError, MatrixRequestError
+
+from .config import Config
+from .db.agent import AgentRow
+from .db.sent_event import SentEventStore
+from .db.turn import TurnStore
+from .inbox import Retry
+from .letta import LettaClient, LettaError
+from .metrics import Metrics
+from .poster import Job, Poster, Typing, homeserver_retry
+from .puppets import Puppets
+from .replies import (
+    DELAY_NOTICE_PART,
+    NOTICE,
+    Part,
+    build_parts,
+    error_text,
+    gave_up_text,
+    otid,
+    waiting_text,
+)
+from .streaming import relay
+
+__all__ = ["Conversations", "Job", "Settings"]
+
+log = logging.getLogger("letta_appservice.conversation")
+CANCELLED = "Cancelled by a bridge admin; the agent's answer to this message was not waited for."
+MAX_BACKOFF = 60.0
+
+
+@attrs.frozen
+class Settings:
+    """The parts of the config a turn needs."""
+
+    streaming: bool = False
+    show_reasoning: str = "off"
+    show_tools: str = "off"
+    timeout: float = 180.0
+    retry_window: float = 600.0
+    delay_notice: float = 30.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> Settings:
+        letta, bridge = config.letta, config.bridge
+        return cls(
+            streaming=letta.streaming,
+            show_reasoning=bridge.show_reasoning,
+            show_tools=bridge.show_tools,
+            timeout=letta.timeout,
+            retry_window=letta.retry_window,
+            delay_notice=letta.delay_notice,
+        )
+
+
+def backoff(attempts: int) -> float:
+    return min(2.0**attempts, MAX_BACKOFF)
+
+
+class Conversations:
+    """Answers people's messages as agents. One Letta request per agent at a time (Letta
+    requires it; the router's lanes also keep each agent's messages in order)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        letta: LettaClient,
+        puppets: Puppets,
+        turns: TurnStore,
+        sent: SentEventStore,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.letta = letta
+        self.puppets = puppets
+        self.turns = turns
+        self.sent = sent
+        self.metrics = metrics
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._running: dict[str, asyncio.Task[list[Part]]] = {}
+        self._cancelled: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # --- public --------------------------------------------------------------------------------
+
+    async def answer(self, job: Job) -> None:
+        """Ask the agent and post its answer; raises Retry while Letta is down or busy."""
+        agent_id = job.agent.agent_id
+        api = self.puppets.api(job.agent.mxid)
+        sent = await self.sent.parts(job.event_id, agent_id)
+        poster = Poster(api, self.sent, job, sent)
+        stored = await self.turns.get(job.event_id, agent_id)
+        if stored is not None:  # answered before a restart: post what is missing
+            await self._post(poster, [Part.from_json(p) for p in stored])
+            return
+        read_up_to = job.event_id if job.attempts == 0 else None
+        typing = Typing(api, job.room_id, job.agent.mxid, read_up_to)
+        self._spawn(typing.run(), "typing")
+        try:
+            parts = await self._turn(job, poster)
+            typing.settle()
+            await self.turns.put(job.event_id, agent_id, job.room_id, [p.to_json() for p in parts])
+            await self._post(poster, parts)
+        finally:
+            typing.stop()
+
+    async def notify(
+        self,
+        agent: AgentRow,
+        room_id: str,
+        source_event_id: str,
+        part: int,
+        text: str,
+        relation: Mapping[str, Any] | None,
+    ) -> None:
+        """A one-off notice from the agent's puppet about a person's message (posted once)."""
+        job = Job(source_event_id, room_id, "", agent, "", "", relation or {}, 0)
+        sent = await self.sent.parts(source_event_id, agent.agent_id)
+        await Poster(self.puppets.api(agent.mxid), self.sent, job, sent).post(
+            part, Part(NOTICE, text)
+        )
+
+    async def cancel(self, agent_id: str) -> bool:
+        """Stop waiting for the agent's running request and cancel its run in Letta; True if
+        the bridge was waiting for one."""
+        task = self._running.get(agent_id)
+        waiting = task is not None and not task.done()
+        if task is not None and waiting:
+            # First, so the person is told it was cancelled even if Letta answers meanwhile.
+            self._cancelled.add(agent_id)
+            task.cancel()
+        try:
+            await self.letta.cancel(agent_id)
+        except LettaError as e:
+            log.warning("Letta could not cancel the run of %s: %s", agent_id, e)
+        return waiting
+
+    async def stop(self) -> None:
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- a turn --------------------------------------------------------------------------------
+
+    async def _turn(self, job: Job, poster: Poster) -> list[Part]:
+        agent_id = job.agent.agent_id
+        lock = self._locks.setdefault(agent_id, asyncio.Lock())
+        async with lock:
+            task = asyncio.create_task(self._ask_posting(job, poster), name=f"letta-{agent_id}")
+            self._running[agent_id] = task
+            started = time.monotonic()
+            try:
+                parts = await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if agent_id in self._cancelled and not (current and current.cancelling()):
+                    return [Part(NOTICE, CANCELLED)]
+                raise
+            except LettaError as e:
+                # Failed requests are counted by the Letta client's observer.
+                return await self._failed(job, poster, e)
+            finally:
+                self._running.pop(agent_id, None)
+                self._cancelled.discard(agent_id)
+            if self.metrics:  # a whole turn, streaming included (requests: the client's)
+                self.metrics.letta_latency.labels("turn").observe(time.monotonic() - started)
+            return parts
+
+    async def _ask_posting(self, job: Job, poster: Poster) -> list[Part]:
+        async with homeserver_retry():  # a streamed answer posts while Letta is still talking
+            return await self._ask(job, poster)
+
+    async def _ask(self, job: Job, poster: Poster) -> list[Part]:
+        s, agent_id = self.settings, job.agent.agent_id
+        message_id = otid(job.event_id, agent_id)
+        if s.streaming:
+            stream = self.letta.stream_message(
+                agent_id, job.content, name=job.name, otid=message_id, stream_tokens=True
+            )
+            async with stream:
+                return await relay(stream, poster, s.show_reasoning, s.show_tools)
+        response = await self.letta.send_message(
+            agent_id, job.content, name=job.name, otid=message_id
+        )
+        return build_parts(
+            response.messages,
+            response.stop_reason,
+            show_reasoning=s.show_reasoning,
+            show_tools=s.show_tools,
+        )
+
+    async def _failed(self, job: Job, poster: Poster, error: LettaError) -> list[Part]:
+        """Retry what may work later (Letta down, 5xx, busy) within the retry window, telling
+        the person once when it takes long; anything else becomes a notice."""
+        s = self.settings
+        log.warning("Letta turn of %s for %s failed: %s", job.agent.agent_id, job.event_id, error)
+        if not error.retryable or error.kind == "timeout":
+            return [Part(NOTICE, error_text(error, s.timeout))]
+        elapsed = time.time() - job.received_at / 1000
+        if elapsed < s.retry_window:
+            if elapsed >= s.delay_notice:
+                await poster.post(
+                    DELAY_NOTICE_PART, Part(NOTICE, waiting_text(error, s.retry_window))
+                )
+            delay = min(backoff(job.attempts), max(s.retry_window - elapsed, 0.5))
+            raise Retry(delay, str(error))
+        return [Part(NOTICE, gave_up_text(error, s.retry_window))]
+
+    async def _post(self, poster: Poster, parts: Sequence[Part]) -> None:
+        async with homeserver_retry():
+            await poster.post_all(parts)
+
+    def _spawn(self, coro: Awaitable[Any], what: str) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except (MatrixRequestError, MatrixConnectionError, aiohttp.ClientError) as e:
+                log.debug("%s failed: %s", what, e)
+
+        task = asyncio.create_task(guarded(), name=what)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -1,0 +1,227 @@
+"""`letta-appservice import-legacy`: adopt the older Letta-Matrix bot's rooms, puppets and space
+instead of creating new ones. Idempotent: a second run changes nothing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from mautrix.api import Method, Path
+from mautrix.appservice import AppServiceAPI
+from mautrix.errors import MatrixRequestError
+
+from .db.agent import AgentRow, AgentStore
+from .db.bridge_state import BridgeState
+from .db.room import AGENT, RoomRow, RoomStore
+from .legacy_files import LegacyAgent, LegacySpace
+from .matrix import rooms
+from .puppets import Puppets
+from .reconcile_space import SPACE_KEY, SPACE_NAME_KEY
+
+log = logging.getLogger("letta_appservice.import")
+BOT_POWER = 100
+
+
+@attrs.define
+class ImportReport:
+    adopted: list[str] = attrs.Factory(list)
+    unchanged: list[str] = attrs.Factory(list)
+    to_provision: list[str] = attrs.Factory(list)  # no room or an unreachable one
+    skipped: list[str] = attrs.Factory(list)  # already bridged to another room
+    problems: list[str] = attrs.Factory(list)
+    space: str = "not given"
+
+    def lines(self) -> list[str]:
+        out = [
+            f"adopted: {len(self.adopted)}, unchanged: {len(self.unchanged)}, "
+            f"to be provisioned: {len(self.to_provision)}, skipped: {len(self.skipped)}",
+            f"space: {self.space}",
+        ]
+        return out + [f"  - {p}" for p in self.problems]
+
+
+class LegacyImporter:
+    def __init__(
+        self,
+        *,
+        bot: AppServiceAPI,
+        bot_mxid: str,
+        puppets: Puppets,
+        agents: AgentStore,
+        rooms_store: RoomStore,
+        state: BridgeState,
+    ) -> None:
+        self.bot = bot
+        self.bot_mxid = bot_mxid
+        self.puppets = puppets
+        self.agents = agents
+        self.rooms = rooms_store
+        self.state = state
+
+    async def run(
+        self, legacy: Sequence[LegacyAgent], space: LegacySpace | None, dry_run: bool = False
+    ) -> ImportReport:
+        report = ImportReport()
+        for agent in legacy:
+            await self._agent(agent, report, dry_run)
+        if space is not None:
+            await self._space(space, legacy, report, dry_run)
+        return report
+
+    async def _agent(self, agent: LegacyAgent, report: ImportReport, dry_run: bool) -> None:
+        label = f"{agent.name} ({agent.agent_id})"
+        existing = await self.agents.get(agent.agent_id)
+        if existing is not None and existing.room_id == agent.room_id:
+            report.unchanged.append(label)
+            return
+        if existing is not None and existing.room_id is not None:
+            report.skipped.append(label)
+            report.problems.append(f"{label}: already bridged to {existing.room_id}; left as is")
+            return
+        if dry_run:
+            (report.adopted if agent.room_id else report.to_provision).append(label)
+            return
+        room_id = agent.room_id
+        if room_id is not None:
+            try:
+                await self._take_over(agent.mxid, room_id)
+            except MatrixRequestError as e:
+                report.problems.append(
+                    f"{label}: room {room_id} could not be joined ({e.errcode}: {e.message}); "
+                    "a new room will be provisioned"
+                )
+                room_id = None
+        row = existing or AgentRow(agent_id=agent.agent_id, mxid=agent.mxid, name=agent.name)
+        # Displayname, room name and space membership stay unset, so the next reconcile
+        # applies this bridge's templates and adds the room to the space.
+        row.room_id = room_id
+        await self.agents.upsert(row)
+        if room_id is None:
+            report.to_provision.append(label)
+            return
+        await self.rooms.upsert(RoomRow(room_id=room_id, kind=AGENT, agent_id=agent.agent_id))
+        report.adopted.append(label)
+        log.info("Adopted %s for %s", room_id, label)
+
+    async def _take_over(self, mxid: str, room_id: str) -> None:
+        """Act as the old puppet (now in our namespace), bring the bot in with admin power."""
+        await self.puppets.ensure_registered(mxid)
+        puppet = self.puppets.api(mxid)
+        await rooms.join(puppet, room_id)  # a no-op when it is still a member
+        await self._bring_in_bot(room_id, [mxid])
+
+    async def _bring_in_bot(self, room_id: str, helpers: Sequence[str]) -> None:
+        try:
+            await rooms.join(self.bot, room_id)
+        except MatrixRequestError:
+            # Invite-only: a member we may act as invites the bot.
+            for mxid in helpers:
+                try:
+                    await rooms.invite(self.puppets.api(mxid), room_id, self.bot_mxid)
+                    break
+                except MatrixRequestError:
+                    continue
+            await rooms.join(self.bot, room_id)
+        await self._grant_power(room_id, helpers)
+
+    async def _grant_power(self, room_id: str, helpers: Sequence[str]) -> None:
+        levels = await self._get_state(room_id, "m.room.power_levels")
+        users: dict[str, Any] = dict(levels.get("users") or {})
+        if users.get(self.bot_mxid, levels.get("users_default", 0)) >= BOT_POWER:
+            return
+        users[self.bot_mxid] = BOT_POWER
+        for mxid in helpers:
+            try:
+                await rooms.put_state(
+                    self.puppets.api(mxid),
+                    room_id,
+                    "m.room.power_levels",
+                    {**levels, "users": users},
+                )
+                return
+            except MatrixRequestError:
+                continue
+        log.warning("The bot could not get admin power in %s; renames there may fail", room_id)
+
+    async def _get_state(self, room_id: str, event_type: str) -> dict[str, Any]:
+        try:
+            return await self.bot.request(Method.GET, Path.v3.rooms[room_id].state[event_type])
+        except MatrixRequestError:
+            return {}
+
+    async def _space(
+        self,
+        space: LegacySpace,
+        legacy: Sequence[LegacyAgent],
+        report: ImportReport,
+        dry_run: bool,
+    ) -> None:
+        current = await self.state.get(SPACE_KEY)
+        if current == space.space_id:
+            report.space = f"{space.space_id} (already in use)"
+            return
+        if current is not None:
+            report.space = f"kept {current}; the legacy space {space.space_id} was not adopted"
+            return
+        if dry_run:
+            report.space = f"{space.space_id} would be adopted"
+            return
+        try:
+            await self._bring_in_bot(space.space_id, [a.mxid for a in legacy])
+        except MatrixRequestError as e:
+            report.space = (
+                f"{space.space_id} could not be joined ({e.errcode}); a new one will be made"
+            )
+            return
+        await self.state.set(SPACE_KEY, space.space_id)
+        # The stored name differs from bridge.space_name if the operator renamed it: the next
+        # reconcile then applies the configured name.
+        await self.state.set(SPACE_NAME_KEY, space.name or "")
+        report.space = f"{space.space_id} adopted"
+
+
+async def run_import(
+    config: Any, mappings: str, space_file: str | None, dry_run: bool
+) -> ImportReport:
+    """Parse both files completely (nothing is imported if either is malformed), then adopt
+    what they describe, acting as the bot and the old puppets through the appservice."""
+    from pathlib import Path as FsPath
+
+    import aiohttp
+    from mautrix.appservice.state_store.asyncpg import PgASStateStore
+
+    from .db.database import DatabaseURL, open_database
+    from .legacy_files import parse_mappings, parse_space
+    from .matrix.ids import PuppetMatcher
+
+    is_puppet = PuppetMatcher(config.bridge.username_template, config.homeserver.domain)
+    legacy = parse_mappings(FsPath(mappings), config.homeserver.domain, is_puppet)
+    space = parse_space(FsPath(space_file)) if space_file else None
+    db = await open_database(DatabaseURL.parse(config.appservice.database), in_child=False)
+    try:
+        state_store = PgASStateStore(db)
+        await PgASStateStore.upgrade_table.upgrade(db)
+        async with aiohttp.ClientSession(middlewares=(rooms.RateLimitMiddleware(),)) as http:
+            api = AppServiceAPI(
+                base_url=config.homeserver.address,
+                bot_mxid=config.bot_mxid,
+                log=logging.getLogger("letta_appservice.matrix"),
+                token=config.appservice.as_token,
+                state_store=state_store,
+                client_session=http,
+            )
+            if not dry_run:
+                await api.bot_intent().ensure_registered()
+            importer = LegacyImporter(
+                bot=api,
+                bot_mxid=config.bot_mxid,
+                puppets=Puppets(api, state_store),
+                agents=AgentStore(db),
+                rooms_store=RoomStore(db),
+                state=BridgeState(db),
+            )
+            return await importer.run(legacy, space, dry_run)
+    finally:
+        await db.stop()

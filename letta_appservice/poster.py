@@ -1,0 +1,174 @@
+"""Posting as a puppet: the parts of an answer exactly once, edits, typing and receipts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+import attrs
+from mautrix.api import Method, Path
+from mautrix.appservice import AppServiceAPI
+from mautrix.errors import MatrixConnectionError, MatrixRequestError
+
+from .db.agent import AgentRow
+from .db.sent_event import SentEventStore
+from .inbox import Retry
+from .replies import (
+    DELAY_NOTICE_PART,
+    TEXT,
+    Part,
+    edit_content,
+    edit_suffix,
+    message_content,
+    txn_id,
+)
+
+log = logging.getLogger("letta_appservice.poster")
+TYPING_GRACE = 0.25  # a Letta answer quicker than this shows no typing at all
+TYPING_REFRESH = 20.0  # seconds between typing renewals (each lasts TYPING_TIMEOUT_MS)
+TYPING_TIMEOUT_MS = 30_000
+
+
+@attrs.frozen
+class Job:
+    """One person's message for one agent, as the router prepared it."""
+
+    event_id: str
+    room_id: str
+    sender: str
+    agent: AgentRow
+    content: str  # attribution line + text: what the agent reads
+    name: str  # Letta's `name` (dropped by the client unless the model accepts it)
+    relation: Mapping[str, Any]  # reply (and thread) relation of every part
+    received_at: int  # ms, when the inbox stored the event: the retry window starts there
+    attempts: int = 0
+
+
+def homeserver_trouble(e: BaseException) -> bool:
+    """Worth retrying the whole event later (its Letta answer is stored by then)."""
+    if isinstance(e, MatrixRequestError):
+        return e.http_status >= 500 or e.http_status == 429
+    return isinstance(e, MatrixConnectionError | aiohttp.ClientError | TimeoutError)
+
+
+@contextlib.asynccontextmanager
+async def homeserver_retry() -> AsyncIterator[None]:
+    """The homeserver failing for a while (5xx, 429, unreachable) makes the event retried
+    later; a stored answer is then posted without asking Letta again."""
+    try:
+        yield
+    except (MatrixRequestError, MatrixConnectionError, aiohttp.ClientError, TimeoutError) as e:
+        if homeserver_trouble(e):
+            raise Retry(5.0, f"homeserver: {e}") from e
+        raise
+
+
+async def _send(api: AppServiceAPI, room_id: str, content: dict[str, Any], txn: str) -> str:
+    path = Path.v3.rooms[room_id].send["m.room.message"][txn]
+    resp = await api.request(Method.PUT, path, content)
+    return str(resp["event_id"])
+
+
+class Poster:
+    """Posts the parts of one turn as the puppet: each part once (deterministic txn ids and
+    the sent_event table), later ones edited in place (streaming)."""
+
+    def __init__(
+        self, api: AppServiceAPI, store: SentEventStore, job: Job, sent: dict[int, str]
+    ) -> None:
+        self.api, self.store, self.job = api, store, job
+        self.sent = sent
+        self._first_text: int | None = None
+
+    @property
+    def posted_any(self) -> bool:
+        return any(index < DELAY_NOTICE_PART for index in self.sent)
+
+    def _mentions(self, index: int, part: Part) -> list[str]:
+        # The first answer text mentions the person, as a reply by a person would.
+        if part.msgtype != TEXT or self._first_text not in (None, index):
+            return []
+        self._first_text = index
+        return [self.job.sender]
+
+    async def post(self, index: int, part: Part) -> str:
+        """Post part ``index`` unless it was posted before; its event id."""
+        mentions = self._mentions(index, part)
+        if index in self.sent:
+            return self.sent[index]
+        job = self.job
+        content = message_content(part, job.relation, mentions)
+        txn = txn_id(job.event_id, job.agent.agent_id, index)
+        event_id = await _send(self.api, job.room_id, content, txn)
+        await self.store.add(job.event_id, job.agent.agent_id, index, job.room_id, event_id)
+        self.sent[index] = event_id
+        return event_id
+
+    async def edit(self, index: int, part: Part) -> None:
+        """Replace the text of an already posted part."""
+        job = self.job
+        suffix = edit_suffix(part.body)
+        txn = txn_id(job.event_id, job.agent.agent_id, index, suffix)
+        await _send(self.api, job.room_id, edit_content(part, self.sent[index]), txn)
+
+    async def post_all(self, parts: Sequence[Part]) -> None:
+        for index, part in enumerate(parts):
+            await self.post(index, part)
+
+
+class Typing:
+    """While the agent works the puppet marks the message read and types, renewed until
+    stopped, then cleared. One task sends all, so "typing" never lands after its "stopped".
+
+    Both start after a short grace: an answer quicker than that needs neither (clients count
+    the puppet's reply as its read receipt), and the homeserver is spared two requests on the
+    path of every quick answer."""
+
+    def __init__(
+        self, api: AppServiceAPI, room_id: str, mxid: str, read_up_to: str | None = None
+    ) -> None:
+        self.api, self.room_id, self.mxid = api, room_id, mxid
+        self.read_up_to = read_up_to
+        self._stop = asyncio.Event()
+        self._settled = False
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def settle(self) -> None:
+        """Letta has answered: what has not started by now never starts (posting the answer
+        is the homeserver's work, not the agent's)."""
+        self._settled = True
+
+    async def _wait(self, seconds: float) -> bool:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives as the
+        # event is set, and this task must end when the bridge stops.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+        return self._stop.is_set()
+
+    async def run(self) -> None:
+        if await self._wait(TYPING_GRACE) or self._settled:
+            return
+        if self.read_up_to is not None:
+            receipt = Path.v3.rooms[self.room_id].receipt["m.read"][self.read_up_to]
+            await self._request(Method.POST, receipt, {})
+        while True:
+            await self._set({"typing": True, "timeout": TYPING_TIMEOUT_MS})
+            if await self._wait(TYPING_REFRESH):
+                break
+        await self._set({"typing": False})
+
+    async def _set(self, body: dict[str, Any]) -> None:
+        await self._request(Method.PUT, Path.v3.rooms[self.room_id].typing[self.mxid], body)
+
+    async def _request(self, method: Method, path: Any, body: dict[str, Any]) -> None:
+        try:
+            await self.api.request(method, path, body)
+        except (MatrixRequestError, MatrixConnectionError, aiohttp.ClientError) as e:
+            log.debug("%s %s as %s failed: %s", method, path, self.mxid, e)

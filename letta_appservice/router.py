@@ -1,0 +1,325 @@
+"""Event routing: ignore, bridge command, agent conversation or puppet invite; inbox lanes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from mautrix.api import Method, Path
+from mautrix.errors import MatrixRequestError
+from mautrix.types import Event, Member, Membership, MessageEvent, RoomID, StateEvent, UserID
+
+from .config import Config
+from .conversation import Conversations, Job
+from .db.agent import ACTIVE, AgentRow, AgentStore
+from .db.inbox import InboxEvent
+from .db.invited_agent import InvitedAgentStore
+from .db.room import AGENT, ARCHIVED, DM, MANAGEMENT, RoomRow, RoomStore
+from .db.user_notice import UserNoticeStore
+from .matrix import rooms as mx
+from .matrix.ids import PuppetMatcher
+from .permissions import Permissions
+from .puppets import Puppets
+from .replies import (
+    PAUSED_NOTICE_PART,
+    REFUSED_NOTICE_PART,
+    incoming_text,
+    letta_content,
+    reply_relation,
+    sender_name,
+)
+from .routing import addressed, default_mode, is_command
+
+log = logging.getLogger("letta_appservice.router")
+NOT_PERMITTED = "not_permitted"
+# The reconciler stores an agent room's row after creating it (invites included), so a person
+# can write a moment before the row's bridged_at; clocks of homeserver and bridge differ too.
+BRIDGED_GRACE_MS = 60_000
+REFUSAL = "{user} may not talk to agents on this bridge; ask a bridge admin for access."
+PAUSED = "{name} is paused by a bridge admin; this message was not passed on and will not be."
+
+
+class Commands(Protocol):
+    """The command processor (commands/__init__.py) as the router uses it."""
+
+    async def on_bot_invite(self, evt: StateEvent) -> None: ...
+
+    async def maybe_handle(self, evt: MessageEvent) -> bool: ...
+
+
+# --- the router ----------------------------------------------------------------------------------
+
+
+class Router:
+    """Handles every inbox event after the app's own bookkeeping (``before``: state store,
+    reconciler drift). Messages for an agent go to ``Conversations``; invites of a puppet by a
+    permitted user make the room a DM of its agent."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        permissions: Permissions,
+        agents: AgentStore,
+        rooms: RoomStore,
+        invited: InvitedAgentStore,
+        notices: UserNoticeStore,
+        state_store: Any,
+        puppets: Puppets,
+        conversations: Conversations,
+        before: Callable[[InboxEvent], Awaitable[None]] | None = None,
+        commands: Commands | None = None,
+    ) -> None:
+        self.config = config
+        self.bot = config.bot_mxid
+        self.prefix = config.bridge.command_prefix
+        self.template = config.bridge.attribution_template
+        self.permissions = permissions
+        self.agents = agents
+        self.rooms = rooms
+        self.invited = invited
+        self.notices = notices
+        self.state_store = state_store
+        self.puppets = puppets
+        self.conversations = conversations
+        self.before = before
+        self.commands = commands
+        self.is_puppet = PuppetMatcher(config.bridge.username_template, config.homeserver.domain)
+        self._room_names: dict[str, str] = {}
+
+    # --- lanes ---------------------------------------------------------------------------------
+
+    async def lane_key(self, event: InboxEvent) -> str:
+        """A message for exactly one agent waits in that agent's lane (FIFO, one Letta request
+        at a time); everything else, commands included, in its room's lane, so a `cancel`
+        never waits behind the turn it cancels."""
+        if event.event_type != "m.room.message" or self._from_bridge(event.sender):
+            return event.room_id
+        if is_command(event.event.get("content") or {}, self.prefix):
+            return event.room_id
+        room = await self.rooms.get(event.room_id)
+        if room is None or room.kind not in (AGENT, DM):
+            return event.room_id
+        agent_ids = await self._agent_ids(room)
+        return f"agent:{agent_ids[0]}" if len(agent_ids) == 1 else event.room_id
+
+    # --- events --------------------------------------------------------------------------------
+
+    async def handle(self, event: InboxEvent) -> None:
+        if self.before is not None:
+            await self.before(event)
+        if event.event_type == "m.room.message":
+            await self._message(event)
+        elif event.event_type == "m.room.member":
+            await self._member(Event.deserialize(event.event))
+        elif event.event_type == "m.room.name" and event.event.get("state_key") == "":
+            name = (event.event.get("content") or {}).get("name")
+            self._room_names[event.room_id] = name if isinstance(name, str) else ""
+
+    def _from_bridge(self, sender: str) -> bool:
+        return sender == self.bot or self.is_puppet(sender)
+
+    async def _message(self, event: InboxEvent) -> None:
+        raw = event.event
+        sender, room_id = event.sender, event.room_id
+        content = raw.get("content") or {}
+        if self._from_bridge(sender) or incoming_text(content, "") is None:
+            return  # our own messages (no loops), notices, edits, media
+        if self.commands is not None:
+            evt = Event.deserialize(raw)
+            if isinstance(evt, MessageEvent) and await self.commands.maybe_handle(evt):
+                return
+        room = await self.rooms.get(room_id)
+        if room is None or room.kind not in (AGENT, DM):
+            return
+        if int(raw.get("origin_server_ts") or 0) < room.bridged_at - BRIDGED_GRACE_MS:
+            return  # written before the room was bridged
+        agents = await self._agents(room)
+        targets = [a for a in agents if await self._addressed(room, a, agents, content)]
+        if not targets:
+            return
+        if not self.permissions.is_user(sender):
+            await self._refuse(event, targets[0])
+            return
+        relation = reply_relation(content, event.event_id)
+        for agent in targets:
+            if agent.paused:
+                text = PAUSED.format(name=agent.displayname or agent.name)
+                await self.conversations.notify(
+                    agent, room_id, event.event_id, PAUSED_NOTICE_PART, text, relation
+                )
+                continue
+            api = self.puppets.api(agent.mxid)
+            displayname = await self._displayname(room_id, sender, api)
+            text = incoming_text(content, displayname)
+            assert text is not None
+            room_name = await self._room_name(room, agent)
+            job = Job(
+                event_id=event.event_id,
+                room_id=room_id,
+                sender=sender,
+                agent=agent,
+                content=letta_content(
+                    self.template,
+                    displayname=displayname,
+                    sender=sender,
+                    room_name=room_name,
+                    text=text,
+                ),
+                name=sender_name(sender),
+                relation=relation,
+                received_at=event.received_at,
+                attempts=event.attempts,
+            )
+            await self.conversations.answer(job)
+
+    async def _agent_ids(self, room: RoomRow) -> list[str]:
+        ids = [room.agent_id] if room.kind == AGENT and room.agent_id else []
+        ids += [a for a in await self.invited.agents_in(room.room_id) if a not in ids]
+        return ids
+
+    async def _agents(self, room: RoomRow) -> list[AgentRow]:
+        found = [await self.agents.get(agent_id) for agent_id in await self._agent_ids(room)]
+        return [a for a in found if a is not None and a.state == ACTIVE]
+
+    async def _addressed(
+        self,
+        room: RoomRow,
+        agent: AgentRow,
+        agents: list[AgentRow],
+        content: Mapping[str, Any],
+    ) -> bool:
+        mode = room.mode
+        if mode is None:
+            own = room.kind == AGENT and room.agent_id == agent.agent_id
+            others = 0 if own else await self._others(room.room_id, agent, agents)
+            mode = default_mode(room.kind, own, others)
+        return addressed(mode, content, agent)
+
+    async def _others(self, room_id: str, agent: AgentRow, agents: list[AgentRow]) -> int:
+        """Members besides the puppet and the bot; other agents' puppets count as people, from
+        the moment they are invited (their join may not have reached the state store yet)."""
+        members = set(await self.state_store.get_members(RoomID(room_id), (Membership.JOIN,)))
+        members |= {a.mxid for a in agents}
+        return len(members - {agent.mxid, self.bot})
+
+    async def _refuse(self, event: InboxEvent, agent: AgentRow) -> None:
+        room_id, sender = event.room_id, event.sender
+        if await self.notices.given(room_id, sender, NOT_PERMITTED):
+            return
+        text = REFUSAL.format(user=sender)
+        relation = reply_relation(event.event.get("content") or {}, event.event_id)
+        await self.conversations.notify(
+            agent, room_id, event.event_id, REFUSED_NOTICE_PART, text, relation
+        )
+        await self.notices.record(room_id, sender, NOT_PERMITTED)
+
+    async def _displayname(self, room_id: str, user_id: str, api: Any) -> str:
+        member = await self.state_store.get_member(RoomID(room_id), UserID(user_id))
+        if member is None:
+            try:
+                raw = await api.request(
+                    Method.GET, Path.v3.rooms[room_id].state["m.room.member"][user_id]
+                )
+                member = Member.deserialize(raw)
+                await self.state_store.set_member(RoomID(room_id), UserID(user_id), member)
+            except MatrixRequestError:
+                member = None
+        if member is not None and member.displayname:
+            return member.displayname
+        return sender_name(user_id)
+
+    async def _room_name(self, room: RoomRow, agent: AgentRow) -> str:
+        if room.kind == AGENT and room.agent_id == agent.agent_id:
+            return agent.room_name or agent.name
+        name = self._room_names.get(room.room_id)
+        if name is None:
+            try:
+                raw = await self.puppets.api(agent.mxid).request(
+                    Method.GET, Path.v3.rooms[room.room_id].state["m.room.name"]
+                )
+                name = raw.get("name") if isinstance(raw.get("name"), str) else ""
+            except MatrixRequestError:
+                name = ""
+            self._room_names[room.room_id] = name
+        return name or "a direct chat"
+
+    # --- memberships -------------------------------------------------------------------------
+
+    async def _member(self, evt: Event) -> None:
+        if not isinstance(evt, StateEvent):
+            return
+        target, membership = evt.state_key, evt.content.membership
+        if target == self.bot and membership == Membership.INVITE:
+            if self.commands is not None:
+                await self.commands.on_bot_invite(evt)
+        elif self.is_puppet(target) and membership == Membership.INVITE:
+            await self._puppet_invited(evt)
+        elif self.is_puppet(target) and membership in (Membership.LEAVE, Membership.BAN):
+            await self._puppet_left(evt.room_id, target)
+
+    async def _puppet_invited(self, evt: StateEvent) -> None:
+        """A person invited a puppet: it joins and the room talks to its agent (the bridge's
+        own invites, for agent rooms, are the reconciler's business)."""
+        inviter, room_id, mxid = evt.sender, evt.room_id, evt.state_key
+        if self._from_bridge(inviter):
+            return
+        agent = await self.agents.get_by_mxid(mxid)
+        room = await self.rooms.get(room_id)
+        refusal = _refusal(agent, room, self.permissions.is_user(inviter))
+        api = self.puppets.api(mxid)
+        if refusal is not None:
+            log.info("%s refuses the invite of %s to %s: %s", mxid, inviter, room_id, refusal)
+            await api.request(Method.POST, Path.v3.rooms[room_id].leave, {"reason": refusal})
+            return
+        assert agent is not None
+        # Stored before the join, so a message written as soon as the join shows is routed.
+        own = room is not None and room.kind == AGENT and room.agent_id == agent.agent_id
+        if room is None:
+            room = RoomRow(room_id, DM, agent.agent_id, owner=inviter, bridged_at=evt.timestamp)
+            await self.rooms.upsert(room)
+        if not own:
+            await self.invited.add(room_id, agent.agent_id)
+        await self.puppets.ensure_registered(mxid)
+        try:
+            await mx.join(api, room_id)
+        except MatrixRequestError as e:
+            log.info("%s could not join %s (%s): invite withdrawn?", mxid, room_id, e.errcode)
+            await self._puppet_left(room_id, mxid)
+            return
+        await self.state_store.joined(RoomID(room_id), UserID(mxid))
+        # Learn who is there (events from before the join were never pushed to us).
+        resp = await api.request(Method.GET, Path.v3.rooms[room_id].joined_members)
+        joined = {
+            UserID(uid): Member(membership=Membership.JOIN, displayname=info.get("display_name"))
+            for uid, info in (resp.get("joined") or {}).items()
+        }
+        await self.state_store.set_members(RoomID(room_id), joined, Membership.JOIN)
+        log.info("%s joined %s at the invite of %s", mxid, room_id, inviter)
+
+    async def _puppet_left(self, room_id: str, mxid: str) -> None:
+        agent = await self.agents.get_by_mxid(mxid)
+        if agent is None or agent.agent_id not in await self.invited.agents_in(room_id):
+            return
+        await self.invited.remove(room_id, agent.agent_id)
+        room = await self.rooms.get(room_id)
+        if room is None or room.kind != DM:
+            return
+        rest = await self.invited.agents_in(room_id)
+        if not rest:
+            await self.rooms.delete(room_id)
+        elif room.agent_id == agent.agent_id:
+            room.agent_id = rest[0]
+            await self.rooms.upsert(room)
+
+
+def _refusal(agent: AgentRow | None, room: RoomRow | None, permitted: bool) -> str | None:
+    """Why a puppet declines a person's invite, or None when it joins."""
+    if agent is None or agent.state != ACTIVE:
+        return "This agent is not bridged any more."
+    if not permitted:
+        return "You may not talk to agents on this bridge; ask a bridge admin for access."
+    if room is not None and room.kind in (MANAGEMENT, ARCHIVED):
+        return "Agents do not join this room."
+    return None

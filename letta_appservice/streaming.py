@@ -1,0 +1,135 @@
+"""Streamed turns: the first text is posted as soon as it arrives, then edited as it grows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import attrs
+
+from .letta import LettaError, LettaMessage
+from .letta.models import tool_call_message
+from .replies import NOTICE, Part, closing_part, error_text, part_for
+
+EDIT_INTERVAL = 1.0  # seconds between two edits of a growing message (homeservers rate-limit)
+
+
+class Outbox(Protocol):
+    """What the relay needs from the conversation's poster."""
+
+    sent: dict[int, str]
+
+    async def post(self, index: int, part: Part) -> str: ...
+
+    async def edit(self, index: int, part: Part) -> None: ...
+
+
+class Stream(Protocol):
+    stop_reason: str | None
+
+    def __aiter__(self) -> AsyncIterator[LettaMessage]: ...
+
+
+def _merge(previous: LettaMessage, delta: LettaMessage) -> LettaMessage:
+    """Token deltas of one message (same id and kind) joined."""
+    arguments = None
+    if previous.tool_arguments is not None or delta.tool_arguments is not None:
+        arguments = (previous.tool_arguments or "") + (delta.tool_arguments or "")
+    return attrs.evolve(
+        previous,
+        text=previous.text + delta.text,
+        tool_name=previous.tool_name or delta.tool_name,
+        tool_arguments=arguments,
+    )
+
+
+class _Relay:
+    def __init__(self, outbox: Outbox, show_reasoning: str, show_tools: str) -> None:
+        self.outbox = outbox
+        self.show = {"show_reasoning": show_reasoning, "show_tools": show_tools}
+        self.parts: list[Part] = []
+        self.posted = False  # by this attempt
+        self.approval = False
+        self._current: LettaMessage | None = None
+        self._key: object = None
+        self._index: int | None = None  # part of the assistant text being streamed
+        self._shown: Part | None = None
+        self._last_edit = 0.0
+
+    async def feed(self, message: LettaMessage) -> None:
+        key: object = (message.id, message.kind) if message.id is not None else object()
+        if self._current is not None and key == self._key:
+            self._current = _merge(self._current, message)
+        else:
+            await self.close()
+            self._current, self._key, self._index = message, key, None
+        if self._current.kind == "assistant":
+            await self._progress(self._current)
+
+    async def _progress(self, message: LettaMessage) -> None:
+        part = part_for(message, **self.show)
+        if part is None:
+            return
+        if self._index is None:
+            self._index = len(self.parts)
+            self.parts.append(part)
+            await self._put(self._index, part)
+            return
+        self.parts[self._index] = part
+        if time.monotonic() - self._last_edit >= EDIT_INTERVAL and part != self._shown:
+            await self._edit(self._index, part)
+
+    async def close(self) -> None:
+        """The current message is complete: final edit, or post it now if not streamed."""
+        message, self._current = self._current, None
+        if message is None:
+            return
+        if message.kind == "tool_call":  # a streamed send_message call is the reply
+            message = tool_call_message(message.id, message.tool_name, message.tool_arguments)
+        self.approval = self.approval or message.kind == "approval"
+        part = part_for(message, **self.show)
+        if part is None:
+            return
+        if self._index is not None and message.kind == "assistant":
+            self.parts[self._index] = part
+            if part != self._shown:
+                await self._edit(self._index, part)
+            return
+        self.parts.append(part)
+        await self._put(len(self.parts) - 1, part)
+
+    async def _put(self, index: int, part: Part) -> None:
+        if index in self.outbox.sent:  # posted by an attempt cut short: bring it up to date
+            await self._edit(index, part)
+        else:
+            await self.outbox.post(index, part)
+            self._shown, self._last_edit = part, time.monotonic()
+        self.posted = True
+
+    async def _edit(self, index: int, part: Part) -> None:
+        await self.outbox.edit(index, part)
+        self._shown, self._last_edit = part, time.monotonic()
+
+
+async def relay(
+    stream: Stream, outbox: Outbox, show_reasoning: str, show_tools: str
+) -> list[Part]:
+    """Consume a streamed turn, posting as it goes; returns every part of the answer (the
+    closing notice, if any, is left for the caller to post with the rest).
+
+    An error before anything was posted is raised (the caller may retry the message); after,
+    the answer is kept and a notice says it may be incomplete (a retry would repeat it)."""
+    r = _Relay(outbox, show_reasoning, show_tools)
+    try:
+        async for message in stream:
+            await r.feed(message)
+    except LettaError as e:
+        if not r.posted:
+            raise
+        await r.close()
+        text = f"{error_text(e, 0)} The answer above may be incomplete."
+        return [*r.parts, Part(NOTICE, text)]
+    await r.close()
+    closing = closing_part(stream.stop_reason, r.approval)
+    return [*r.parts, closing] if closing else r.parts

@@ -1,0 +1,50 @@
+"""/metrics after real work: a reconcile, a conversation and a failed Letta call."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import AppFactory
+from tests.harness.matrix_user import MatrixUser
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{re.escape(name)}{re.escape('{' + want + '}') if want else ''} (\S+)$"
+    match = re.search(pattern, text, re.M)
+    assert match, f"{name} {labels} missing"
+    return float(match.group(1))
+
+
+async def test_metrics_reflect_reconciles_conversations_and_errors(
+    start_app: AppFactory, fake_letta: Any, admin_user: MatrixUser
+) -> None:
+    app = await start_app()
+    agent = fake_letta.add_agent("Metered")
+    fake_letta.fail_next(1, status=500, path_contains="/v1/agents")
+    failed = await app.scheduler.run_now()  # the client retries the 500 and succeeds
+    assert failed.result == "ok"
+    row = await app.agents.get(agent.id)
+    assert row is not None and row.room_id
+    await admin_user.join(row.room_id)
+    await admin_user.send_text(row.room_id, "count me")
+    await admin_user.wait_for_event(
+        row.room_id, lambda e: e["sender"] == row.mxid and e["type"] == "m.room.message"
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{app.config.appservice.address}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    assert sample(text, "letta_appservice_reconcile_changes_total", kind="create") == 1
+    assert sample(text, "letta_appservice_reconcile_seconds_count") >= 1
+    assert sample(text, "letta_appservice_agents", state="active") == 1
+    assert sample(text, "letta_appservice_letta_errors_total", kind="server") == 1
+    list_count = "letta_appservice_letta_request_seconds_count"
+    assert sample(text, list_count, operation="list_agents") >= 2  # the 500 and the retry
+    assert sample(text, list_count, operation="message") == 1
+    assert sample(text, "letta_appservice_transactions_total", result="stored") >= 1
+    assert sample(text, "letta_appservice_inbox_events", state="done") >= 1
+    assert sample(text, "letta_appservice_matrix_requests_total", method="POST") > 0

@@ -1,0 +1,289 @@
+"""Pure parts of conversations: routing decisions, texts for Letta, reply parts and content,
+and the streaming relay against a recording outbox."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from letta_appservice.db.agent import AgentRow
+from letta_appservice.letta import LettaError, LettaMessage, parse_message
+from letta_appservice.replies import (
+    Part,
+    build_parts,
+    duration,
+    edit_content,
+    edit_suffix,
+    error_text,
+    incoming_text,
+    letta_content,
+    message_content,
+    otid,
+    reply_relation,
+    sender_name,
+    strip_reply_fallback,
+    txn_id,
+    waiting_text,
+)
+from letta_appservice.routing import addressed, default_mode, is_command, is_mentioned
+from letta_appservice.streaming import relay
+from tests.harness import letta_replies as lr
+
+PUPPET = "@agent_1234:example.org"
+
+
+def agent(**fields: Any) -> AgentRow:
+    return AgentRow(agent_id="agent-1234", mxid=PUPPET, name="Helper", **fields)
+
+
+# --- routing -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "own", "others", "mode"),
+    [
+        ("agent", True, 5, "open"),  # the agent's own room, however many people
+        ("agent", False, 1, "mention"),  # a puppet invited into another agent's room
+        ("dm", False, 1, "open"),  # 1:1
+        ("dm", False, 2, "mention"),  # a group room
+    ],
+)
+def test_default_modes(kind: str, own: bool, others: int, mode: str) -> None:
+    assert default_mode(kind, own, others) == mode
+
+
+def test_mentions_by_intent_pill_mxid_or_name() -> None:
+    names = ["Helper Bot"]
+    assert is_mentioned({"body": "x", "m.mentions": {"user_ids": [PUPPET]}}, PUPPET, names)
+    pill = '<a href="https://matrix.to/#/%40agent_1234%3Aexample.org">Helper</a> hi'
+    assert is_mentioned({"body": "Helper hi", "formatted_body": pill}, PUPPET, [])
+    assert is_mentioned({"body": f"hey {PUPPET}"}, PUPPET, [])
+    assert is_mentioned({"body": "helper bot: what now?"}, PUPPET, names)
+    assert not is_mentioned({"body": "the helper bots are fine"}, PUPPET, names)
+    assert not is_mentioned({"body": "hi all", "m.mentions": {"user_ids": []}}, PUPPET, names)
+
+
+def test_addressed_by_mode() -> None:
+    row = agent(displayname="Helper")
+    assert addressed("open", {"body": "anything"}, row)
+    assert not addressed("mention", {"body": "anything"}, row)
+    assert addressed("mention", {"body": "Helper, anything?"}, row)
+    assert not addressed("off", {"body": "Helper!", "m.mentions": {"user_ids": [PUPPET]}}, row)
+
+
+def test_commands_are_recognised_by_prefix() -> None:
+    assert is_command({"body": "  !LETTA help"}, "!letta")
+    assert not is_command({"body": "letta help"}, "!letta")
+
+
+# --- to Letta ------------------------------------------------------------------------------------
+
+
+def test_incoming_text_takes_text_and_emotes_only() -> None:
+    assert incoming_text({"msgtype": "m.text", "body": "hi"}, "Alice") == "hi"
+    assert incoming_text({"msgtype": "m.emote", "body": "waves"}, "Alice") == "* Alice waves"
+    assert incoming_text({"msgtype": "m.notice", "body": "bot talk"}, "Alice") is None
+    assert incoming_text({"msgtype": "m.image", "body": "cat.png"}, "Alice") is None
+    assert incoming_text({"msgtype": "m.text", "body": "  "}, "Alice") is None
+    edit = {"rel_type": "m.replace", "event_id": "$x"}
+    assert incoming_text({"msgtype": "m.text", "body": "* fix", "m.relates_to": edit}, "A") is None
+
+
+def test_reply_fallback_is_dropped() -> None:
+    body = "> <@bob:example.org> earlier\n> more\n\nmy answer"
+    assert strip_reply_fallback(body) == "my answer"
+    assert strip_reply_fallback("> a quote I mean\nno blank line") == (
+        "> a quote I mean\nno blank line"
+    )
+    content = {"msgtype": "m.text", "body": body, "m.relates_to": {"m.in_reply_to": {}}}
+    assert incoming_text(content, "A") == "my answer"
+
+
+def test_attribution_line_then_text() -> None:
+    template = '[Matrix: {displayname} ({sender}) in "{room_name}"]'
+    text = letta_content(
+        template, displayname="Al {x}", sender="@al:ex.org", room_name="Room", text="hi"
+    )
+    assert text == '[Matrix: Al {x} (@al:ex.org) in "Room"]\nhi'
+    assert sender_name("@al.b:ex.org") == "al.b"
+
+
+def test_ids_are_deterministic_and_distinct() -> None:
+    assert otid("$e", "agent-1") == otid("$e", "agent-1") != otid("$e", "agent-2")
+    assert txn_id("$e", "a", 0) == txn_id("$e", "a", 0)
+    assert len({txn_id("$e", "a", 0), txn_id("$e", "b", 0), txn_id("$e", "a", 1)}) == 3
+    assert edit_suffix("one") != edit_suffix("two")
+
+
+# --- from Letta ----------------------------------------------------------------------------------
+
+
+def parsed(*raw: dict[str, Any]) -> list[LettaMessage]:
+    messages = [parse_message(r) for r in raw]
+    return [m for m in messages if m is not None]
+
+
+def test_every_assistant_shape_becomes_a_text_part() -> None:
+    messages = parsed(
+        lr.assistant("plain"),
+        lr.assistant_parts("list ", "content"),
+        lr.legacy_assistant("old field"),
+        lr.send_message_call("**tool** call"),
+        lr.reasoning("hidden"),
+        lr.tool_call("web_search", {"q": 1}),
+    )
+    parts = build_parts(messages, "end_turn")
+    assert [p.body for p in parts] == ["plain", "list content", "old field", "**tool** call"]
+    assert parts[3].html == "<p><strong>tool</strong> call</p>"
+    assert parts[0].html is None  # plain text goes out without formatted_body
+
+
+def test_reasoning_and_tools_as_collapsed_notices() -> None:
+    messages = parsed(
+        lr.reasoning("Think."),
+        lr.tool_call("web_search", {"query": "x"}),
+        lr.tool_return("found", name="web_search"),
+        lr.assistant("Done."),
+    )
+    parts = build_parts(messages, None, show_reasoning="notice", show_tools="notice")
+    assert [p.msgtype for p in parts] == ["m.notice", "m.notice", "m.notice", "m.text"]
+    assert parts[0].html == (
+        "<details><summary>Reasoning</summary><pre><code>Think.</code></pre></details>"
+    )
+    assert parts[1].body == 'Tool call: web_search:\n{\n  "query": "x"\n}'
+    assert parts[2].body == "Tool result: web_search: found"
+    only_reasoning = build_parts(messages, None, show_reasoning="notice")
+    assert [p.body for p in only_reasoning] == ["Reasoning: Think.", "Done."]
+
+
+def test_stop_reasons_and_approvals_are_told() -> None:
+    answer = parsed(lr.assistant("partial"))
+    assert build_parts(answer, "end_turn")[-1].body == "partial"
+    assert "step limit" in build_parts(answer, "max_steps")[-1].body
+    assert "error (llm_api_error)" in build_parts(answer, "llm_api_error")[-1].body
+    approval = parsed(lr.approval_request("delete_file", {"path": "/"}))
+    parts = build_parts(approval, "requires_approval")
+    assert len(parts) == 1 and "delete_file" in parts[0].body and "approval" in parts[0].body
+
+
+def test_error_texts_name_no_urls() -> None:
+    cases = {
+        LettaError("server", "http://secret@x/v1 500", status=500): "internal error (HTTP 500)",
+        LettaError("busy", "409", status=409): "busy",
+        LettaError("client", "400", status=400): "rejected the message (HTTP 400)",
+        LettaError("timeout", "t"): "within 180 s",
+        LettaError("connection", "c"): "could not be reached",
+        LettaError("auth", "a", status=401): "credentials",
+    }
+    for error, expected in cases.items():
+        assert expected in error_text(error, 180)
+        assert "secret" not in error_text(error, 180)
+    busy = waiting_text(LettaError("busy", "x", status=409), 600)
+    assert busy == (
+        "The agent is busy with another request; your message is queued and will be retried "
+        "for up to 10 min."
+    )
+    assert [duration(s) for s in (2, 600, 7200)] == ["2 s", "10 min", "2 h"]
+
+
+# --- Matrix content --------------------------------------------------------------------------
+
+
+def test_replies_stay_in_threads() -> None:
+    assert reply_relation({"body": "x"}, "$me") == {"m.in_reply_to": {"event_id": "$me"}}
+    threaded = {"m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}}
+    assert reply_relation(threaded, "$me") == {
+        "rel_type": "m.thread",
+        "event_id": "$root",
+        "is_falling_back": False,
+        "m.in_reply_to": {"event_id": "$me"},
+    }
+
+
+def test_message_and_edit_content() -> None:
+    part = Part("m.text", "**hi**", "<p><strong>hi</strong></p>")
+    relation = {"m.in_reply_to": {"event_id": "$q"}}
+    assert message_content(part, relation, ["@al:x"]) == {
+        "msgtype": "m.text",
+        "body": "**hi**",
+        "format": "org.matrix.custom.html",
+        "formatted_body": "<p><strong>hi</strong></p>",
+        "m.relates_to": relation,
+        "m.mentions": {"user_ids": ["@al:x"]},
+    }
+    edit = edit_content(part, "$first")
+    assert edit["body"] == "* **hi**"
+    assert edit["m.relates_to"] == {"rel_type": "m.replace", "event_id": "$first"}
+    assert (
+        edit["m.new_content"]["body"] == "**hi**" and "m.relates_to" not in edit["m.new_content"]
+    )
+
+
+# --- streaming relay -----------------------------------------------------------------------
+
+
+class Outbox:
+    def __init__(self, sent: dict[int, str] | None = None) -> None:
+        self.sent = dict(sent or {})
+        self.log: list[tuple[str, int, str]] = []
+
+    async def post(self, index: int, part: Part) -> str:
+        self.sent[index] = f"$p{index}"
+        self.log.append(("post", index, part.body))
+        return self.sent[index]
+
+    async def edit(self, index: int, part: Part) -> None:
+        self.log.append(("edit", index, part.body))
+
+
+class Stream:
+    def __init__(
+        self,
+        raws: list[dict[str, Any]],
+        stop_reason: str | None = "end_turn",
+        error: LettaError | None = None,
+    ) -> None:
+        self.messages = parsed(*raws)
+        self.stop_reason = stop_reason
+        self.error = error
+
+    async def __aiter__(self) -> AsyncIterator[LettaMessage]:
+        for message in self.messages:
+            yield message
+        if self.error is not None:
+            raise self.error
+
+
+async def test_relay_posts_first_delta_then_one_final_edit() -> None:
+    text = "Hello there, this streams."
+    raws = lr.token_deltas([lr.reasoning("hm", "message-1"), lr.assistant(text, "message-1")])
+    outbox = Outbox()
+    parts = await relay(Stream(raws), outbox, "notice", "off")
+    assert outbox.log == [("post", 0, "Reasoning: hm"), ("post", 1, "Hell"), ("edit", 1, text)]
+    assert [p.body for p in parts] == ["Reasoning: hm", text]
+
+
+async def test_relay_streamed_send_message_call_and_stop_reason() -> None:
+    raws = lr.token_deltas([lr.send_message_call("from the tool")])
+    outbox = Outbox()
+    parts = await relay(Stream(raws, "max_steps"), outbox, "off", "off")
+    assert outbox.log == [("post", 0, "from the tool")]
+    assert parts[0].body == "from the tool" and "step limit" in parts[1].body  # left to post
+
+
+async def test_relay_error_before_output_is_raised_after_output_is_told() -> None:
+    error = LettaError("server", "boom")
+    with pytest.raises(LettaError):
+        await relay(Stream([lr.reasoning("x")], None, error), Outbox(), "off", "off")
+    outbox = Outbox()
+    parts = await relay(Stream([lr.assistant("half")], None, error), outbox, "off", "off")
+    assert outbox.log == [("post", 0, "half")]
+    assert "may be incomplete" in parts[-1].body
+
+
+async def test_relay_after_a_crash_edits_the_part_already_posted() -> None:
+    outbox = Outbox({0: "$old"})
+    await relay(Stream([lr.assistant("the whole answer")]), outbox, "off", "off")
+    assert outbox.log == [("edit", 0, "the whole answer")]
