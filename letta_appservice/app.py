@@ -46,8 +46,9 @@ USER_AGENT = f"letta-appservice/{__version__}"
 
 
 class App:
-    """The running appservice. Start order: database -> web server (so the homeserver can push
-    and ping) -> homeserver client -> inbox worker -> homeserver bootstrap in the background."""
+    """The running appservice. Start order: database -> every part, wired here and nowhere
+    else -> web server (the homeserver can push) -> inbox worker -> homeserver bootstrap in the
+    background (bot registration, ping, then the reconcile timer)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -69,26 +70,13 @@ class App:
 
     async def start(self) -> None:
         cfg = self.config
-        url = DatabaseURL.parse(cfg.appservice.database)
-        self.db = await open_database(url)
+        self.db = await open_database(DatabaseURL.parse(cfg.appservice.database))
         self.state_store = PgASStateStore(self.db)
         await PgASStateStore.upgrade_table.upgrade(self.db)
         self.inbox = InboxStore(self.db)
         self.agents = AgentStore(self.db)
-        self.worker = InboxWorker(
-            self.inbox, self.handle_event, max_concurrency=cfg.letta.max_concurrency
-        )
-        self.web = WebServer(
-            hs_token=cfg.appservice.hs_token,
-            max_body_size=cfg.appservice.max_body_size,
-            inbox=self.inbox,
-            on_stored=self.worker.wake,
-            query_user=self.query_user,
-            ready_check=self.ready_check,
-            metrics=self.metrics,
-            refresh_gauges=self._refresh_gauges,
-        )
-        await self.web.start(cfg.appservice.hostname, cfg.appservice.port)
+        rooms, state = RoomStore(self.db), BridgeState(self.db)
+        permissions = Permissions(cfg.bridge.permissions)
         self._http = self._client_session()
         self.api = AppServiceAPI(
             base_url=cfg.homeserver.address,
@@ -108,38 +96,20 @@ class App:
             on_request=self.metrics.observe_letta,
         )
         self.puppets = Puppets(self.api, self.state_store)
+        # timer -> reconciler -> Matrix
         self.reconciler = Reconciler(
             cfg,
             api=self.api,
             letta=self.letta,
             agents=self.agents,
-            rooms=RoomStore(self.db),
-            state=BridgeState(self.db),
+            rooms=rooms,
+            state=state,
             state_store=self.state_store,
             puppets=self.puppets,
             request_count=lambda: self.matrix_request_count,
         )
-        # Started by _bootstrap once the homeserver answers.
-        self.scheduler = Scheduler(
-            self._reconcile_pass, cfg.letta.sync_interval, BridgeState(self.db)
-        )
-        self.commands = CommandProcessor(
-            config=cfg,
-            permissions=Permissions(cfg.bridge.permissions),
-            bot=self.bot,
-            api=self.api,
-            agents=self.agents,
-            rooms=RoomStore(self.db),
-            state=BridgeState(self.db),
-            inbox=self.inbox,
-            letta=self.letta,
-            reconciler=self.reconciler,
-            scheduler=self.scheduler,
-            puppets=self.puppets,
-            started_at=self.started_at,
-        )
-        # Conversations: the router takes every inbox event (after handle_event's bookkeeping)
-        # and picks its lane, so each agent gets one Letta request at a time, in order.
+        self.scheduler = Scheduler(self._reconcile_pass, cfg.letta.sync_interval, state)
+        # push -> durable inbox -> router -> Letta -> puppet reply
         self.conversations = Conversations(
             settings=ConversationSettings.from_config(cfg),
             letta=self.letta,
@@ -148,12 +118,27 @@ class App:
             sent=SentEventStore(self.db),
             metrics=self.metrics,
         )
-        self.commands.services.conversations = self.conversations
+        self.commands = CommandProcessor(
+            config=cfg,
+            permissions=permissions,
+            bot=self.bot,
+            api=self.api,
+            agents=self.agents,
+            rooms=rooms,
+            state=state,
+            inbox=self.inbox,
+            letta=self.letta,
+            reconciler=self.reconciler,
+            scheduler=self.scheduler,
+            conversations=self.conversations,
+            puppets=self.puppets,
+            started_at=self.started_at,
+        )
         self.router = Router(
             config=cfg,
-            permissions=Permissions(cfg.bridge.permissions),
+            permissions=permissions,
             agents=self.agents,
-            rooms=RoomStore(self.db),
+            rooms=rooms,
             invited=InvitedAgentStore(self.db),
             notices=UserNoticeStore(self.db),
             state_store=self.state_store,
@@ -162,8 +147,26 @@ class App:
             before=self.handle_event,
             commands=self.commands,
         )
-        self.worker.handler, self.worker.lane_key = self.router.handle, self.router.lane_key
+        # Lanes: one Letta request at a time per agent, in order; other events per room.
+        self.worker = InboxWorker(
+            self.inbox,
+            self.router.handle,
+            lane_key=self.router.lane_key,
+            max_concurrency=cfg.letta.max_concurrency,
+        )
+        self.web = WebServer(
+            hs_token=cfg.appservice.hs_token,
+            max_body_size=cfg.appservice.max_body_size,
+            inbox=self.inbox,
+            on_stored=self.worker.wake,
+            query_user=self.query_user,
+            ready_check=self.ready_check,
+            metrics=self.metrics,
+            refresh_gauges=self._refresh_gauges,
+        )
+        await self.web.start(cfg.appservice.hostname, cfg.appservice.port)
         await self.worker.start()
+        # Registers the bot, checks both directions, then starts the scheduler.
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
         log.info("letta-appservice %s started as %s", __version__, cfg.bot_mxid)
 
