@@ -12,7 +12,7 @@ import aiohttp
 from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.appservice.state_store.asyncpg import PgASStateStore
-from mautrix.errors import MatrixRequestError
+from mautrix.errors import MatrixError, MatrixRequestError
 from mautrix.util.async_db import Database
 
 from . import __version__
@@ -226,7 +226,7 @@ class App:
                 await self.bot.set_displayname(cfg.appservice.bot_displayname)
                 self.reconciler.use_room_version(await self._default_room_version())
                 break
-            except (aiohttp.ClientError, TimeoutError, MatrixRequestError) as e:
+            except (aiohttp.ClientError, TimeoutError, MatrixError) as e:
                 log.error(
                     "Cannot use the homeserver at %s as %s: %s. Check homeserver.address and "
                     "that registration.yaml is loaded by the homeserver. Retrying in %.0f s.",
@@ -247,7 +247,7 @@ class App:
                     "Homeserver reached us at %s (%d ms)", cfg.appservice.address, self.ping_ms
                 )
                 break
-            except (aiohttp.ClientError, TimeoutError, MatrixRequestError) as e:
+            except (aiohttp.ClientError, TimeoutError, MatrixError) as e:
                 log.error(
                     "The homeserver cannot reach this appservice at %s: %s. Check that "
                     "appservice.address (the registration url) is reachable from the "

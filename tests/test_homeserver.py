@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
+import pytest
 
 from letta_appservice.db.agent import AgentRow
-from tests.conftest import SERVER_NAME, AppFactory
+from tests.conftest import SERVER_NAME, AppFactory, free_port
 from tests.harness.synapse import SynapseServer, fresh_localpart
 
 
@@ -106,3 +108,40 @@ async def test_pushed_events_land_in_the_inbox_exactly_once(
     assert await app.state_store.is_joined(room, second.mxid)
     await second.close()
     await user.close()
+
+
+async def test_unreachable_links_are_logged_clearly_and_retried(
+    start_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="letta_appservice")
+    # The homeserver is not where the config says: a clear error, no crash, /ready says 503.
+    lost = await start_app(homeserver={"address": f"http://127.0.0.1:{free_port()}"}, ready=False)
+    line = await _log_line(caplog, "Cannot use the homeserver at")
+    assert "Check homeserver.address" in line and "Retrying in" in line
+    assert lost.config.appservice.as_token not in caplog.text
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{lost.config.appservice.address}/ready") as resp:
+            assert resp.status == 503 and (await resp.json())["homeserver"] is False
+    await lost.stop()
+
+
+async def test_homeserver_that_cannot_reach_us_is_reported(
+    start_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="letta_appservice")
+    # Listen somewhere other than the registration's url: the homeserver's ping fails.
+    app = await start_app(instance="lab", appservice={"port": free_port()}, ready=False)
+    line = await _log_line(caplog, "The homeserver cannot reach this appservice at")
+    assert "appservice.address" in line and "Retrying in" in line
+    assert app.homeserver_ok and app.ping_ms is None
+    assert app.config.appservice.hs_token not in caplog.text
+    await app.stop()
+
+
+async def _log_line(caplog: pytest.LogCaptureFixture, start: str) -> str:
+    for _ in range(1200):  # mautrix retries a refused connection for a while first
+        for record in caplog.records:
+            if record.getMessage().startswith(start):
+                return record.getMessage()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no log line starting with {start!r}")
