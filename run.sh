@@ -4,5 +4,5 @@
 # The first run writes config.yaml from the commented example and tells you what to edit.
 set -euo pipefail
 cd "$(dirname "$0")"
-. scripts/venv.sh
+. scripts/venv.sh ""  # an argument, or it would see ours
 exec .venv/bin/letta-appservice "$@"
