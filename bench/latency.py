@@ -35,9 +35,14 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from letta_appservice.app import App
-from letta_appservice.config import parse_config
-from letta_appservice.registration import build_registration, write_registration
-from tests.conftest import ADMIN, INSTANCES, PG_ADMIN_DSN, SERVER_NAME, make_config
+from tests.conftest import (
+    ADMIN,
+    INSTANCES,
+    PG_ADMIN_DSN,
+    SERVER_NAME,
+    make_config,
+    write_registrations,
+)
 from tests.harness import letta_replies as lr
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.matrix_user import MatrixUser
@@ -302,12 +307,7 @@ async def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="latency-bench-"))
-    registrations = []
-    for inst in INSTANCES.values():
-        config = parse_config(inst.config_data("http://unused", "sqlite:unused.db", "http://x"))
-        path = workdir / f"registration-{inst.id}.yaml"
-        write_registration(build_registration(config), path)
-        registrations.append(path)
+    registrations = write_registrations(workdir)
     print("Starting Synapse…", file=sys.stderr)
     synapse = await SynapseServer.start(workdir / "hs", registrations, server_name=SERVER_NAME)
     try:

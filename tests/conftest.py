@@ -124,15 +124,21 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 # --- Synapse, Letta, the appservice --------------------------------------------------------
 
 
-@pytest_asyncio.fixture(scope="session")
-async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SynapseServer]:
-    workdir = tmp_path_factory.mktemp("synapse")
+def write_registrations(workdir: Path) -> list[Path]:
+    """The registration of every test instance, as the homeserver loads them."""
     paths = []
     for inst in INSTANCES.values():
         config = parse_config(inst.config_data("http://unused", "sqlite:unused.db", "http://x"))
         path = workdir / f"registration-{inst.id}.yaml"
         write_registration(build_registration(config), path)
         paths.append(path)
+    return paths
+
+
+@pytest_asyncio.fixture(scope="session")
+async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SynapseServer]:
+    workdir = tmp_path_factory.mktemp("synapse")
+    paths = write_registrations(workdir)
     server = await SynapseServer.start(workdir / "hs", paths, server_name=SERVER_NAME)
     try:
         yield server
