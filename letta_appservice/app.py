@@ -15,7 +15,7 @@ from mautrix.appservice.state_store.asyncpg import PgASStateStore
 from mautrix.errors import MatrixError, MatrixRequestError
 from mautrix.util.async_db import Database
 
-from . import __version__
+from . import __version__, housekeeping
 from .commands import CommandProcessor
 from .config import Config
 from .conversation import Conversations
@@ -110,12 +110,13 @@ class App:
         )
         self.scheduler = Scheduler(self._reconcile_pass, cfg.letta.sync_interval, state)
         # push -> durable inbox -> router -> Letta -> puppet reply
+        turns, sent = TurnStore(self.db), SentEventStore(self.db)
         self.conversations = Conversations(
             settings=ConversationSettings.from_config(cfg),
             letta=self.letta,
             puppets=self.puppets,
-            turns=TurnStore(self.db),
-            sent=SentEventStore(self.db),
+            turns=turns,
+            sent=sent,
             metrics=self.metrics,
         )
         self.commands = CommandProcessor(
@@ -168,6 +169,11 @@ class App:
         await self.worker.start()
         # Registers the bot, checks both directions, then starts the scheduler.
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
+        self._tasks.append(
+            asyncio.create_task(
+                housekeeping.run_periodically(self.inbox, sent, turns), name="housekeeping"
+            )
+        )
         log.info("letta-appservice %s started as %s", __version__, cfg.bot_mxid)
 
     async def stop(self) -> None:

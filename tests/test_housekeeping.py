@@ -1,0 +1,40 @@
+"""Old finished rows are pruned on SQLite and PostgreSQL; unfinished and recent ones stay."""
+
+from __future__ import annotations
+
+from letta_appservice.db.database import DatabaseURL, open_database
+from letta_appservice.db.inbox import InboxStore, now_ms
+from letta_appservice.db.sent_event import SentEventStore
+from letta_appservice.db.turn import TurnStore
+from letta_appservice.housekeeping import RETENTION_MS, prune
+from tests.test_transactions import message
+
+
+async def test_prune_keeps_what_exactly_once_still_needs(database_url: str) -> None:
+    db = await open_database(DatabaseURL.parse(database_url), in_child=False)
+    inbox, sent, turns = InboxStore(db), SentEventStore(db), TurnStore(db)
+    try:
+        await inbox.store_transaction("old", [message(1), message(2)])
+        await inbox.store_transaction("new", [message(3)])
+        old = now_ms() - RETENTION_MS - 1000
+        # $event1: finished long ago. $event2: old but never finished. $event3: finished now.
+        await db.execute(
+            "UPDATE inbox SET state='done', updated_at=$1 WHERE event_id='$event1'", old
+        )
+        await db.execute("UPDATE inbox SET updated_at=$1 WHERE event_id='$event2'", old)
+        await db.execute("UPDATE inbox SET state='done' WHERE event_id='$event3'")
+        await db.execute("UPDATE appservice_txn SET received_at=$1 WHERE txn_id='old'", old)
+        await sent.add("$event1", "", 0, "!room:test.local", "$reply1")
+        await sent.add("$event3", "", 0, "!room:test.local", "$reply3")
+        await db.execute("UPDATE sent_event SET sent_at=$1 WHERE source_event_id='$event1'", old)
+
+        removed = await prune(inbox, sent, turns, now_ms() - RETENTION_MS)
+
+        assert removed == {"inbox": 1, "sent_event": 1, "letta_turn": 0}
+        left = [r["event_id"] for r in await db.fetch("SELECT event_id FROM inbox ORDER BY seq")]
+        assert left == ["$event2", "$event3"]
+        txns = [r["txn_id"] for r in await db.fetch("SELECT txn_id FROM appservice_txn")]
+        assert txns == ["new"]
+        assert await sent.parts("$event1") == {} and await sent.parts("$event3") == {0: "$reply3"}
+    finally:
+        await db.stop()
