@@ -111,6 +111,7 @@ class App:
         self.scheduler = Scheduler(self._reconcile_pass, cfg.letta.sync_interval, state)
         # push -> durable inbox -> router -> Letta -> puppet reply
         turns, sent = TurnStore(self.db), SentEventStore(self.db)
+        notices = UserNoticeStore(self.db)
         self.conversations = Conversations(
             settings=ConversationSettings.from_config(cfg),
             letta=self.letta,
@@ -134,6 +135,7 @@ class App:
             conversations=self.conversations,
             puppets=self.puppets,
             started_at=self.started_at,
+            notices=notices,
         )
         self.router = Router(
             config=cfg,
@@ -141,7 +143,7 @@ class App:
             agents=self.agents,
             rooms=rooms,
             invited=InvitedAgentStore(self.db),
-            notices=UserNoticeStore(self.db),
+            notices=notices,
             state_store=self.state_store,
             puppets=self.puppets,
             conversations=self.conversations,

@@ -77,5 +77,11 @@ class Management:
     async def _is_dm(self, evt: StateEvent) -> bool:
         if evt.content.is_direct:
             return True
-        resp = await self.api.request(Method.GET, Path.v3.rooms[evt.room_id].joined_members)
-        return len(resp.get("joined", {})) <= 2
+        # Pending invites count too: a room made for a group is not a DM while they are out.
+        resp = await self.api.request(Method.GET, Path.v3.rooms[evt.room_id].members)
+        present = [
+            ev
+            for ev in resp.get("chunk", [])
+            if (ev.get("content") or {}).get("membership") in ("join", "invite")
+        ]
+        return len(present) <= 2

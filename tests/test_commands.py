@@ -190,6 +190,30 @@ async def test_invite_from_a_user_without_permission_is_rejected(
     assert await app.commands.services.rooms.management_room(user.mxid) is None
 
 
+async def test_a_user_without_permission_is_refused_once_per_room(
+    start_app: AppFactory, bridge: Bridge, user: MatrixUser, admin_user: MatrixUser
+) -> None:
+    await start(start_app, bridge, permissions={ADMIN: "admin"})
+    room = await admin_user.create_room(invite=[BOT, user.mxid], preset="private_chat")
+    await admin_user.wait_for_event(room, is_bot_notice, timeout=TIMEOUT)  # the bot's greeting
+    await user.join(room)
+    await user.mark()
+    first = await user.send_text(room, "!letta status")
+    refusal = await user.wait_for_event(room, is_bot_notice, timeout=TIMEOUT)
+    assert refusal["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == first
+    assert refusal["content"]["body"] == "You are not allowed to use this bridge."
+    await user.send_text(room, "!letta help")
+    # A permitted user's command afterwards is answered; the second refusal never came.
+    await admin_user.send_text(room, "!letta version")
+    await user.wait_for_event(
+        room,
+        lambda e: is_bot_notice(e) and e["content"]["body"].startswith("letta-appservice"),
+        timeout=TIMEOUT,
+    )
+    notices = [e for e in user.events_seen(room) if is_bot_notice(e)]
+    assert len(notices) == 2  # the one refusal and the answer to the admin
+
+
 # --- admin commands -----------------------------------------------------------------------------
 
 

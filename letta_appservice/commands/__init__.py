@@ -16,6 +16,7 @@ from ..db.agent import AgentStore
 from ..db.bridge_state import BridgeState
 from ..db.inbox import InboxStore
 from ..db.room import MANAGEMENT, RoomRow, RoomStore
+from ..db.user_notice import UserNoticeStore
 from ..letta.client import LettaClient
 from ..letta.errors import LettaError
 from ..management import Management, send_markdown
@@ -28,6 +29,7 @@ from .registry import REGISTRY, CommandResult, Invocation, command_text, dispatc
 
 __all__ = ["REGISTRY", "CommandProcessor", "CommandResult", "dispatch"]
 log = logging.getLogger("letta_appservice.commands")
+REFUSED = "command_refused"  # user_notice kind
 
 
 class CommandProcessor:
@@ -54,6 +56,7 @@ class CommandProcessor:
         conversations: Any | None = None,
         puppets: Any | None = None,
         started_at: float | None = None,
+        notices: UserNoticeStore | None = None,
     ) -> None:
         self.services = Services(
             config=config,
@@ -71,6 +74,8 @@ class CommandProcessor:
             puppets=puppets,
             started_at=time.time() if started_at is None else started_at,
         )
+        # One refusal per room for someone without access, not one per message.
+        self.notices = notices
         self.prefix = config.bridge.command_prefix
         self.bot_mxid = config.bot_mxid
         self._is_puppet = PuppetMatcher(config.bridge.username_template, config.homeserver.domain)
@@ -112,6 +117,9 @@ class CommandProcessor:
         text = command_text(content.body, self.prefix, management_room=in_management)
         if text is None:
             return False
+        refused = self.services.permissions.level(sender) is None
+        if refused and self.notices and await self.notices.given(evt.room_id, sender, REFUSED):
+            return True  # told once already in this room
         prefix = "" if in_management else self.prefix
         result = await self.run(text, sender, evt.room_id, prefix, evt.event_id)
         reply_to = None if in_management else evt.event_id
@@ -127,6 +135,8 @@ class CommandProcessor:
                 raise
             api = self.services.api.user(UserID(puppet))
             await send_markdown(api, evt.room_id, result.text, txn_id, reply_to=reply_to)
+        if refused and self.notices:
+            await self.notices.record(evt.room_id, sender, REFUSED)
         return True
 
     async def _puppet_of(self, room: RoomRow | None) -> str | None:
