@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -39,8 +40,9 @@ class InboxEvent:
         " not_before, received_at, error"
     )
 
-    @property
+    @functools.cached_property
     def event(self) -> dict[str, Any]:
+        """The event as pushed, parsed once (the router and its helpers all read it)."""
         return json.loads(self.event_json)
 
 
