@@ -11,6 +11,7 @@ from .config import Config
 from .db.agent import ACTIVE, DELETED, AgentRow
 from .letta.models import Agent
 from .matrix.ids import agent_alias, agent_mxid
+from .permissions import Permissions
 
 # Kinds of change, in the words of the pass summary.
 CREATE, UPDATE, ARCHIVE, RESTORE, REPAIR, RECORD = (
@@ -58,15 +59,12 @@ class Settings:
     @classmethod
     def from_config(cls, config: Config) -> Settings:
         b = config.bridge
-        admins = sorted(
-            who for who, level in b.permissions.items() if level == "admin" and who[:1] == "@"
-        )
         return cls(
             bot=config.bot_mxid,
             domain=config.homeserver.domain,
             username_template=b.username_template,
             space_name=b.space_name,
-            admins=tuple(admins),
+            admins=tuple(Permissions(b.permissions).admins),
             templates=Templates(b.displayname_template, b.room_name_template, b.archived_suffix),
         )
 
