@@ -32,7 +32,7 @@ from .db.user_notice import UserNoticeStore
 from .inbox import InboxWorker
 from .letta import LettaClient
 from .matrix.ids import PuppetMatcher
-from .matrix.rooms import RateLimitMiddleware
+from .matrix.rooms import RateLimitMiddleware, appservice_api
 from .metrics import Metrics
 from .permissions import Permissions
 from .puppets import Puppets
@@ -78,15 +78,7 @@ class App:
         rooms, state = RoomStore(self.db), BridgeState(self.db)
         permissions = Permissions(cfg.bridge.permissions)
         self._http = self._client_session()
-        self.api = AppServiceAPI(
-            base_url=cfg.homeserver.address,
-            bot_mxid=cfg.bot_mxid,
-            log=logging.getLogger("letta_appservice.matrix"),
-            token=cfg.appservice.as_token,
-            state_store=self.state_store,
-            client_session=self._http,
-            default_retry_count=2,
-        )
+        self.api: AppServiceAPI = appservice_api(cfg, self.state_store, self._http)
         self.bot: IntentAPI = self.api.bot_intent()
         self.letta = LettaClient(
             cfg.letta.base_url,

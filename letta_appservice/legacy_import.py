@@ -204,14 +204,7 @@ async def run_import(
         state_store = PgASStateStore(db)
         await PgASStateStore.upgrade_table.upgrade(db)
         async with aiohttp.ClientSession(middlewares=(rooms.RateLimitMiddleware(),)) as http:
-            api = AppServiceAPI(
-                base_url=config.homeserver.address,
-                bot_mxid=config.bot_mxid,
-                log=logging.getLogger("letta_appservice.matrix"),
-                token=config.appservice.as_token,
-                state_store=state_store,
-                client_session=http,
-            )
+            api = rooms.appservice_api(config, state_store, http, retries=0)
             if not dry_run:
                 await api.bot_intent().ensure_registered()
             importer = LegacyImporter(

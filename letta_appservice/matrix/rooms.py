@@ -1,5 +1,6 @@
 """Agent rooms and the space on the homeserver: request bodies (pure), the raw calls that send
-them (exactly one request each), and the 429 middleware of the homeserver HTTP session."""
+them (exactly one request each), the appservice API and the 429 middleware of the homeserver
+HTTP session."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, ClientSession
 from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI
+from mautrix.appservice.state_store import ASStateStore
 from mautrix.errors import MatrixRequestError
-from mautrix.types import RoomID
+from mautrix.types import RoomID, UserID
+
+from ..config import Config
 
 log = logging.getLogger("letta_appservice.matrix.rooms")
 
@@ -193,6 +197,24 @@ async def room_state(api: AppServiceAPI, room_id: str) -> list[dict[str, Any]]:
 async def set_displayname(api: AppServiceAPI, user_id: str, displayname: str) -> None:
     await api.request(
         Method.PUT, Path.v3.profile[user_id].displayname, {"displayname": displayname}
+    )
+
+
+# --- the homeserver client ------------------------------------------------------------------
+
+
+def appservice_api(
+    config: Config, state_store: ASStateStore, session: ClientSession, retries: int = 2
+) -> AppServiceAPI:
+    """The appservice's request API (bot and puppets) over ``session``."""
+    return AppServiceAPI(
+        base_url=config.homeserver.address,
+        bot_mxid=UserID(config.bot_mxid),
+        log=logging.getLogger("letta_appservice.matrix"),
+        token=config.appservice.as_token,
+        state_store=state_store,
+        client_session=session,
+        default_retry_count=retries,
     )
 
 
