@@ -57,7 +57,7 @@ class App:
         self.homeserver_ok = False
         self.ping_ms: int | None = None  # set once the homeserver has reached us
         self._ready = asyncio.Event()
-        self.is_puppet = PuppetMatcher(config.bridge.username_template, config.homeserver.domain)
+        self.is_puppet = PuppetMatcher.from_config(config)
         # Every homeserver request, counted (tests and benchmarks prove "no calls" with it).
         self.matrix_request_count = 0
         self.recent_matrix_requests: deque[tuple[str, str]] = deque(maxlen=500)

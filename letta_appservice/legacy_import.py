@@ -196,7 +196,7 @@ async def run_import(
     from .legacy_files import parse_mappings, parse_space
     from .matrix.ids import PuppetMatcher
 
-    is_puppet = PuppetMatcher(config.bridge.username_template, config.homeserver.domain)
+    is_puppet = PuppetMatcher.from_config(config)
     legacy = parse_mappings(FsPath(mappings), config.homeserver.domain, is_puppet)
     space = parse_space(FsPath(space_file)) if space_file else None
     db = await open_database(DatabaseURL.parse(config.appservice.database), in_child=False)

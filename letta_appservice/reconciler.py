@@ -111,7 +111,7 @@ class Reconciler:
             rooms=rooms,
             state_store=state_store,
         )
-        self.is_puppet = PuppetMatcher(config.bridge.username_template, config.homeserver.domain)
+        self.is_puppet = PuppetMatcher.from_config(config)
         self._request_count = request_count
         self._concurrency = concurrency
         # Repairs learned from pushed events, done by the next pass: agent id -> reasons.

@@ -85,7 +85,7 @@ class Router:
         self.conversations = conversations
         self.before = before
         self.commands = commands
-        self.is_puppet = PuppetMatcher(config.bridge.username_template, config.homeserver.domain)
+        self.is_puppet = PuppetMatcher.from_config(config)
         self._room_names: dict[str, str] = {}
 
     # --- lanes ---------------------------------------------------------------------------------

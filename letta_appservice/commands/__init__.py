@@ -78,7 +78,7 @@ class CommandProcessor:
         self.notices = notices
         self.prefix = config.bridge.command_prefix
         self.bot_mxid = config.bot_mxid
-        self._is_puppet = PuppetMatcher(config.bridge.username_template, config.homeserver.domain)
+        self._is_puppet = PuppetMatcher.from_config(config)
         self.management = Management(
             api=api, bot_mxid=self.bot_mxid, permissions=permissions, rooms=rooms
         )

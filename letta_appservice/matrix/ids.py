@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 # Characters a Letta id may contain that are not valid in our localparts become '_'.
 _UNSAFE = re.compile(r"[^a-z0-9]")
@@ -51,6 +55,10 @@ class PuppetMatcher:
 
     def __init__(self, template: str, domain: str) -> None:
         self._re = re.compile(namespace_regex(template, domain), re.IGNORECASE)
+
+    @classmethod
+    def from_config(cls, config: Config) -> PuppetMatcher:
+        return cls(config.bridge.username_template, config.homeserver.domain)
 
     def __call__(self, mxid: str) -> bool:
         return bool(self._re.match(mxid))
