@@ -12,7 +12,7 @@ import aiohttp
 from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.appservice.state_store.asyncpg import PgASStateStore
-from mautrix.errors import MatrixError, MatrixRequestError
+from mautrix.errors import MatrixError
 from mautrix.util.async_db import Database
 
 from . import __version__, housekeeping
@@ -36,7 +36,7 @@ from .matrix.rooms import RateLimitMiddleware, appservice_api
 from .metrics import Metrics
 from .permissions import Permissions
 from .puppets import Puppets
-from .reconciler import Reconciler
+from .reconciler import Reconciler, describe
 from .router import Router
 from .scheduler import Scheduler
 from .web import WebServer
@@ -232,7 +232,7 @@ class App:
                     "that registration.yaml is loaded by the homeserver. Retrying in %.0f s.",
                     cfg.homeserver.address,
                     cfg.bot_mxid,
-                    _describe(e),
+                    describe(e),
                     delay,
                 )
                 await asyncio.sleep(delay)
@@ -253,7 +253,7 @@ class App:
                     "appservice.address (the registration url) is reachable from the "
                     "homeserver and that the registration id is %r. Retrying in %.0f s.",
                     cfg.appservice.address,
-                    _describe(e),
+                    describe(e),
                     cfg.appservice.id,
                     delay,
                 )
@@ -306,9 +306,3 @@ class App:
         if await self.reconciler.observe(evt):
             self.scheduler.poke()  # drift (a kick, a removed space child): repair soon
         log.debug("Handled %s %s in %s", event.event_type, event.event_id, event.room_id)
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, MatrixRequestError):
-        return f"{e.errcode or e.http_status}: {e.message}"
-    return str(e) or type(e).__name__
