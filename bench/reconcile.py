@@ -1,10 +1,13 @@
 """Reconciler benchmark: provision agents into a real Synapse from the fake Letta, then time
 steady-state passes. Prints wall time, homeserver requests per agent, logins and RSS.
 
-    .venv/bin/python bench/reconcile.py [--agents 56] [--process-agents 1000]
+    .venv/bin/python bench/reconcile.py [--agents 56] [--rounds 3] [--process-agents 1000]
                                         [--steady 1000 10000] [--database sqlite|postgres]
 
-``--agents``: provisioned by an App in this process (requests and logins counted per path).
+``--agents``: provisioned by an App in this process (requests and logins counted per path),
+``--rounds`` times, each round right after the homeserver's floor for the same work
+(bench/reconcile_floor.py); the median and the bridge/floor ratio are printed, with the CPU
+Synapse spent in each.
 ``--process-agents``: provisioned by the real ``letta-appservice`` command in its own process,
 so its RSS is the appservice's alone; logins are checked afterwards on the homeserver (a login
 leaves a device behind, appservice registration does not).
@@ -15,7 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +34,7 @@ from ruamel.yaml import YAML
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.reconcile_floor import NoopAppservice, provision_floor
 from letta_appservice.app import App
 from letta_appservice.config import merge_sections, parse_config
 from letta_appservice.db.bridge_state import BridgeState
@@ -38,6 +44,13 @@ from tests.conftest import INSTANCES, PG_ADMIN_DSN, make_config
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.reconcile_support import Bridge
 from tests.harness.synapse import SynapseServer
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb() -> float:
@@ -74,9 +87,10 @@ async def provision(
         for n in range(count):
             letta.add_agent(f"Agent {n:05}", description=f"Benchmark agent {n}")
         app.recent_matrix_requests = type(app.recent_matrix_requests)(maxlen=count * 10)
-        began = time.perf_counter()
+        cpu, began = cpu_s(synapse.pid), time.perf_counter()
         summary = await app.scheduler.run_now()
         wall = time.perf_counter() - began
+        synapse_cpu = cpu_s(synapse.pid) - cpu
         assert summary.result == "ok" and summary.changes == {"create": count}, summary
         return {
             "agents": count,
@@ -85,6 +99,7 @@ async def provision(
             "per_agent": summary.matrix_requests / count,
             "logins": paths(app, "/login"),
             "rss_mb": rss_mb(),
+            "synapse_cpu_s": synapse_cpu,
         }
     finally:
         await app.stop()
@@ -222,35 +237,66 @@ async def database_url(kind: str, tmp: str) -> str:
     return f"postgres://postgres@127.0.0.1:5432/{name}"
 
 
+async def provision_rounds(
+    synapse: SynapseServer, noop: NoopAppservice, args: argparse.Namespace, count: int, tmp: str
+) -> None:
+    """Floor and bridge, ``args.rounds`` times on the same Synapse, in alternating order (the
+    homeserver's database grows as they go); each round and the medians."""
+
+    async def bridge() -> dict[str, Any]:
+        database = await database_url(args.database, tmp)
+        return await provision(synapse, database, count, args.concurrency)
+
+    ratios, walls = [], []
+    for n in range(1, args.rounds + 1):
+        r = await bridge() if n % 2 == 0 else {}
+        cpu = cpu_s(synapse.pid)
+        f = await provision_floor(synapse.url, noop, count, args.concurrency)
+        floor_cpu = cpu_s(synapse.pid) - cpu
+        r = r or await bridge()
+        ratios.append(r["wall_s"] / f["wall_s"])
+        walls.append(r["wall_s"])
+        print(
+            f"round {n}: provision {count} agents: {r['wall_s']:6.2f} s"
+            f" ({r['wall_s'] / count * 1000:.0f} ms/agent,"
+            f" Synapse CPU {r['synapse_cpu_s']:.2f} s),"
+            f" {r['requests']} requests = {r['per_agent']:.2f}/agent, logins {r['logins']},"
+            f" RSS after {r['rss_mb']:.0f} MB | floor {f['wall_s']:6.2f} s"
+            f" (Synapse CPU {floor_cpu:.2f} s, {f['requests']} requests) | ratio {ratios[-1]:.2f}"
+        )
+    print(
+        f"provision {count} agents: median {statistics.median(walls):.2f} s,"
+        f" bridge/floor median {statistics.median(ratios):.2f}"
+        f" (rounds {', '.join(f'{x:.2f}' for x in ratios)})\n"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--agents", type=int, nargs="*", default=[56])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--process-agents", type=int, nargs="*", default=[1000])
     parser.add_argument("--steady", type=int, nargs="*", default=[1000, 10000])
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    noop = NoopAppservice()
+    await noop.start()
     with tempfile.TemporaryDirectory() as tmp:
         registration = Path(tmp) / "registration.yaml"
         inst = INSTANCES["letta"]
         config = parse_config(inst.config_data("http://unused", "sqlite:unused.db", "http://x"))
         write_registration(build_registration(config), registration)
+        floor_registration = Path(tmp) / "registration-floor.yaml"
+        write_registration(noop.registration, floor_registration)
         began = time.perf_counter()
-        synapse = await SynapseServer.start(Path(tmp) / "hs", [registration])
+        synapse = await SynapseServer.start(Path(tmp) / "hs", [registration, floor_registration])
         print(f"Synapse {synapse.url} up in {time.perf_counter() - began:.1f} s")
         print(f"database: {args.database}, concurrency: {args.concurrency}\n")
         try:
             for count in args.agents:
-                r = await provision(
-                    synapse, await database_url(args.database, tmp), count, args.concurrency
-                )
-                print(
-                    f"provision {r['agents']:>6} agents: {r['wall_s']:7.2f} s"
-                    f" ({r['wall_s'] / count * 1000:.0f} ms/agent), {r['requests']} requests"
-                    f" = {r['per_agent']:.2f}/agent, logins {r['logins']},"
-                    f" RSS after {r['rss_mb']:.0f} MB"
-                )
+                await provision_rounds(synapse, noop, args, count, tmp)
             for count in args.process_agents:
                 database = await database_url(args.database, tmp)
                 r = await provision_process(synapse, database, count, tmp)
@@ -269,6 +315,7 @@ async def main() -> None:
                 )
         finally:
             await synapse.stop()
+            await noop.stop()
 
 
 if __name__ == "__main__":

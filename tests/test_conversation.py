@@ -161,6 +161,20 @@ async def test_round_trip_markdown_reply_and_thread(
     assert relates["is_falling_back"] is False
 
 
+async def test_letta_older_than_0_6_15_is_sent_the_text_field(
+    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+) -> None:
+    fake_letta.version, fake_letta.inline_streaming = "0.6.5", "ignored"
+    app = await start_app(letta={"streaming": True})
+    [old] = await provision(app, fake_letta, "Old Timer")
+    await enter(app, admin_user, old.room)
+    asked = await admin_user.send_text(old.room, "still there?")
+    reply = await admin_user.wait_for_event(old.room, reply_to(old.mxid, asked))
+    assert reply["content"]["body"].endswith("still there?")
+    [logged] = fake_letta.message_log
+    assert text_of(logged) == "still there?"
+
+
 async def test_reasoning_tools_and_stop_reason_notices(
     start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:

@@ -51,6 +51,11 @@ async def client() -> AsyncIterator[MakeClient]:
         await made.close()
 
 
+def posts(fake: FakeLetta) -> list[Any]:
+    """Message requests (the client also asks the server's version before the first)."""
+    return [r for r in fake.requests if "/messages" in r.path]
+
+
 async def _collect(stream: Any) -> list[tuple[str, str]]:
     async with stream:
         return [(m.kind, m.text) async for m in stream]
@@ -219,6 +224,36 @@ async def test_send_message(start_fake: StartFake, client: MakeClient):
     ]
 
 
+async def test_servers_before_0_6_15_get_the_text_field(start_fake: StartFake, client: MakeClient):
+    fake = await start_fake(version="0.6.14", inline_streaming="ignored")
+    agent = fake.add_agent("old")
+    letta = client(fake)
+    response = await letta.send_message(agent.id, "plain", otid="o-1")
+    assert response.assistant_texts == ["Echo: plain"]
+    streamed = await _collect(letta.stream_message(agent.id, "streamed"))
+    assert ("assistant", "Echo: streamed") in streamed
+    sent = [r.json["messages"][0] for r in posts(fake)]
+    assert [m.get("text") for m in sent] == ["plain", "streamed"]
+    assert all("content" not in m for m in sent)
+    assert len(fake.requests_to("/v1/health/")) == 1  # the version is asked once
+    assert [m.text for m in fake.message_log] == ["plain", "streamed"]
+
+
+async def test_version_unknown_for_now_means_content_and_asking_again(
+    start_fake: StartFake, client: MakeClient
+):
+    fake = await start_fake(version="0.16.8")
+    agent = fake.add_agent("new")
+    letta = client(fake)
+    fake.fail_next(1, status=503, path_contains="/v1/health")
+    await letta.send_message(agent.id, "first")
+    await letta.send_message(agent.id, "second")
+    await letta.send_message(agent.id, "third")
+    assert len(fake.requests_to("/v1/health/")) == 2  # failed, then learnt for good
+    sent = [r.json["messages"][0] for r in fake.requests_to(f"{AGENTS}{agent.id}/messages")]
+    assert [m["content"] for m in sent] == ["first", "second", "third"]
+
+
 async def test_send_message_reply_shapes(start_fake: StartFake, client: MakeClient):
     fake = await start_fake()
     agent = fake.add_agent("memgpt", stop_reason="max_steps")
@@ -291,7 +326,7 @@ async def test_stream_with_pings(start_fake: StartFake, client: MakeClient):
         ("assistant", "Echo: streamed"),
     ]
     assert stream.stop_reason == "end_turn" and stream.usage is not None
-    (sent,) = fake.requests
+    (sent,) = posts(fake)
     assert sent.path == f"{AGENTS}{agent.id}/messages"
     assert sent.json["streaming"] is True and sent.json["include_pings"] is True
     assert sent.json["messages"] == [
@@ -343,7 +378,7 @@ async def test_legacy_only_server_streams_through_the_stream_route(
             f"Echo: {text}",
         )
     # The 422 is met once; the client remembers the route.
-    assert [(req.path.rsplit("/", 1)[-1], req.json.get("streaming")) for req in fake.requests] == [
+    assert [(req.path.rsplit("/", 1)[-1], req.json.get("streaming")) for req in posts(fake)] == [
         ("messages", True),
         ("stream", None),
         ("stream", None),

@@ -87,6 +87,13 @@ async def test_zero_to_n_then_restart(
         "canonical": True,
     }
     assert await admin_user.get_state(room, "m.room.join_rules") == rooms.restricted_to(space_id)
+    # Never joinable by anyone, guests included, at any point of its history.
+    rules = [e for e in await admin_user.messages(room) if e["type"] == "m.room.join_rules"]
+    assert [e["content"] for e in rules] == [rooms.restricted_to(space_id)]
+    assert (await admin_user.get_state(room, "m.room.guest_access") or {}).get(
+        "guest_access", "forbidden"
+    ) == "forbidden"
+    assert levels["invite"] == 0  # members may invite others, as in any private room
 
     # Restart on the same database: nothing is created again, a normal pass calls nothing.
     await apps.stop(app)

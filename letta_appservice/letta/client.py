@@ -25,6 +25,17 @@ _NAME_RE = re.compile(r"^[^\s<|\\/>]+$")
 # Letta 0.16 serves "v1.0+ SDK" clients (inline streaming, agents without expanded blocks and
 # tools) only when it sees this header; a User-Agent with a "/" alone marks a legacy client.
 _MODERN_API_HEADER = {"X-Stainless-Package-Version": "1.0.0"}
+# Letta before 0.6.15 read a user message's text from `text`, later versions from `content`.
+_CONTENT_FIELD_SINCE = (0, 6, 15)
+_VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
+def message_text_field(version: str) -> str:
+    """The user-message field that carries the text on a server of ``version``."""
+    m = _VERSION_RE.match(version.strip().removeprefix("v"))
+    if m is None:  # not a release number (a dev build, Cloud): the current API
+        return "content"
+    return "text" if tuple(map(int, m.groups())) < _CONTENT_FIELD_SINCE else "content"
 
 
 RequestObserver = Callable[[str, float, str | None], None]
@@ -81,6 +92,8 @@ class LettaClient:
         # Set once the server refused inline streaming: later streams go to /messages/stream.
         self.legacy_streaming = False
         self._warned_pagination = False
+        # "content" or "text", learnt from the server's version before the first message.
+        self._text_field: str | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -170,9 +183,9 @@ class LettaClient:
 
     # -- API --------------------------------------------------------------------------------
 
-    async def health(self) -> str:
+    async def health(self, *, retry: bool = True) -> str:
         """The server's version string (`GET /v1/health/`, which needs no key)."""
-        body = await self._call("GET", "/v1/health/", idempotent=True)
+        body = await self._call("GET", "/v1/health/", idempotent=retry)
         if not isinstance(body, Mapping) or not isinstance(body.get("version"), str):
             raise LettaError("protocol", f"unexpected health answer: {str(body)[:200]}")
         return body["version"]
@@ -236,20 +249,34 @@ class LettaClient:
         except ValueError as exc:
             raise LettaError("protocol", str(exc)) from exc
 
-    @staticmethod
-    def _message(content: str, name: str | None, otid: str | None) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "user", "content": content}
+    async def _message(self, content: str, name: str | None, otid: str | None) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "user", await self._message_field(): content}
         if name and _NAME_RE.fullmatch(name):
             message["name"] = name
         if otid:
             message["otid"] = otid
         return message
 
+    async def _message_field(self) -> str:
+        """Asks the server's version once. Sending the wrong field would lose the message (a
+        422 on old servers), so a server that does not answer now is asked again next time."""
+        if self._text_field is None:
+            try:
+                version = await self.health(retry=False)  # the message's own retry covers it
+            except LettaError as exc:
+                if exc.retryable:
+                    return "content"
+                version = ""  # no usable health endpoint: assume the current API
+            self._text_field = message_text_field(version)
+            if self._text_field == "text":
+                log.info("Letta %s is older than 0.6.15: messages carry `text`", version)
+        return self._text_field
+
     async def send_message(
         self, agent_id: str, content: str, *, name: str | None = None, otid: str | None = None
     ) -> LettaResponse:
         """Send one user message and wait for the whole turn. Not retried (see class doc)."""
-        body = {"messages": [self._message(content, name, otid)]}
+        body = {"messages": [await self._message(content, name, otid)]}
         path = f"/v1/agents/{quote(agent_id, safe='')}/messages"
         raw = await self._call("POST", path, body=body, idempotent=False)
         try:
@@ -271,10 +298,12 @@ class LettaClient:
         Use as `async with client.stream_message(...) as stream: async for msg in stream:`;
         `stream.stop_reason` is set once it is exhausted. Not retried (see class doc).
         """
-        message = self._message(content, name, otid)
-        return LettaStream(
-            lambda: self._open_stream(agent_id, message, stream_tokens), self.timeout
-        )
+
+        async def open_stream() -> aiohttp.ClientResponse:
+            message = await self._message(content, name, otid)
+            return await self._open_stream(agent_id, message, stream_tokens)
+
+        return LettaStream(open_stream, self.timeout)
 
     async def cancel(self, agent_id: str) -> None:
         """Cancel the agent's active runs (a no-op on the server when there are none)."""

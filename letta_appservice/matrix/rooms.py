@@ -76,11 +76,17 @@ def agent_room_body(
 ) -> dict[str, Any]:
     """createRoom body for an agent room: everything in one request (name, topic, invites,
     power levels, space parent, restricted join rule). ``list_creator``: see
-    creators_have_power (the bot creates the room)."""
+    creators_have_power (the bot creates the room).
+
+    The public_chat preset is for guest access: it forbids guests (private_chat lets them
+    join), and on Synapse it is one event less (no m.room.guest_access). Its public join rule
+    is never in force: Synapse skips it when initial_state has one, and Tuwunel replaces it
+    while it holds the room's state lock, before the alias exists. Invites stay open to
+    members (level 0) as with private_chat on both servers."""
     users = _creator_levels(bot, list_creator) | {puppet: PUPPET_LEVEL}
     users |= {a: ADMIN_LEVEL for a in admins}
     body: dict[str, Any] = {
-        "preset": "private_chat",
+        "preset": "public_chat",
         "visibility": "private",
         "room_alias_name": alias_localpart,
         "name": name,
@@ -89,7 +95,7 @@ def agent_room_body(
             {"type": SPACE_PARENT, "state_key": space_id, "content": space_parent(domain)},
             {"type": JOIN_RULES, "state_key": "", "content": restricted_to(space_id)},
         ],
-        "power_level_content_override": {"users": users},
+        "power_level_content_override": {"users": users, "invite": 0},
     }
     if topic:
         body["topic"] = topic

@@ -255,10 +255,12 @@ class FakeLetta:
         if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
             return _detail(422, [{"loc": ["body", "messages"], "msg": "Field required"}])
         message = messages[-1]
-        # `text` is the field of servers before 0.6.15.
-        content = message.get("content", message.get("text"))
+        # Servers before 0.6.15 read `text` and have no `content` (FastAPI: missing -> 422).
+        release = tuple(int(part) for part in self.version.split(".")[:3])
+        field = "text" if release < (0, 6, 15) else "content"
+        content = message.get(field)
         if content is None:
-            return _detail(422, [{"loc": ["body", "messages", 0, "content"], "msg": "required"}])
+            return _detail(422, [{"loc": ["body", "messages", 0, field], "msg": "Field required"}])
         text = content if isinstance(content, str) else content_text(content)
         legacy_route = request.path.endswith("/stream")
         streaming = legacy_route or bool(body.get("streaming"))

@@ -165,6 +165,11 @@ class SynapseServer:
         server.startup_seconds = time.monotonic() - began
         return server
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "Synapse is not running"
+        return self._proc.pid
+
     async def _generate_config(self) -> None:
         # Generating (rather than hand-writing) the config keeps us in step with whatever a
         # given Synapse version requires, and gives us fresh secrets and a signing key.
