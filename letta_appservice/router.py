@@ -258,6 +258,8 @@ class Router:
             await self._puppet_invited(evt)
         elif self.is_puppet(target) and membership in (Membership.LEAVE, Membership.BAN):
             await self._puppet_left(evt.room_id, target)
+        elif membership in (Membership.LEAVE, Membership.BAN) and target != self.bot:
+            await self._person_left(evt.room_id)
 
     async def _puppet_invited(self, evt: StateEvent) -> None:
         """A person invited a puppet: it joins and the room talks to its agent (the bridge's
@@ -297,6 +299,36 @@ class Router:
         }
         await self.state_store.set_members(RoomID(room_id), joined, Membership.JOIN)
         log.info("%s joined %s at the invite of %s", mxid, room_id, inviter)
+
+    async def _person_left(self, room_id: str) -> None:
+        """Once nobody but the bridge is left in a room it joined at someone's invitation (a
+        room with invited agents, a management room), its users leave too rather than linger
+        where nobody reads. Agent rooms and the space belong to the reconciler and stay."""
+        room = await self.rooms.get(room_id)
+        if room is None or room.kind not in (DM, MANAGEMENT):
+            return
+        joined = await self.state_store.get_members(RoomID(room_id), (Membership.JOIN,))
+        ours = [m for m in joined if self._from_bridge(m)]
+        if not ours:
+            return
+        # The homeserver decides, not the state store: it may not know members who were in
+        # the room before the bridge. Pending invites count as people.
+        resp = await self.puppets.api(ours[0]).request(Method.GET, Path.v3.rooms[room_id].members)
+        for ev in resp.get("chunk", []):
+            present = (ev.get("content") or {}).get("membership") in ("join", "invite")
+            if present and not self._from_bridge(ev.get("state_key", "")):
+                return
+        log.info("Everyone left %s; %s leave it too", room_id, ", ".join(ours))
+        for mxid in ours:
+            try:
+                await self.puppets.api(mxid).request(Method.POST, Path.v3.rooms[room_id].leave, {})
+            except MatrixRequestError as e:
+                log.info("%s could not leave %s (%s)", mxid, room_id, e.errcode)
+            await self.state_store.left(RoomID(room_id), UserID(mxid))
+            if self.is_puppet(mxid):
+                await self._puppet_left(room_id, mxid)
+        if room.kind == MANAGEMENT:
+            await self.rooms.delete(room_id)
 
     async def _puppet_left(self, room_id: str, mxid: str) -> None:
         agent = await self.agents.get_by_mxid(mxid)

@@ -12,7 +12,7 @@ import pytest_asyncio
 from letta_appservice.app import App
 from tests.conftest import ADMIN, AppFactory
 from tests.harness.matrix_user import MatrixUser
-from tests.harness.reconcile_support import Bridge, space_children
+from tests.harness.reconcile_support import Bridge, space_children, wait_until_left
 from tests.harness.synapse import SynapseServer, fresh_localpart
 
 BOT = "@letta:test.local"
@@ -168,6 +168,22 @@ async def test_group_room_commands_need_the_prefix(
     reply = await user.wait_for_event(room, is_bot_notice, timeout=TIMEOUT)
     assert reply["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == asked
     assert reply["content"]["body"].startswith("letta-appservice **0.1.0**")
+
+
+async def test_the_bot_leaves_a_management_room_its_owner_left(
+    start_app: AppFactory, bridge: Bridge, user: MatrixUser
+) -> None:
+    app = await start(start_app, bridge)
+    rooms = app.commands.services.rooms
+    room, _ = await open_dm(user)
+    assert (await rooms.management_room(user.mxid)).room_id == room
+    await user.leave(room)
+    await wait_until_left(app, BOT, room)
+    assert await rooms.management_room(user.mxid) is None
+    # A new DM with the bot is the user's management room from then on.
+    again, greeting = await open_dm(user)
+    assert "**management room**" in greeting["body"]
+    assert (await rooms.management_room(user.mxid)).room_id == again
 
 
 async def test_invite_from_a_user_without_permission_is_rejected(

@@ -13,6 +13,7 @@ import attrs
 
 from letta_appservice.app import App
 from letta_appservice.db.agent import AgentRow
+from letta_appservice.db.invited_agent import InvitedAgentStore
 from letta_appservice.db.room import RoomStore
 from letta_appservice.matrix import rooms as mx
 from letta_appservice.replies import otid
@@ -20,6 +21,7 @@ from tests.conftest import ADMIN, AppFactory
 from tests.harness import letta_replies as lr
 from tests.harness.fake_letta import FakeAgent, FakeLetta
 from tests.harness.matrix_user import MatrixUser
+from tests.harness.reconcile_support import joined_rooms_of, wait_until_left
 from tests.harness.synapse import SynapseServer, fresh_localpart
 
 Event = dict[str, Any]
@@ -463,6 +465,48 @@ async def test_dm_group_room_mentions_and_puppets_never_answer_each_other(
         (beta.fake.id, "and you?"),
         (alpha.fake.id, "Alpha: last one"),
     ]
+    for user in (alice, bob):
+        await user.close()
+
+
+async def test_agents_leave_rooms_once_everyone_else_has(
+    start_app: AppFactory, fake_letta: FakeLetta, synapse: SynapseServer, admin_user: MatrixUser
+) -> None:
+    alice, bob = await new_user(synapse, "alice"), await new_user(synapse, "bob")
+    app = await start_app()
+    [alpha] = await provision(app, fake_letta, "Alpha")
+    dm = await alice.create_room(
+        preset="trusted_private_chat", is_direct=True, invite=[alpha.mxid]
+    )
+    group = await alice.create_room(
+        preset="private_chat", name="Team", invite=[bob.mxid, alpha.mxid]
+    )
+    for room in (dm, group):
+        await alice.wait_for_event(room, lambda e: e["state_key"] == alpha.mxid and _joined(e))
+
+    # The last person in the DM leaves: the puppet follows and the DM is forgotten.
+    await alice.leave(dm)
+    await wait_until_left(app, alpha.mxid, dm)
+    assert await RoomStore(app.db).get(dm) is None
+
+    # Alice leaves the group while Bob's invite is pending: that counts, the agent stays and
+    # answers Bob once he is in. Bob leaving last makes it leave.
+    await alice.leave(group)
+    await bob.join(group)
+    asked = await bob.send_text(group, "Alpha, are you still here?")
+    await bob.wait_for_event(group, reply_to(alpha.mxid, asked))
+    await bob.leave(group)
+    await wait_until_left(app, alpha.mxid, group)
+    assert await RoomStore(app.db).get(group) is None
+    assert await InvitedAgentStore(app.db).agents_in(group) == []
+
+    # An agent room is the reconciler's: the last person leaving it changes nothing for the
+    # puppet (the admin's re-invite shows the leave was handled).
+    await admin_user.wait_for_invite(alpha.room)  # the reconciler's first invite
+    await enter(app, admin_user, alpha.room)
+    await admin_user.leave(alpha.room)
+    await admin_user.wait_for_invite(alpha.room)
+    assert alpha.room in await joined_rooms_of(app, alpha.mxid)
     for user in (alice, bob):
         await user.close()
 

@@ -3,6 +3,7 @@ on one database, per-test puppet namespaces, and what a Matrix client sees of th
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -97,3 +98,17 @@ async def as_user(app: App, mxid: str, method: str, path: str) -> dict[str, Any]
     from mautrix.api import Method
 
     return await app.puppets.api(mxid).request(Method(method), path)
+
+
+async def joined_rooms_of(app: App, mxid: str) -> list[str]:
+    """The rooms one of the app's users (bot or puppet) is joined to, per the homeserver."""
+    return (await as_user(app, mxid, "GET", "/_matrix/client/v3/joined_rooms"))["joined_rooms"]
+
+
+async def wait_until_left(app: App, mxid: str, room_id: str, timeout: float = 30) -> None:
+    """Waits until the homeserver no longer has ``mxid`` (one of the app's users) in the room."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if room_id not in await joined_rooms_of(app, mxid):
+                return
+            await asyncio.sleep(0.1)
