@@ -66,9 +66,10 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def observe_letta(self, operation: str, seconds: float, error: str | None) -> None:
-        """LettaClient's request observer."""
-        self.letta_latency.labels(operation).observe(seconds)
+    def observe_letta(self, operation: str, seconds: float | None, error: str | None) -> None:
+        """LettaClient's request observer (no seconds: an error in the middle of a stream)."""
+        if seconds is not None:
+            self.letta_latency.labels(operation).observe(seconds)
         if error:
             self.letta_errors.labels(error).inc()
 

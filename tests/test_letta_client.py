@@ -348,13 +348,19 @@ async def test_stream_of_an_old_server_with_extra_done_markers(
 async def test_stream_error_event(start_fake: StartFake, client: MakeClient):
     fake = await start_fake()
     agent = fake.add_agent("broken", stream_error="LLM API unavailable")
+    observed: list[tuple[str, float | None, str | None]] = []
+    letta = client(fake, on_request=lambda *call: observed.append(call))
     seen: list[LettaMessage] = []
     with pytest.raises(LettaError) as caught:
-        async with client(fake).stream_message(agent.id, "x") as stream:
+        async with letta.stream_message(agent.id, "x") as stream:
             async for message in stream:
                 seen.append(message)
     assert caught.value.kind == "server" and "LLM API unavailable" in str(caught.value)
     assert [m.kind for m in seen] == ["reasoning", "assistant"]
+    # The stream started fine (timed), then failed (counted as an error, without a time).
+    (_, started, none), failed = [c for c in observed if c[0] == "message"]
+    assert started is not None and none is None
+    assert failed == ("message", None, "server")
 
 
 async def test_stream_tokens_are_deltas_of_one_message(start_fake: StartFake, client: MakeClient):

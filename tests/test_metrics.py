@@ -48,3 +48,28 @@ async def test_metrics_reflect_reconciles_conversations_and_errors(
     assert sample(text, "letta_appservice_transactions_total", result="stored") >= 1
     assert sample(text, "letta_appservice_inbox_events", state="done") >= 1
     assert sample(text, "letta_appservice_matrix_requests_total", method="POST") > 0
+
+
+async def test_an_error_in_the_middle_of_a_stream_is_counted(
+    start_app: AppFactory, fake_letta: Any, admin_user: MatrixUser
+) -> None:
+    app = await start_app(letta={"streaming": True})
+    agent = fake_letta.add_agent("Flaky", stream_error="LLM API unavailable")
+    await app.scheduler.run_now()
+    row = await app.agents.get(agent.id)
+    assert row is not None and row.room_id
+    await admin_user.join(row.room_id)
+    await admin_user.send_text(row.room_id, "are you there?")
+    told = await admin_user.wait_for_event(
+        row.room_id,
+        lambda e: e["sender"] == row.mxid and e["content"].get("msgtype") == "m.notice",
+    )
+    assert told["content"]["body"] == (
+        "Letta had an internal error. The answer above may be incomplete."
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{app.config.appservice.address}/metrics") as resp:
+            text = await resp.text()
+    assert sample(text, "letta_appservice_letta_errors_total", kind="server") == 1
+    # The request itself started fine: one timed message request, no time for the failure.
+    assert sample(text, "letta_appservice_letta_request_seconds_count", operation="message") == 1

@@ -38,7 +38,9 @@ def message_text_field(version: str) -> str:
     return "text" if tuple(map(int, m.groups())) < _CONTENT_FIELD_SINCE else "content"
 
 
-RequestObserver = Callable[[str, float, str | None], None]
+# (operation, seconds or None, error kind or None); seconds is None for an error in the middle
+# of a stream, whose request was observed when the stream started.
+RequestObserver = Callable[[str, float | None, str | None], None]
 
 
 def _operation(path: str) -> str:
@@ -152,6 +154,10 @@ class LettaClient:
             raise
         self._observe(path, started, None)
         return result
+
+    def _stream_failed(self, kind: str) -> None:
+        if self.on_request is not None:
+            self.on_request("message", None, kind)
 
     def _observe(self, path: str, started: float, error: str | None) -> None:
         if self.on_request is not None:
@@ -303,7 +309,7 @@ class LettaClient:
             message = await self._message(content, name, otid)
             return await self._open_stream(agent_id, message, stream_tokens)
 
-        return LettaStream(open_stream, self.timeout)
+        return LettaStream(open_stream, self.timeout, on_error=self._stream_failed)
 
     async def cancel(self, agent_id: str) -> None:
         """Cancel the agent's active runs (a no-op on the server when there are none)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from types import TracebackType
 from typing import Any
 
@@ -24,10 +25,15 @@ class LettaStream:
     """
 
     def __init__(
-        self, opener: Callable[[], Awaitable[aiohttp.ClientResponse]], timeout: float
+        self,
+        opener: Callable[[], Awaitable[aiohttp.ClientResponse]],
+        timeout: float,
+        *,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self._opener = opener
         self._timeout = timeout
+        self._on_error = on_error  # told the kind of an error after the stream started
         self._gen: AsyncGenerator[LettaMessage, None] | None = None
         self._url = ""
         self._finished = False
@@ -41,6 +47,19 @@ class LettaStream:
         if self._gen is None:
             self._gen = self._events()
         return await self._gen.__anext__()
+
+    async def _events(self) -> AsyncGenerator[LettaMessage, None]:
+        resp = await self._opener()  # its failures are the opener's to report
+        # aclosing: closing this generator (cancel, aclose) closes the reader, and with it the
+        # connection, at once rather than whenever it is collected.
+        async with aclosing(self._read(resp)) as messages:
+            try:
+                async for message in messages:
+                    yield message
+            except LettaError as exc:
+                if self._on_error is not None:
+                    self._on_error(exc.kind)
+                raise
 
     async def aclose(self) -> None:
         """Stop reading and close the connection (safe to call at any time)."""
@@ -58,8 +77,7 @@ class LettaStream:
     ) -> None:
         await self.aclose()
 
-    async def _events(self) -> AsyncGenerator[LettaMessage, None]:
-        resp = await self._opener()
+    async def _read(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[LettaMessage, None]:
         self._url = safe_url(resp.url)
         try:
             with transport_errors(f"Letta stream {self._url}", self._url, self._timeout):
