@@ -73,8 +73,14 @@ class Scheduler:
     def poke(self) -> None:
         self._poked.set()
 
-    async def run_now(self, full: bool = False) -> Summary:
+    async def run_now(
+        self, full: bool = False, *, first: Callable[[], Awaitable[None]] | None = None
+    ) -> Summary:
+        """Run a pass once none is running. ``first`` runs before it, under the same lock, so
+        no other pass sees the state half-changed or writes an older copy of it back."""
         async with self._lock:
+            if first is not None:
+                await first()
             summary = await self._run_pass(full)
             self.last, self.passes = summary, self.passes + 1
             try:

@@ -224,6 +224,33 @@ async def test_scheduler_runs_one_pass_at_a_time_and_keeps_the_last_result() -> 
     assert scheduler.passes == 3
 
 
+async def test_a_change_made_before_a_pass_waits_for_the_running_one() -> None:
+    """What `reset` relies on: its change and its pass are not interleaved with another pass
+    (which could save an older copy of the agent's row)."""
+    events: list[str] = []
+    release = asyncio.Event()
+
+    async def run_pass(full: bool) -> Result:
+        events.append("pass starts")
+        if len(events) == 1:
+            await release.wait()
+        events.append("pass ends")
+        return Result(len(events))
+
+    async def change() -> None:
+        events.append("change")
+
+    scheduler = Scheduler(run_pass, interval=3600, state=MemoryState())
+    running = asyncio.create_task(scheduler.run_now())
+    await asyncio.sleep(0)
+    reset = asyncio.create_task(scheduler.run_now(first=change))
+    await asyncio.sleep(0.05)
+    assert events == ["pass starts"]  # the change waits for the running pass
+    release.set()
+    await asyncio.gather(running, reset)
+    assert events == ["pass starts", "pass ends", "change", "pass starts", "pass ends"]
+
+
 async def test_scheduler_poke_runs_a_pass_soon() -> None:
     passes = asyncio.Queue()
 

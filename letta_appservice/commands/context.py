@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
@@ -18,7 +19,9 @@ from .registry import Args, CommandResult, resolve_agent
 
 
 class Scheduler(Protocol):
-    async def run_now(self, full: bool = True) -> Any: ...
+    async def run_now(
+        self, full: bool = False, *, first: Callable[[], Awaitable[None]] | None = None
+    ) -> Any: ...
 
 
 class Conversations(Protocol):

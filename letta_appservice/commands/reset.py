@@ -25,11 +25,17 @@ async def reset_agent(services: Services, agent: AgentRow) -> str | None:
     archived suffix, a notice from the puppet and loses the alias, so no pass adopts it."""
     assert services.scheduler is not None
     old = agent.room_id
-    if old is not None:
+
+    async def archive() -> None:  # under the scheduler's lock: no pass writes the old room back
+        if old is None:
+            return
         lock = services.puppets.lock(agent.mxid) if services.puppets else contextlib.nullcontext()
         async with lock:
             await _archive(services, agent, old)
-    new = await _provision(services, agent.agent_id, old)
+
+    await services.scheduler.run_now(full=False, first=archive)
+    row = await services.agents.get(agent.agent_id)
+    new = row.room_id if row is not None and row.room_id != old else None
     if old is not None:
         text = "A bridge admin reset this agent: this room is archived"
         text += f"; the conversation continues in {room_link(new, services.domain)}" if new else ""
@@ -73,18 +79,3 @@ async def _clear_mapping(services: Services, agent_id: str) -> None:
         return
     row.room_id, row.room_name, row.topic, row.in_space = None, None, None, False
     await services.agents.upsert(row)
-
-
-async def _provision(services: Services, agent_id: str, old: str | None) -> str | None:
-    """Run passes until the agent has a new room. A pass already running when the mapping was
-    cleared may save its older copy of the row (with the old room) again: clear and rerun."""
-    assert services.scheduler is not None
-    for _ in range(2):
-        await services.scheduler.run_now(full=False)
-        row = await services.agents.get(agent_id)
-        if row is None or row.room_id is None:
-            return None
-        if row.room_id != old:
-            return row.room_id
-        await _clear_mapping(services, agent_id)
-    return None
