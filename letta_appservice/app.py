@@ -31,6 +31,7 @@ from .db.turn import TurnStore
 from .db.user_notice import UserNoticeStore
 from .inbox import InboxWorker
 from .letta import LettaClient
+from .letta.errors import safe_url
 from .matrix.ids import PuppetMatcher
 from .matrix.rooms import RateLimitMiddleware, appservice_api
 from .metrics import Metrics
@@ -168,7 +169,15 @@ class App:
                 housekeeping.run_periodically(self.inbox, sent, turns), name="housekeeping"
             )
         )
+        self._tasks.append(asyncio.create_task(self._greet_letta(), name="letta-version"))
         log.info("letta-appservice %s started as %s", __version__, cfg.bot_mxid)
+
+    async def _greet_letta(self) -> None:
+        """Log the Letta server's version once at start (the client keeps it: the first
+        message need not ask). Unreachable Letta is the reconciler's to report."""
+        version = await self.letta.server_version(retry=True)
+        if version:
+            log.info("Letta %s at %s", version, safe_url(self.letta.base_url))
 
     async def stop(self) -> None:
         """Stop everything that was started, in reverse order; calling it again is a no-op."""

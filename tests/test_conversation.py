@@ -164,8 +164,9 @@ async def test_round_trip_markdown_reply_and_thread(
 
 
 async def test_letta_older_than_0_6_15_is_sent_the_text_field(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser, caplog: Any
 ) -> None:
+    caplog.set_level("INFO", logger="letta_appservice")
     fake_letta.version, fake_letta.inline_streaming = "0.6.5", "ignored"
     app = await start_app(letta={"streaming": True})
     [old] = await provision(app, fake_letta, "Old Timer")
@@ -175,6 +176,10 @@ async def test_letta_older_than_0_6_15_is_sent_the_text_field(
     assert reply["content"]["body"].endswith("still there?")
     [logged] = fake_letta.message_log
     assert text_of(logged) == "still there?"
+    # The version was asked once, at start, and logged for the operator.
+    assert len(fake_letta.requests_to("/v1/health/")) == 1
+    assert f"Letta 0.6.5 at {fake_letta.url}" in caplog.text
+    assert "older than 0.6.15: messages carry `text`" in caplog.text
 
 
 async def test_reasoning_tools_and_stop_reason_notices(

@@ -94,8 +94,8 @@ class LettaClient:
         # Set once the server refused inline streaming: later streams go to /messages/stream.
         self.legacy_streaming = False
         self._warned_pagination = False
-        # "content" or "text", learnt from the server's version before the first message.
-        self._text_field: str | None = None
+        # Learnt before the first message: it decides the field carrying the message text.
+        self._version: str | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -263,20 +263,25 @@ class LettaClient:
             message["otid"] = otid
         return message
 
-    async def _message_field(self) -> str:
-        """Asks the server's version once. Sending the wrong field would lose the message (a
-        422 on old servers), so a server that does not answer now is asked again next time."""
-        if self._text_field is None:
+    async def server_version(self, *, retry: bool = False) -> str | None:
+        """The server's version, asked once and remembered ("" when it has no usable health
+        endpoint); None while it does not answer, and then asked again next time."""
+        if self._version is None:
             try:
-                version = await self.health(retry=False)  # the message's own retry covers it
+                self._version = await self.health(retry=retry)
             except LettaError as exc:
                 if exc.retryable:
-                    return "content"
-                version = ""  # no usable health endpoint: assume the current API
-            self._text_field = message_text_field(version)
-            if self._text_field == "text":
-                log.info("Letta %s is older than 0.6.15: messages carry `text`", version)
-        return self._text_field
+                    return None
+                self._version = ""
+            if message_text_field(self._version) == "text":
+                log.info("Letta %s is older than 0.6.15: messages carry `text`", self._version)
+        return self._version
+
+    async def _message_field(self) -> str:
+        # Sending the wrong field would lose the message (a 422 on old servers); not knowing
+        # yet, the current field (the message's own retry asks for the version again).
+        version = await self.server_version()
+        return "content" if version is None else message_text_field(version)
 
     async def send_message(
         self, agent_id: str, content: str, *, name: str | None = None, otid: str | None = None
