@@ -239,6 +239,27 @@ async def test_servers_before_0_6_15_get_the_text_field(start_fake: StartFake, c
     assert [m.text for m in fake.message_log] == ["plain", "streamed"]
 
 
+async def test_a_server_upgraded_across_0_6_15_while_we_run_loses_no_message(
+    start_fake: StartFake, client: MakeClient
+):
+    fake = await start_fake(version="0.6.14", inline_streaming="ignored")
+    agent = fake.add_agent("upgraded")
+    letta = client(fake)
+    await letta.send_message(agent.id, "before")
+    fake.version, fake.inline_streaming = "0.16.8", "v1"  # upgraded behind our back
+    response = await letta.send_message(agent.id, "after")
+    assert response.assistant_texts == ["Echo: after"]
+    await _collect(letta.stream_message(agent.id, "streamed"))
+    sent = [r.json["messages"][0] for r in posts(fake)]
+    assert [("text" in m, "content" in m) for m in sent] == [
+        (True, False),  # before
+        (True, False),  # after, refused with 422
+        (False, True),  # after, again
+        (False, True),  # streamed
+    ]
+    assert [m.text for m in fake.message_log] == ["before", "after", "streamed"]
+
+
 async def test_version_unknown_for_now_means_content_and_asking_again(
     start_fake: StartFake, client: MakeClient
 ):

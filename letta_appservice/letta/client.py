@@ -7,8 +7,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -38,6 +38,7 @@ def message_text_field(version: str) -> str:
     return "text" if tuple(map(int, m.groups())) < _CONTENT_FIELD_SINCE else "content"
 
 
+_T = TypeVar("_T")
 # (operation, seconds or None, error kind or None); seconds is None for an error in the middle
 # of a stream, whose request was observed when the stream started.
 RequestObserver = Callable[[str, float | None, str | None], None]
@@ -277,6 +278,29 @@ class LettaClient:
                 log.info("Letta %s is older than 0.6.15: messages carry `text`", self._version)
         return self._version
 
+    async def _send(
+        self,
+        post: Callable[[dict[str, Any]], Awaitable[_T]],
+        content: str,
+        name: str | None,
+        otid: str | None,
+    ) -> _T:
+        """POST a user message. A 422 may mean the server changed under us (an upgrade across
+        0.6.15 while we ran): its version is asked again, and if the text belongs in the other
+        field the message is sent once more (a 422 means it was not taken)."""
+        message = await self._message(content, name, otid)
+        try:
+            return await post(message)
+        except LettaError as exc:
+            if exc.kind != "validation":
+                raise
+            self._version = None
+            again = await self._message(content, name, otid)
+            if again.keys() == message.keys():
+                raise
+            log.info("Letta is now %s: sending messages as it expects", self._version)
+            return await post(again)
+
     async def _message_field(self) -> str:
         # Sending the wrong field would lose the message (a 422 on old servers); not knowing
         # yet, the current field (the message's own retry asks for the version again).
@@ -287,9 +311,12 @@ class LettaClient:
         self, agent_id: str, content: str, *, name: str | None = None, otid: str | None = None
     ) -> LettaResponse:
         """Send one user message and wait for the whole turn. Not retried (see class doc)."""
-        body = {"messages": [await self._message(content, name, otid)]}
         path = f"/v1/agents/{quote(agent_id, safe='')}/messages"
-        raw = await self._call("POST", path, body=body, idempotent=False)
+
+        async def post(message: dict[str, Any]) -> Any:
+            return await self._call("POST", path, body={"messages": [message]}, idempotent=False)
+
+        raw = await self._send(post, content, name, otid)
         try:
             return parse_response(raw)
         except ValueError as exc:
@@ -311,8 +338,10 @@ class LettaClient:
         """
 
         async def open_stream() -> aiohttp.ClientResponse:
-            message = await self._message(content, name, otid)
-            return await self._open_stream(agent_id, message, stream_tokens)
+            async def post(message: dict[str, Any]) -> aiohttp.ClientResponse:
+                return await self._open_stream(agent_id, message, stream_tokens)
+
+            return await self._send(post, content, name, otid)
 
         return LettaStream(open_stream, self.timeout, on_error=self._stream_failed)
 
