@@ -77,7 +77,7 @@ class _Client:
         self.requests = 0
 
     async def call(
-        self, method: str, path: str, body: dict[str, Any], as_user: str | None = None
+        self, method: str, path: str, body: dict[str, Any] | None, as_user: str | None = None
     ) -> dict[str, Any]:
         params = {"user_id": as_user} if as_user else {}
         self.requests += 1
@@ -100,6 +100,9 @@ async def provision_floor(
     bot = f"@{BOT}:{SERVER_NAME}"
     async with aiohttp.ClientSession() as session:
         hs = _Client(session, homeserver, cfg.appservice.as_token)
+        caps = await hs.call("GET", "/_matrix/client/v3/capabilities", None)
+        version = caps["capabilities"]["m.room_versions"]["default"]
+        list_creator = not rooms.creators_have_power(version)  # as the reconciler decides
         space = await hs.call(
             "POST",
             "/_matrix/client/v3/createRoom",
@@ -108,7 +111,7 @@ async def provision_floor(
                 name="Floor",
                 bot=bot,
                 admins=[ADMIN],
-                list_creator=False,
+                list_creator=list_creator,
             ),
         )
         space_id = space["room_id"]
@@ -144,7 +147,7 @@ async def provision_floor(
                     admins=[ADMIN],
                     space_id=space_id,
                     domain=SERVER_NAME,
-                    list_creator=False,
+                    list_creator=list_creator,
                 )
                 room = await hs.call("POST", "/_matrix/client/v3/createRoom", body)
                 room_id = quote(room["room_id"])
