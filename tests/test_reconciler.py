@@ -17,8 +17,9 @@ from letta_appservice.matrix import rooms
 from letta_appservice.reconcile_plan import ARCHIVED_NOTICE, RESTORED_NOTICE
 from tests.conftest import ADMIN
 from tests.harness import reconcile_support
-from tests.harness.matrix_user import MatrixUser
+from tests.harness.matrix_user import MatrixError, MatrixUser
 from tests.harness.reconcile_support import Apps, Bridge, as_user, space_children
+from tests.harness.synapse import SynapseServer, fresh_localpart
 
 apps = reconcile_support.apps  # the fixture, shared with the other reconciler tests
 
@@ -43,7 +44,12 @@ async def join_space(admin: MatrixUser, bridge: Bridge) -> str:
 
 
 async def test_zero_to_n_then_restart(
-    database_url: str, apps: Apps, bridge: Bridge, fake_letta: Any, admin_user: MatrixUser
+    database_url: str,
+    apps: Apps,
+    bridge: Bridge,
+    fake_letta: Any,
+    admin_user: MatrixUser,
+    synapse: SynapseServer,
 ) -> None:
     # (database_url first: it is set up before the apps and dropped after they stopped)
     alpha = fake_letta.add_agent("Alpha", description="Answers questions")
@@ -94,6 +100,18 @@ async def test_zero_to_n_then_restart(
         "guest_access", "forbidden"
     ) == "forbidden"
     assert levels["invite"] == 0  # members may invite others, as in any private room
+
+    # Whoever is in the space can walk into an agent room uninvited; nobody else can.
+    member = await synapse.register_user(fresh_localpart("member"))
+    outsider = await synapse.register_user(fresh_localpart("outsider"))
+    await admin_user.invite(space_id, member.mxid)
+    await member.join(space_id)
+    assert await member.join(room, via=["test.local"]) == room
+    with pytest.raises(MatrixError) as refused:
+        await outsider.join(room, via=["test.local"])
+    assert refused.value.errcode == "M_FORBIDDEN"
+    for user in (member, outsider):
+        await user.close()
 
     # Restart on the same database: nothing is created again, a normal pass calls nothing.
     await apps.stop(app)
