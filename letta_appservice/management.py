@@ -8,6 +8,7 @@ from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI
 from mautrix.types import Membership, StateEvent
 
+from . import encryption as e2ee
 from .db.room import MANAGEMENT, RoomRow, RoomStore
 from .matrix import rooms as mx
 from .matrix.format import render_markdown
@@ -59,12 +60,18 @@ class Management:
         if evt.state_key != self.bot_mxid or evt.content.membership != Membership.INVITE:
             return None
         inviter, room_id = evt.sender, evt.room_id
-        if not self.permissions.is_user(inviter):
-            log.info("Refusing the invite of %s to %s: no permission", inviter, room_id)
+        refusal = REFUSAL if not self.permissions.is_user(inviter) else None
+        refusal = refusal or (e2ee.DECLINED if e2ee.invite_says_encrypted(evt) else None)
+        if refusal is not None:
+            log.info("Refusing the invite of %s to %s: %s", inviter, room_id, refusal)
             # Leaving an invited room rejects the invite; the reason shows in the timeline.
-            await self.api.request(Method.POST, Path.v3.rooms[room_id].leave, {"reason": REFUSAL})
+            await self.api.request(Method.POST, Path.v3.rooms[room_id].leave, {"reason": refusal})
             return None
         await mx.join(self.api, room_id)
+        if await e2ee.is_encrypted(self.api, room_id):  # the invite's stripped state did not say
+            await e2ee.tell(self.api, room_id, e2ee.DECLINED, evt.event_id)
+            await self.api.request(Method.POST, Path.v3.rooms[room_id].leave, {})
+            return None
         if not await self._is_dm(evt):
             return OTHER
         old = await self.rooms.management_room(inviter)

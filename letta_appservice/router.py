@@ -1,4 +1,4 @@
-"""Event routing: ignore, bridge command, agent conversation or puppet invite; inbox lanes."""
+"""Event routing: ignore, bridge command, agent conversation, or membership; inbox lanes."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from mautrix.api import Method, Path
 from mautrix.errors import MatrixRequestError
 from mautrix.types import Event, Member, Membership, MessageEvent, RoomID, StateEvent, UserID
 
+from . import encryption as e2ee
 from .config import Config
 from .conversation import Conversations, Job
 from .db.agent import ACTIVE, AgentRow, AgentStore
 from .db.inbox import InboxEvent
 from .db.invited_agent import InvitedAgentStore
-from .db.room import AGENT, ARCHIVED, DM, MANAGEMENT, RoomRow, RoomStore
+from .db.room import AGENT, DM, RoomRow, RoomStore
 from .db.user_notice import UserNoticeStore
-from .matrix import rooms as mx
 from .matrix.ids import PuppetMatcher
+from .memberships import Memberships, agent_ids
 from .permissions import Permissions
 from .puppets import Puppets
 from .replies import (
@@ -53,8 +54,8 @@ class Commands(Protocol):
 
 class Router:
     """Handles every inbox event after the app's own bookkeeping (``before``: state store,
-    reconciler drift). Messages for an agent go to ``Conversations``; invites of a puppet by a
-    permitted user make the room a DM of its agent."""
+    reconciler drift). Messages for an agent go to ``Conversations``; memberships (invites,
+    departures) and encryption go to ``Memberships``."""
 
     def __init__(
         self,
@@ -87,6 +88,17 @@ class Router:
         self.commands = commands
         self.is_puppet = PuppetMatcher.from_config(config)
         self._room_names: dict[str, str] = {}
+        self.memberships = Memberships(
+            config=config,
+            permissions=permissions,
+            agents=agents,
+            rooms=rooms,
+            invited=invited,
+            notices=notices,
+            state_store=state_store,
+            puppets=puppets,
+            bot_invites=commands,
+        )
 
     # --- lanes ---------------------------------------------------------------------------------
 
@@ -112,7 +124,13 @@ class Router:
         if event.event_type == "m.room.message":
             await self._message(event)
         elif event.event_type == "m.room.member":
-            await self._member(Event.deserialize(event.event))
+            evt = Event.deserialize(event.event)
+            if isinstance(evt, StateEvent):
+                await self.memberships.member(evt)
+        elif event.event_type == e2ee.ENCRYPTION and event.event.get("state_key") == "":
+            await self.memberships.encryption_on(event)
+        elif event.event_type == e2ee.ENCRYPTED and not self._from_bridge(event.sender):
+            await self.memberships.encrypted_message(event)
         elif event.event_type == "m.room.name" and event.event.get("state_key") == "":
             name = (event.event.get("content") or {}).get("name")
             self._room_names[event.room_id] = name if isinstance(name, str) else ""
@@ -175,9 +193,7 @@ class Router:
             await self.conversations.answer(job)
 
     async def _agent_ids(self, room: RoomRow) -> list[str]:
-        ids = [room.agent_id] if room.kind == AGENT and room.agent_id else []
-        ids += [a for a in await self.invited.agents_in(room.room_id) if a not in ids]
-        return ids
+        return await agent_ids(self.invited, room)
 
     async def _agents(self, room: RoomRow) -> list[AgentRow]:
         found = [await self.agents.get(agent_id) for agent_id in await self._agent_ids(room)]
@@ -244,114 +260,3 @@ class Router:
                 name = ""
             self._room_names[room.room_id] = name
         return name or "a direct chat"
-
-    # --- memberships -------------------------------------------------------------------------
-
-    async def _member(self, evt: Event) -> None:
-        if not isinstance(evt, StateEvent):
-            return
-        target, membership = evt.state_key, evt.content.membership
-        if target == self.bot and membership == Membership.INVITE:
-            if self.commands is not None:
-                await self.commands.on_bot_invite(evt)
-        elif self.is_puppet(target) and membership == Membership.INVITE:
-            await self._puppet_invited(evt)
-        elif self.is_puppet(target) and membership in (Membership.LEAVE, Membership.BAN):
-            await self._puppet_left(evt.room_id, target)
-        elif membership in (Membership.LEAVE, Membership.BAN) and target != self.bot:
-            await self._person_left(evt.room_id)
-
-    async def _puppet_invited(self, evt: StateEvent) -> None:
-        """A person invited a puppet: it joins and the room talks to its agent (the bridge's
-        own invites, for agent rooms, are the reconciler's business)."""
-        inviter, room_id, mxid = evt.sender, evt.room_id, evt.state_key
-        if self._from_bridge(inviter):
-            return
-        agent = await self.agents.get_by_mxid(mxid)
-        room = await self.rooms.get(room_id)
-        refusal = _refusal(agent, room, self.permissions.is_user(inviter))
-        api = self.puppets.api(mxid)
-        if refusal is not None:
-            log.info("%s refuses the invite of %s to %s: %s", mxid, inviter, room_id, refusal)
-            await api.request(Method.POST, Path.v3.rooms[room_id].leave, {"reason": refusal})
-            return
-        assert agent is not None
-        # Stored before the join, so a message written as soon as the join shows is routed.
-        own = room is not None and room.kind == AGENT and room.agent_id == agent.agent_id
-        if room is None:
-            room = RoomRow(room_id, DM, agent.agent_id, owner=inviter, bridged_at=evt.timestamp)
-            await self.rooms.upsert(room)
-        if not own:
-            await self.invited.add(room_id, agent.agent_id)
-        await self.puppets.ensure_registered(mxid)
-        try:
-            await mx.join(api, room_id)
-        except MatrixRequestError as e:
-            log.info("%s could not join %s (%s): invite withdrawn?", mxid, room_id, e.errcode)
-            await self._puppet_left(room_id, mxid)
-            return
-        await self.state_store.joined(RoomID(room_id), UserID(mxid))
-        # Learn who is there (events from before the join were never pushed to us).
-        resp = await api.request(Method.GET, Path.v3.rooms[room_id].joined_members)
-        joined = {
-            UserID(uid): Member(membership=Membership.JOIN, displayname=info.get("display_name"))
-            for uid, info in (resp.get("joined") or {}).items()
-        }
-        await self.state_store.set_members(RoomID(room_id), joined, Membership.JOIN)
-        log.info("%s joined %s at the invite of %s", mxid, room_id, inviter)
-
-    async def _person_left(self, room_id: str) -> None:
-        """Once nobody but the bridge is left in a room it joined at someone's invitation (a
-        room with invited agents, a management room), its users leave too rather than linger
-        where nobody reads. Agent rooms and the space belong to the reconciler and stay."""
-        room = await self.rooms.get(room_id)
-        if room is None or room.kind not in (DM, MANAGEMENT):
-            return
-        joined = await self.state_store.get_members(RoomID(room_id), (Membership.JOIN,))
-        ours = [m for m in joined if self._from_bridge(m)]
-        if not ours:
-            return
-        # The homeserver decides, not the state store: it may not know members who were in
-        # the room before the bridge. Pending invites count as people.
-        resp = await self.puppets.api(ours[0]).request(Method.GET, Path.v3.rooms[room_id].members)
-        for ev in resp.get("chunk", []):
-            present = (ev.get("content") or {}).get("membership") in ("join", "invite")
-            if present and not self._from_bridge(ev.get("state_key", "")):
-                return
-        log.info("Everyone left %s; %s leave it too", room_id, ", ".join(ours))
-        for mxid in ours:
-            try:
-                await self.puppets.api(mxid).request(Method.POST, Path.v3.rooms[room_id].leave, {})
-            except MatrixRequestError as e:
-                log.info("%s could not leave %s (%s)", mxid, room_id, e.errcode)
-            await self.state_store.left(RoomID(room_id), UserID(mxid))
-            if self.is_puppet(mxid):
-                await self._puppet_left(room_id, mxid)
-        if room.kind == MANAGEMENT:
-            await self.rooms.delete(room_id)
-
-    async def _puppet_left(self, room_id: str, mxid: str) -> None:
-        agent = await self.agents.get_by_mxid(mxid)
-        if agent is None or agent.agent_id not in await self.invited.agents_in(room_id):
-            return
-        await self.invited.remove(room_id, agent.agent_id)
-        room = await self.rooms.get(room_id)
-        if room is None or room.kind != DM:
-            return
-        rest = await self.invited.agents_in(room_id)
-        if not rest:
-            await self.rooms.delete(room_id)
-        elif room.agent_id == agent.agent_id:
-            room.agent_id = rest[0]
-            await self.rooms.upsert(room)
-
-
-def _refusal(agent: AgentRow | None, room: RoomRow | None, permitted: bool) -> str | None:
-    """Why a puppet declines a person's invite, or None when it joins."""
-    if agent is None or agent.state != ACTIVE:
-        return "This agent is not bridged any more."
-    if not permitted:
-        return "You may not talk to agents on this bridge; ask a bridge admin for access."
-    if room is not None and room.kind in (MANAGEMENT, ARCHIVED):
-        return "Agents do not join this room."
-    return None

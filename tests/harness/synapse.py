@@ -146,16 +146,18 @@ class SynapseServer:
         registrations: list[Path],
         server_name: str = "test.local",
         default_room_version: str = "12",
+        extra: dict[str, Any] | None = None,
     ) -> SynapseServer:
         """Generate a config, start Synapse and wait until the client API answers.
 
         ``default_room_version`` defaults to 12, the default of Tuwunel >= 1.9.2 (our target
-        server) and of Synapse 1.163; pass "11" for servers before that.
+        server) and of Synapse 1.163; pass "11" for servers before that. ``extra``: more
+        homeserver.yaml keys.
         """
         began = time.monotonic()
         server = cls(_prepare_workdir(workdir), server_name, _free_port())
         await server._generate_config()
-        server._edit_config([_absolute(p) for p in registrations], default_room_version)
+        server._edit_config([_absolute(p) for p in registrations], default_room_version, extra)
         server._spawn()
         try:
             await server._wait_until_up()
@@ -193,7 +195,12 @@ class SynapseServer:
         if proc.returncode != 0:
             raise RuntimeError(f"synapse --generate-config failed:\n{output.decode()[-4000:]}")
 
-    def _edit_config(self, registrations: list[Path], default_room_version: str) -> None:
+    def _edit_config(
+        self,
+        registrations: list[Path],
+        default_room_version: str,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         yaml = YAML(typ="safe")
         config: dict[str, Any] = yaml.load(self.config_path.read_text())
         log_config = self.workdir / "log.config.yaml"
@@ -233,6 +240,7 @@ class SynapseServer:
                 "room_list_publication_rules": [{"action": "allow"}],
                 "alias_creation_rules": [{"action": "allow"}],
                 **_RATE_LIMITS,
+                **(extra or {}),
             }
         )
         self.registration_shared_secret = str(config["registration_shared_secret"])
