@@ -14,10 +14,12 @@ import attrs
 from .letta.errors import LettaError
 from .letta.models import LettaMessage
 from .matrix.format import render_collapsed, render_markdown
+from .matrix.size import EVENT_BYTES, clip, event_bytes, split_markdown, without_html
 
 TEXT, NOTICE, EMOTE = "m.text", "m.notice", "m.emote"
 HTML = "org.matrix.custom.html"
 # Part numbers of one-off notices, far above any reply's parts (sent_event keeps them once).
+EDIT_FALLBACK_CHARS = 1_000
 DELAY_NOTICE_PART = 10_000
 PAUSED_NOTICE_PART = 10_001
 REFUSED_NOTICE_PART = 10_002
@@ -126,20 +128,29 @@ def _pretty_arguments(arguments: str | None) -> str:
         return arguments
 
 
-def part_for(message: LettaMessage, *, show_reasoning: str, show_tools: str) -> Part | None:
-    """The Matrix message for one Letta message, or None when it is not shown."""
+def parts_for(message: LettaMessage, *, show_reasoning: str, show_tools: str) -> list[Part]:
+    """The Matrix messages for one Letta message (none when it is not shown). A long answer
+    becomes several messages, a long reasoning or tool notice is clipped: an event over the
+    homeserver's size limit would be refused, and the answer lost."""
     kind = message.kind
     if kind == "assistant":
-        plain, html = render_markdown(message.text)
-        return Part(TEXT, plain, html) if plain else None
+        rendered = (render_markdown(piece) for piece in split_markdown(message.text))
+        return [Part(TEXT, plain, html) for plain, html in rendered if plain]
+    part = _notice_for(message, show_reasoning=show_reasoning, show_tools=show_tools)
+    return [part] if part is not None else []
+
+
+def _notice_for(message: LettaMessage, *, show_reasoning: str, show_tools: str) -> Part | None:
+    kind = message.kind
     if kind == "reasoning" and show_reasoning == "notice" and message.text.strip():
-        return Part(NOTICE, *render_collapsed("Reasoning", message.text))
+        return Part(NOTICE, *render_collapsed("Reasoning", clip(message.text)))
     if kind == "tool_call" and show_tools == "notice":
         summary = f"Tool call: {message.tool_name or 'unknown tool'}"
-        return Part(NOTICE, *render_collapsed(summary, _pretty_arguments(message.tool_arguments)))
+        arguments = clip(_pretty_arguments(message.tool_arguments))
+        return Part(NOTICE, *render_collapsed(summary, arguments))
     if kind == "tool_return" and show_tools == "notice":
         summary = "Tool result" + (f": {message.tool_name}" if message.tool_name else "")
-        return Part(NOTICE, *render_collapsed(summary, message.text))
+        return Part(NOTICE, *render_collapsed(summary, clip(message.text)))
     if kind == "approval":
         tool = message.tool_name or "a tool"
         return Part(
@@ -148,7 +159,7 @@ def part_for(message: LettaMessage, *, show_reasoning: str, show_tools: str) -> 
             "it cannot answer until then.",
         )
     if kind == "error":
-        return Part(NOTICE, f"Letta reported an error: {message.text}")
+        return Part(NOTICE, clip(f"Letta reported an error: {message.text}"))
     return None
 
 
@@ -180,9 +191,7 @@ def build_parts(
     not stop normally (not repeated when an approval notice already says it)."""
     parts: list[Part] = []
     for message in messages:
-        part = part_for(message, show_reasoning=show_reasoning, show_tools=show_tools)
-        if part is not None:
-            parts.append(part)
+        parts += parts_for(message, show_reasoning=show_reasoning, show_tools=show_tools)
     closing = closing_part(stop_reason, any(m.kind == "approval" for m in messages))
     return [*parts, closing] if closing else parts
 
@@ -270,17 +279,26 @@ def message_content(
     if relation:
         content["m.relates_to"] = dict(relation)
     content["m.mentions"] = {"user_ids": list(mentions)} if mentions else {}
-    return content
+    return _fit(content)
 
 
 def edit_content(part: Part, original_event_id: str) -> dict[str, Any]:
-    """An m.replace of an earlier part (streaming): the fallback text is starred."""
+    """An m.replace of an earlier part (streaming): the fallback text is starred; for a long
+    part it is only the beginning (clients that know edits show the new content)."""
     new = message_content(part, None)
-    content: dict[str, Any] = {"msgtype": part.msgtype, "body": f"* {part.body}"}
-    if part.html:
+    long = len(part.body) > EDIT_FALLBACK_CHARS
+    fallback = part.body[:EDIT_FALLBACK_CHARS] + " …" if long else part.body
+    content: dict[str, Any] = {"msgtype": part.msgtype, "body": f"* {fallback}"}
+    if part.html and not long:
         content["format"] = HTML
         content["formatted_body"] = f"* {part.html}"
     content["m.new_content"] = new
     content["m.relates_to"] = {"rel_type": "m.replace", "event_id": original_event_id}
     content["m.mentions"] = {}
-    return content
+    return _fit(content)
+
+
+def _fit(content: dict[str, Any]) -> dict[str, Any]:
+    # Parts are cut to size, but HTML can outgrow its text (many short links): without it the
+    # event fits, and the text is all there.
+    return content if event_bytes(content) <= EVENT_BYTES else without_html(content)

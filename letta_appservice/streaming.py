@@ -10,7 +10,7 @@ import attrs
 
 from .letta import LettaError, LettaMessage
 from .letta.models import tool_call_message
-from .replies import NOTICE, Part, closing_part, error_text, part_for
+from .replies import NOTICE, Part, closing_part, error_text, parts_for
 
 EDIT_INTERVAL = 1.0  # seconds between two edits of a growing message (homeservers rate-limit)
 
@@ -53,9 +53,11 @@ class _Relay:
         self.approval = False
         self._current: LettaMessage | None = None
         self._key: object = None
-        self._index: int | None = None  # part of the assistant text being streamed
-        self._shown: Part | None = None
-        self._last_edit = 0.0
+        # Parts of the assistant message being streamed: one, or more once it is too long
+        # for one event (the earlier ones are complete then).
+        self._indexes: list[int] = []
+        self._shown: dict[int, Part] = {}
+        self._last_render = 0.0
 
     async def feed(self, message: LettaMessage) -> None:
         key: object = (message.id, message.kind) if message.id is not None else object()
@@ -63,53 +65,55 @@ class _Relay:
             self._current = _merge(self._current, message)
         else:
             await self.close()
-            self._current, self._key, self._index = message, key, None
+            self._current, self._key, self._indexes = message, key, []
         if self._current.kind == "assistant":
-            await self._progress(self._current)
+            await self._progress(self._current, final=False)
 
-    async def _progress(self, message: LettaMessage) -> None:
-        part = part_for(message, **self.show)
-        if part is None:
+    async def _progress(self, message: LettaMessage, *, final: bool) -> None:
+        """Show the growing answer: its first words at once, then at most every EDIT_INTERVAL
+        (and when ``final``) edit what changed and post the parts it has newly filled.
+        Rendering the whole answer on every token would cost quadratic time."""
+        now = time.monotonic()
+        if self._indexes and not final and now - self._last_render < EDIT_INTERVAL:
             return
-        if self._index is None:
-            self._index = len(self.parts)
-            self.parts.append(part)
-            await self._put(self._index, part)
-            return
-        self.parts[self._index] = part
-        if time.monotonic() - self._last_edit >= EDIT_INTERVAL and part != self._shown:
-            await self._edit(self._index, part)
+        self._last_render = now
+        for n, part in enumerate(parts_for(message, **self.show)):
+            if n == len(self._indexes):
+                self._indexes.append(len(self.parts))
+                self.parts.append(part)
+                await self._put(self._indexes[n], part)
+                continue
+            index = self._indexes[n]
+            self.parts[index] = part
+            if part != self._shown.get(index):
+                await self._edit(index, part)
 
     async def close(self) -> None:
-        """The current message is complete: final edit, or post it now if not streamed."""
+        """The current message is complete: final edits, or post it now if not streamed."""
         message, self._current = self._current, None
         if message is None:
             return
         if message.kind == "tool_call":  # a streamed send_message call is the reply
             message = tool_call_message(message.id, message.tool_name, message.tool_arguments)
         self.approval = self.approval or message.kind == "approval"
-        part = part_for(message, **self.show)
-        if part is None:
+        if self._indexes and message.kind == "assistant":
+            await self._progress(message, final=True)
             return
-        if self._index is not None and message.kind == "assistant":
-            self.parts[self._index] = part
-            if part != self._shown:
-                await self._edit(self._index, part)
-            return
-        self.parts.append(part)
-        await self._put(len(self.parts) - 1, part)
+        for part in parts_for(message, **self.show):
+            self.parts.append(part)
+            await self._put(len(self.parts) - 1, part)
 
     async def _put(self, index: int, part: Part) -> None:
         if index in self.outbox.sent:  # posted by an attempt cut short: bring it up to date
             await self._edit(index, part)
         else:
             await self.outbox.post(index, part)
-            self._shown, self._last_edit = part, time.monotonic()
+            self._shown[index] = part
         self.posted = True
 
     async def _edit(self, index: int, part: Part) -> None:
         await self.outbox.edit(index, part)
-        self._shown, self._last_edit = part, time.monotonic()
+        self._shown[index] = part
 
 
 async def relay(

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import attrs
+import pytest
 
 from letta_appservice.app import App
 from letta_appservice.db.agent import AgentRow
@@ -390,6 +391,41 @@ async def test_streaming_posts_the_first_words_then_edits(
         e for e in admin_user.events_seen(broken.room) if matches(reply_to(broken.mxid, asked), e)
     ]
     assert len(texts) == 1  # what was streamed before the error stays
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_long_answer_arrives_whole_in_several_messages(
+    streaming: bool, start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+) -> None:
+    """Far more than one event may hold: cut into messages, nothing lost, also when streamed
+    (each message edited until it is complete)."""
+    app = await start_app(letta={"streaming": streaming})
+    [writer] = await provision(app, fake_letta, "Writer")
+    text = lr.long_text()
+    writer.fake.responder = lambda _a, _t: [lr.assistant(text)]
+    await enter(app, admin_user, writer.room)
+    asked = await admin_user.send_text(writer.room, "write a lot")
+
+    def latest() -> list[Event]:
+        """The answer's messages as a client shows them (edits applied), in order."""
+        shown: dict[str, Event] = {}
+        for e in admin_user.events_seen(writer.room):
+            relates = e.get("content", {}).get("m.relates_to") or {}
+            if matches(reply_to(writer.mxid, asked), e):
+                shown.setdefault(e["event_id"], e["content"])
+            elif e["sender"] == writer.mxid and relates.get("rel_type") == "m.replace":
+                shown[relates["event_id"]] = e["content"]["m.new_content"]
+        return list(shown.values())
+
+    def whole(_event: Event) -> bool:
+        return "\n\n".join(c["body"] for c in latest()) == text
+
+    await admin_user.wait_for_event(writer.room, whole)
+    messages = latest()
+    assert len(messages) > 3
+    assert all("<strong>bold</strong>" in c["formatted_body"] for c in messages)
+    first = next(e for e in admin_user.events_seen(writer.room) if matches(by(writer.mxid), e))
+    assert first["content"]["m.mentions"] == {"user_ids": [ADMIN]}
 
 
 # --- who gets answered ---------------------------------------------------------------------------

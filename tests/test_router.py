@@ -10,6 +10,7 @@ import pytest
 
 from letta_appservice.db.agent import AgentRow
 from letta_appservice.letta import LettaError, LettaMessage, parse_message
+from letta_appservice.matrix.size import EVENT_BYTES, PIECE_BYTES, event_bytes, utf8_len
 from letta_appservice.replies import (
     Part,
     build_parts,
@@ -287,3 +288,48 @@ async def test_relay_after_a_crash_edits_the_part_already_posted() -> None:
     outbox = Outbox({0: "$old"})
     await relay(Stream([lr.assistant("the whole answer")]), outbox, "off", "off")
     assert outbox.log == [("edit", 0, "the whole answer")]
+
+
+def joined(bodies: list[str]) -> str:
+    return "\n\n".join(bodies)
+
+
+async def test_relay_streams_a_long_answer_into_several_messages() -> None:
+    text = lr.long_text()
+    raws = lr.token_deltas([lr.assistant(text, "message-1")], size=200)
+    outbox = Outbox()
+    parts = await relay(Stream(raws), outbox, "off", "off")
+    assert len(parts) > 3 and joined([p.body for p in parts]) == text
+    assert all(utf8_len(p.body) <= PIECE_BYTES for p in parts)
+    final: dict[int, str] = {}
+    for _action, index, body in outbox.log:
+        final[index] = body
+    assert [final[i] for i in range(len(parts))] == [p.body for p in parts]
+    # One post per message, in order, and few edits: renders at most every EDIT_INTERVAL.
+    assert [i for action, i, _ in outbox.log if action == "post"] == list(range(len(parts)))
+    assert len(outbox.log) < 3 * len(parts)
+
+
+def test_a_long_answer_is_cut_into_messages_that_fit() -> None:
+    text = lr.long_text()
+    parts = build_parts(parsed(lr.assistant(text)), "end_turn")
+    assert len(parts) > 3 and joined([p.body for p in parts]) == text
+    for part in parts:
+        assert event_bytes(message_content(part, None)) < EVENT_BYTES
+        assert event_bytes(edit_content(part, "$original")) < EVENT_BYTES
+        assert part.html is not None and "<strong>bold</strong>" in part.html
+    long_edit = edit_content(parts[0], "$original")
+    assert long_edit["body"].endswith(" …") and "formatted_body" not in long_edit
+    assert long_edit["m.new_content"]["formatted_body"] == parts[0].html
+
+
+def test_long_tool_results_are_clipped_and_html_that_outgrows_its_text_is_dropped() -> None:
+    result = lr.tool_return("x" * 100_000)
+    [part] = build_parts(parsed(result), None, show_tools="notice")
+    assert "more characters not shown" in part.body
+    assert event_bytes(message_content(part, None)) < EVENT_BYTES
+    dense = "**a** " * 2600  # fits as text, but its HTML is three times as long
+    [emphatic] = build_parts(parsed(lr.assistant(dense)), None)
+    assert utf8_len(emphatic.body) <= PIECE_BYTES and emphatic.html is not None
+    content = message_content(emphatic, None)
+    assert "formatted_body" not in content and content["body"] == emphatic.body

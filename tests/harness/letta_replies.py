@@ -142,3 +142,9 @@ def token_deltas(messages: list[Raw], size: int = 4) -> list[Raw]:
         else:
             out.append(raw)
     return out
+
+
+def long_text(paragraphs: int = 120) -> str:
+    """Markdown far longer than one Matrix event may be (~70 kB in 120 paragraphs)."""
+    words = " ".join(["some **bold** words"] * 30)
+    return "\n\n".join(f"Paragraph {i}: {words}" for i in range(paragraphs))
