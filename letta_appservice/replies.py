@@ -23,6 +23,8 @@ EDIT_FALLBACK_CHARS = 1_000
 DELAY_NOTICE_PART = 10_000
 PAUSED_NOTICE_PART = 10_001
 REFUSED_NOTICE_PART = 10_002
+MEDIA_NOTICE_PART = 10_003
+_MEDIA = {"m.image": "image", "m.file": "file", "m.audio": "audio message", "m.video": "video"}
 _FALLBACK_LINE = re.compile(r"^> ?")
 _OTID_NAMESPACE = uuid.UUID("6f1c1a44-3c57-4d43-9a0b-7f3c5a0e9b21")
 
@@ -95,6 +97,11 @@ def incoming_text(content: Mapping[str, Any], displayname: str) -> str | None:
     if msgtype == EMOTE:
         return f"* {displayname} {body}"
     return None
+
+
+def media_kind(content: Mapping[str, Any]) -> str | None:
+    """ "image", "file", … for a media message (which agents cannot read), else None."""
+    return _MEDIA.get(str(content.get("msgtype")))
 
 
 def attribution(template: str, *, displayname: str, sender: str, room_name: str) -> str:

@@ -23,10 +23,12 @@ from .memberships import Memberships, agent_ids
 from .permissions import Permissions
 from .puppets import Puppets
 from .replies import (
+    MEDIA_NOTICE_PART,
     PAUSED_NOTICE_PART,
     REFUSED_NOTICE_PART,
     incoming_text,
     letta_content,
+    media_kind,
     reply_relation,
     sender_name,
 )
@@ -34,6 +36,11 @@ from .routing import addressed, default_mode, is_command
 
 log = logging.getLogger("letta_appservice.router")
 NOT_PERMITTED = "not_permitted"
+MEDIA = "media"
+TEXT_ONLY = (
+    "Agents on this bridge read text only: this {kind} was not passed on (nor will later ones "
+    "be). Describe it in words, or paste the text."
+)
 # The reconciler stores an agent room's row after creating it (invites included), so a person
 # can write a moment before the row's bridged_at; clocks of homeserver and bridge differ too.
 BRIDGED_GRACE_MS = 60_000
@@ -142,9 +149,10 @@ class Router:
         raw = event.event
         sender, room_id = event.sender, event.room_id
         content = raw.get("content") or {}
-        if self._from_bridge(sender) or incoming_text(content, "") is None:
-            return  # our own messages (no loops), notices, edits, media
-        if self.commands is not None:
+        media = media_kind(content)
+        if self._from_bridge(sender) or (incoming_text(content, "") is None and not media):
+            return  # our own messages (no loops), notices, edits
+        if self.commands is not None and not media:
             evt = Event.deserialize(raw)
             if isinstance(evt, MessageEvent) and await self.commands.maybe_handle(evt):
                 return
@@ -161,6 +169,9 @@ class Router:
             await self._refuse(event, targets[0])
             return
         relation = reply_relation(content, event.event_id)
+        if media:
+            await self._text_only(event, targets[0], media, relation)
+            return
         for agent in targets:
             if agent.paused:
                 text = PAUSED.format(name=agent.displayname or agent.name)
@@ -230,6 +241,20 @@ class Router:
             agent, room_id, event.event_id, REFUSED_NOTICE_PART, text, relation
         )
         await self.notices.record(room_id, sender, NOT_PERMITTED)
+
+    async def _text_only(
+        self, event: InboxEvent, agent: AgentRow, media: str, relation: Mapping[str, Any]
+    ) -> None:
+        """Agents read text: the first image (file, …) a person sends in a room is answered
+        with a notice saying so, later ones are not passed on silently."""
+        room_id, sender = event.room_id, event.sender
+        if await self.notices.given(room_id, sender, MEDIA):
+            return
+        text = TEXT_ONLY.format(kind=media)
+        await self.conversations.notify(
+            agent, room_id, event.event_id, MEDIA_NOTICE_PART, text, relation
+        )
+        await self.notices.record(room_id, sender, MEDIA)
 
     async def _displayname(self, room_id: str, user_id: str, api: Any) -> str:
         member = await self.state_store.get_member(RoomID(room_id), UserID(user_id))
