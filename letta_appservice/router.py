@@ -166,11 +166,13 @@ class Router:
         if not targets:
             return
         if not self.permissions.is_user(sender):
-            await self._refuse(event, targets[0])
+            text = REFUSAL.format(user=sender)
+            await self._once(event, targets[0], NOT_PERMITTED, REFUSED_NOTICE_PART, text)
             return
         relation = reply_relation(content, event.event_id)
-        if media:
-            await self._text_only(event, targets[0], media, relation)
+        if media:  # agents read text: the first one is answered, later ones pass silently
+            text = TEXT_ONLY.format(kind=media)
+            await self._once(event, targets[0], MEDIA, MEDIA_NOTICE_PART, text)
             return
         for agent in targets:
             if agent.paused:
@@ -231,30 +233,16 @@ class Router:
         members |= {a.mxid for a in agents}
         return len(members - {agent.mxid, self.bot})
 
-    async def _refuse(self, event: InboxEvent, agent: AgentRow) -> None:
-        room_id, sender = event.room_id, event.sender
-        if await self.notices.given(room_id, sender, NOT_PERMITTED):
-            return
-        text = REFUSAL.format(user=sender)
-        relation = reply_relation(event.event.get("content") or {}, event.event_id)
-        await self.conversations.notify(
-            agent, room_id, event.event_id, REFUSED_NOTICE_PART, text, relation
-        )
-        await self.notices.record(room_id, sender, NOT_PERMITTED)
-
-    async def _text_only(
-        self, event: InboxEvent, agent: AgentRow, media: str, relation: Mapping[str, Any]
+    async def _once(
+        self, event: InboxEvent, agent: AgentRow, kind: str, part: int, text: str
     ) -> None:
-        """Agents read text: the first image (file, …) a person sends in a room is answered
-        with a notice saying so, later ones are not passed on silently."""
+        """A notice from the agent's puppet that a person gets once per room (``kind``)."""
         room_id, sender = event.room_id, event.sender
-        if await self.notices.given(room_id, sender, MEDIA):
+        if await self.notices.given(room_id, sender, kind):
             return
-        text = TEXT_ONLY.format(kind=media)
-        await self.conversations.notify(
-            agent, room_id, event.event_id, MEDIA_NOTICE_PART, text, relation
-        )
-        await self.notices.record(room_id, sender, MEDIA)
+        relation = reply_relation(event.event.get("content") or {}, event.event_id)
+        await self.conversations.notify(agent, room_id, event.event_id, part, text, relation)
+        await self.notices.record(room_id, sender, kind)
 
     async def _displayname(self, room_id: str, user_id: str, api: Any) -> str:
         member = await self.state_store.get_member(RoomID(room_id), UserID(user_id))
