@@ -24,6 +24,7 @@ DELAY_NOTICE_PART = 10_000
 PAUSED_NOTICE_PART = 10_001
 REFUSED_NOTICE_PART = 10_002
 MEDIA_NOTICE_PART = 10_003
+GONE_NOTICE_PART = 10_004
 _MEDIA = {"m.image": "image", "m.file": "file", "m.audio": "audio message", "m.video": "video"}
 _FALLBACK_LINE = re.compile(r"^> ?")
 _OTID_NAMESPACE = uuid.UUID("6f1c1a44-3c57-4d43-9a0b-7f3c5a0e9b21")

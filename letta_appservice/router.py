@@ -23,6 +23,7 @@ from .memberships import Memberships, agent_ids
 from .permissions import Permissions
 from .puppets import Puppets
 from .replies import (
+    GONE_NOTICE_PART,
     MEDIA_NOTICE_PART,
     PAUSED_NOTICE_PART,
     REFUSED_NOTICE_PART,
@@ -37,6 +38,8 @@ from .routing import addressed, default_mode, is_command
 log = logging.getLogger("letta_appservice.router")
 NOT_PERMITTED = "not_permitted"
 MEDIA = "media"
+AGENT_GONE = "agent_gone"
+GONE = "{name} was deleted in Letta and cannot answer any more."
 TEXT_ONLY = (
     "Agents on this bridge read text only: this {kind} was not passed on (nor will later ones "
     "be). Describe it in words, or paste the text."
@@ -162,6 +165,9 @@ class Router:
         if int(raw.get("origin_server_ts") or 0) < room.bridged_at - BRIDGED_GRACE_MS:
             return  # written before the room was bridged
         agents = await self._agents(room)
+        if not agents and room.kind == DM and self.permissions.is_user(sender):
+            await self._all_gone(event, room)
+            return
         targets = [a for a in agents if await self._addressed(room, a, agents, content)]
         if not targets:
             return
@@ -211,6 +217,16 @@ class Router:
     async def _agents(self, room: RoomRow) -> list[AgentRow]:
         found = [await self.agents.get(agent_id) for agent_id in await self._agent_ids(room)]
         return [a for a in found if a is not None and a.state == ACTIVE]
+
+    async def _all_gone(self, event: InboxEvent, room: RoomRow) -> None:
+        """Every agent of this room was deleted in Letta: rather than silence, the person
+        hears it once (the puppet stays, in case the agent comes back)."""
+        for agent_id in await self._agent_ids(room):
+            agent = await self.agents.get(agent_id)
+            if agent is not None:
+                text = GONE.format(name=agent.displayname or agent.name)
+                await self._once(event, agent, AGENT_GONE, GONE_NOTICE_PART, text)
+                return
 
     async def _addressed(
         self,

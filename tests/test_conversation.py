@@ -447,6 +447,40 @@ async def test_media_gets_one_notice_that_agents_read_text_only(
     assert [text_of(m) for m in fake_letta.message_log] == ["what about words?"]
 
 
+async def test_a_dm_whose_agent_was_deleted_says_so_once(
+    start_app: AppFactory, fake_letta: FakeLetta, synapse: SynapseServer
+) -> None:
+    alice = await new_user(synapse, "alice")
+    app = await start_app()
+    [alpha] = await provision(app, fake_letta, "Alpha")
+    dm = await alice.create_room(
+        preset="trusted_private_chat", is_direct=True, invite=[alpha.mxid]
+    )
+    await alice.wait_for_event(dm, lambda e: e["state_key"] == alpha.mxid and _joined(e))
+    del fake_letta.agents[alpha.fake.id]
+    assert (await app.scheduler.run_now()).changes == {"archive": 1}
+
+    first = await alice.send_text(dm, "are you there?")
+    gone = await alice.wait_for_event(dm, reply_to(alpha.mxid, first, "m.notice"))
+    assert gone["content"]["body"] == "Alpha was deleted in Letta and cannot answer any more."
+    # Once: a second message gets nothing; the agent comes back (same id, same puppet) and
+    # answers the next one.
+    again = await alice.send_text(dm, "hello?")
+    async with asyncio.timeout(30):
+        while True:  # handled while the agent was still gone
+            stored = await app.inbox.get(again)
+            if stored is not None and stored.state == "done":
+                break
+            await asyncio.sleep(0.05)
+    fake_letta.agents[alpha.fake.id] = alpha.fake
+    assert (await app.scheduler.run_now()).changes == {"restore": 1}
+    back = await alice.send_text(dm, "welcome back")
+    await alice.wait_for_event(dm, reply_to(alpha.mxid, back))
+    assert len(said_by(alice, dm, alpha.mxid, "m.notice")) == 1
+    assert [text_of(m) for m in fake_letta.message_log] == ["welcome back"]
+    await alice.close()
+
+
 # --- who gets answered ---------------------------------------------------------------------------
 
 
