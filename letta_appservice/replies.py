@@ -20,6 +20,7 @@ TEXT, NOTICE, EMOTE = "m.text", "m.notice", "m.emote"
 HTML = "org.matrix.custom.html"
 # Part numbers of one-off notices, far above any reply's parts (sent_event keeps them once).
 EDIT_FALLBACK_CHARS = 1_000
+NO_REPLY = "The agent finished its turn without a reply."
 DELAY_NOTICE_PART = 10_000
 PAUSED_NOTICE_PART = 10_001
 REFUSED_NOTICE_PART = 10_002
@@ -200,14 +201,22 @@ def build_parts(
     parts: list[Part] = []
     for message in messages:
         parts += parts_for(message, show_reasoning=show_reasoning, show_tools=show_tools)
-    closing = closing_part(stop_reason, any(m.kind == "approval" for m in messages))
+    approval = any(m.kind == "approval" for m in messages)
+    closing = closing_part(stop_reason, approval, answered(parts))
     return [*parts, closing] if closing else parts
 
 
-def closing_part(stop_reason: str | None, approval_told: bool) -> Part | None:
-    """The notice ending a turn that did not stop normally (an approval notice says it)."""
+def answered(parts: Sequence[Part]) -> bool:
+    return any(part.msgtype == TEXT for part in parts)
+
+
+def closing_part(stop_reason: str | None, approval_told: bool, answered: bool) -> Part | None:
+    """The notice ending a turn that did not stop normally (an approval notice says it), or
+    that ended without a word for the person (silence would look like a lost message)."""
     notice = stop_notice(stop_reason)
-    if notice is None or (approval_told and stop_reason == "requires_approval"):
+    if notice is None:
+        return None if answered or approval_told else Part(NOTICE, NO_REPLY)
+    if approval_told and stop_reason == "requires_approval":
         return None
     return Part(NOTICE, notice)
 

@@ -10,7 +10,7 @@ import attrs
 
 from .letta import LettaError, LettaMessage
 from .letta.models import tool_call_message
-from .replies import NOTICE, Part, closing_part, error_text, parts_for
+from .replies import NOTICE, Part, answered, closing_part, error_text, parts_for
 
 EDIT_INTERVAL = 1.0  # seconds between two edits of a growing message (homeservers rate-limit)
 
@@ -135,5 +135,5 @@ async def relay(
         text = f"{error_text(e, 0)} The answer above may be incomplete."
         return [*r.parts, Part(NOTICE, text)]
     await r.close()
-    closing = closing_part(stream.stop_reason, r.approval)
+    closing = closing_part(stream.stop_reason, r.approval, answered(r.parts))
     return [*r.parts, closing] if closing else r.parts

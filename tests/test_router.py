@@ -12,6 +12,7 @@ from letta_appservice.db.agent import AgentRow
 from letta_appservice.letta import LettaError, LettaMessage, parse_message
 from letta_appservice.matrix.size import EVENT_BYTES, PIECE_BYTES, event_bytes, utf8_len
 from letta_appservice.replies import (
+    NO_REPLY,
     Part,
     build_parts,
     duration,
@@ -167,6 +168,15 @@ def test_stop_reasons_and_approvals_are_told() -> None:
     approval = parsed(lr.approval_request("delete_file", {"path": "/"}))
     parts = build_parts(approval, "requires_approval")
     assert len(parts) == 1 and "delete_file" in parts[0].body and "approval" in parts[0].body
+
+
+def test_a_turn_without_a_reply_says_so() -> None:
+    thinking = parsed(lr.reasoning("nothing to say"), lr.tool_call("core_memory_append", {}))
+    for stop in ("end_turn", None):
+        assert [p.body for p in build_parts(thinking, stop)] == [NO_REPLY]
+    shown = build_parts(thinking, "end_turn", show_reasoning="notice")
+    assert [p.msgtype for p in shown] == ["m.notice", "m.notice"] and shown[-1].body == NO_REPLY
+    assert "step limit" in build_parts(thinking, "max_steps")[-1].body  # the reason says it
 
 
 def test_error_texts_name_no_urls() -> None:
@@ -325,7 +335,7 @@ def test_a_long_answer_is_cut_into_messages_that_fit() -> None:
 
 def test_long_tool_results_are_clipped_and_html_that_outgrows_its_text_is_dropped() -> None:
     result = lr.tool_return("x" * 100_000)
-    [part] = build_parts(parsed(result), None, show_tools="notice")
+    part, _no_reply = build_parts(parsed(result), None, show_tools="notice")
     assert "more characters not shown" in part.body
     assert event_bytes(message_content(part, None)) < EVENT_BYTES
     dense = "**a** " * 2600  # fits as text, but its HTML is three times as long
@@ -333,3 +343,10 @@ def test_long_tool_results_are_clipped_and_html_that_outgrows_its_text_is_droppe
     assert utf8_len(emphatic.body) <= PIECE_BYTES and emphatic.html is not None
     content = message_content(emphatic, None)
     assert "formatted_body" not in content and content["body"] == emphatic.body
+
+
+async def test_relay_of_a_turn_without_a_reply_says_so() -> None:
+    raws = lr.token_deltas([lr.reasoning("just thinking", "message-1")])
+    outbox = Outbox()
+    parts = await relay(Stream(raws), outbox, "off", "off")
+    assert outbox.log == [] and [p.body for p in parts] == [NO_REPLY]  # left to post
