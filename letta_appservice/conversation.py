@@ -191,7 +191,13 @@ class Conversations:
                 agent_id, job.content, name=job.name, otid=message_id, stream_tokens=True
             )
             async with stream:
-                return await relay(stream, poster, s.show_reasoning, s.show_tools)
+                return await relay(
+                    stream,
+                    poster,
+                    s.show_reasoning,
+                    s.show_tools,
+                    expects_reply=job.expects_reply,
+                )
         response = await self.letta.send_message(
             agent_id, job.content, name=job.name, otid=message_id
         )
@@ -200,6 +206,7 @@ class Conversations:
             response.stop_reason,
             show_reasoning=s.show_reasoning,
             show_tools=s.show_tools,
+            expects_reply=job.expects_reply,
         )
 
     async def _failed(self, job: Job, poster: Poster, error: LettaError) -> list[Part]:

@@ -46,6 +46,9 @@ class Job:
     relation: Mapping[str, Any]  # reply (and thread) relation of every part
     received_at: int  # ms, when the inbox stored the event: the retry window starts there
     attempts: int = 0
+    # False where an agent may well stay silent (a group room an admin opened to every
+    # message, the agent not named): no "finished without a reply" notice there.
+    expects_reply: bool = True
 
 
 def homeserver_trouble(e: BaseException) -> bool:

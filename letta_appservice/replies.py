@@ -195,6 +195,7 @@ def build_parts(
     *,
     show_reasoning: str = "off",
     show_tools: str = "off",
+    expects_reply: bool = True,
 ) -> list[Part]:
     """Every Matrix message of one Letta turn, in order; a notice ends it when the agent did
     not stop normally (not repeated when an approval notice already says it)."""
@@ -202,7 +203,7 @@ def build_parts(
     for message in messages:
         parts += parts_for(message, show_reasoning=show_reasoning, show_tools=show_tools)
     approval = any(m.kind == "approval" for m in messages)
-    closing = closing_part(stop_reason, approval, answered(parts))
+    closing = closing_part(stop_reason, approval, answered(parts) or not expects_reply)
     return [*parts, closing] if closing else parts
 
 

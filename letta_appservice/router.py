@@ -33,7 +33,7 @@ from .replies import (
     reply_relation,
     sender_name,
 )
-from .routing import addressed, default_mode, is_command
+from .routing import MENTION, OPEN, addressed, default_mode, is_command
 
 log = logging.getLogger("letta_appservice.router")
 NOT_PERMITTED = "not_permitted"
@@ -168,7 +168,8 @@ class Router:
         if not agents and room.kind == DM and self.permissions.is_user(sender):
             await self._all_gone(event, room)
             return
-        targets = [a for a in agents if await self._addressed(room, a, agents, content)]
+        heard = {a.agent_id: await self._addressed(room, a, agents, content) for a in agents}
+        targets = [a for a in agents if heard[a.agent_id] is not None]
         if not targets:
             return
         if not self.permissions.is_user(sender):
@@ -208,6 +209,7 @@ class Router:
                 relation=relation,
                 received_at=event.received_at,
                 attempts=event.attempts,
+                expects_reply=bool(heard[agent.agent_id]),
             )
             await self.conversations.answer(job)
 
@@ -234,13 +236,16 @@ class Router:
         agent: AgentRow,
         agents: list[AgentRow],
         content: Mapping[str, Any],
-    ) -> bool:
-        mode = room.mode
-        if mode is None:
-            own = room.kind == AGENT and room.agent_id == agent.agent_id
-            others = 0 if own else await self._others(room.room_id, agent, agents)
-            mode = default_mode(room.kind, own, others)
-        return addressed(mode, content, agent)
+    ) -> bool | None:
+        """None: the message is not for the agent. Else whether the person expects a reply:
+        in the agent's own room, a 1:1 DM, or having named it (not so in a group room an
+        admin opened to every message)."""
+        own = room.kind == AGENT and room.agent_id == agent.agent_id
+        others = 0 if own else await self._others(room.room_id, agent, agents)
+        natural = default_mode(room.kind, own, others)
+        if not addressed(room.mode or natural, content, agent):
+            return None
+        return natural == OPEN or addressed(MENTION, content, agent)
 
     async def _others(self, room_id: str, agent: AgentRow, agents: list[AgentRow]) -> int:
         """Members besides the puppet and the bot; other agents' puppets count as people, from

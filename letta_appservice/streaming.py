@@ -117,7 +117,12 @@ class _Relay:
 
 
 async def relay(
-    stream: Stream, outbox: Outbox, show_reasoning: str, show_tools: str
+    stream: Stream,
+    outbox: Outbox,
+    show_reasoning: str,
+    show_tools: str,
+    *,
+    expects_reply: bool = True,
 ) -> list[Part]:
     """Consume a streamed turn, posting as it goes; returns every part of the answer (the
     closing notice, if any, is left for the caller to post with the rest).
@@ -135,5 +140,5 @@ async def relay(
         text = f"{error_text(e, 0)} The answer above may be incomplete."
         return [*r.parts, Part(NOTICE, text)]
     await r.close()
-    closing = closing_part(stream.stop_reason, r.approval, answered(r.parts))
+    closing = closing_part(stream.stop_reason, r.approval, answered(r.parts) or not expects_reply)
     return [*r.parts, closing] if closing else r.parts

@@ -481,6 +481,45 @@ async def test_a_dm_whose_agent_was_deleted_says_so_once(
     await alice.close()
 
 
+async def test_silence_is_told_where_a_reply_was_expected(
+    start_app: AppFactory, fake_letta: FakeLetta, synapse: SynapseServer
+) -> None:
+    alice, bob = await new_user(synapse, "alice"), await new_user(synapse, "bob")
+    app = await start_app()
+    [alpha] = await provision(app, fake_letta, "Alpha")
+    alpha.fake.responder = lambda _a, text: (
+        [lr.assistant("noted")] if "answer" in text else [lr.reasoning("nothing to add")]
+    )
+    dm = await alice.create_room(
+        preset="trusted_private_chat", is_direct=True, invite=[alpha.mxid]
+    )
+    group = await alice.create_room(preset="private_chat", invite=[bob.mxid, alpha.mxid])
+    await bob.join(group)
+    for room in (dm, group):
+        await alice.wait_for_event(room, lambda e: e["state_key"] == alpha.mxid and _joined(e))
+    rooms = RoomStore(app.db)
+    row = await rooms.get(group)
+    assert row is not None
+    row.mode = "open"  # as `!letta mode open` sets it: every message goes to the agent
+    await rooms.upsert(row)
+
+    asked = await alice.send_text(dm, "hello")
+    told = await alice.wait_for_event(dm, reply_to(alpha.mxid, asked, "m.notice"))
+    assert told["content"]["body"] == "The agent finished its turn without a reply."
+    # In the opened group room the agent may keep quiet unless named (same queue, in order).
+    await alice.send_text(group, "just chatting")
+    named = await alice.send_text(group, "Alpha, anything?")
+    await alice.wait_for_event(group, reply_to(alpha.mxid, named, "m.notice"))
+    last = await alice.send_text(group, "please answer")
+    await alice.wait_for_event(group, reply_to(alpha.mxid, last))
+    assert [e["content"]["body"] for e in said_by(alice, group, alpha.mxid)] == [
+        "The agent finished its turn without a reply.",
+        "noted",
+    ]
+    for user in (alice, bob):
+        await user.close()
+
+
 # --- who gets answered ---------------------------------------------------------------------------
 
 

@@ -177,6 +177,7 @@ def test_a_turn_without_a_reply_says_so() -> None:
     shown = build_parts(thinking, "end_turn", show_reasoning="notice")
     assert [p.msgtype for p in shown] == ["m.notice", "m.notice"] and shown[-1].body == NO_REPLY
     assert "step limit" in build_parts(thinking, "max_steps")[-1].body  # the reason says it
+    assert build_parts(thinking, "end_turn", expects_reply=False) == []  # may stay silent
 
 
 def test_error_texts_name_no_urls() -> None:
