@@ -191,9 +191,9 @@ class Memberships:
         if self._from_bridge(event.sender):
             # Never asked for by the bridge: the homeserver encrypts every new room.
             log.error(
-                "The homeserver encrypted %s, which the bridge created: its agent cannot read "
-                "it. Set the homeserver's encryption_enabled_by_default_for_room_type to "
-                "'off' or 'invite', then `reset` the agent.",
+                "The homeserver encrypted %s, a room the bridge created: agents cannot read "
+                "encrypted rooms. Set the homeserver's encryption_enabled_by_default_for_"
+                "room_type to 'off' or 'invite', then `reset` the agents of such rooms.",
                 room_id,
             )
             return
