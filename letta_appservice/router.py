@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -47,6 +48,7 @@ TEXT_ONLY = (
 # The reconciler stores an agent room's row after creating it (invites included), so a person
 # can write a moment before the row's bridged_at; clocks of homeserver and bridge differ too.
 BRIDGED_GRACE_MS = 60_000
+REDACTIONS_KEPT = 10_000
 REFUSAL = "{user} may not talk to agents on this bridge; ask a bridge admin for access."
 PAUSED = "{name} is paused by a bridge admin; this message was not passed on and will not be."
 
@@ -98,6 +100,9 @@ class Router:
         self.commands = commands
         self.is_puppet = PuppetMatcher.from_config(config)
         self._room_names: dict[str, str] = {}
+        # Messages deleted (redacted) before their turn came: not passed on. The redaction is
+        # handled in the room's lane, so it overtakes a message waiting behind a slow answer.
+        self._redacted: OrderedDict[str, None] = OrderedDict()
         self.memberships = Memberships(
             config=config,
             permissions=permissions,
@@ -141,6 +146,15 @@ class Router:
             await self.memberships.encryption_on(event)
         elif event.event_type == e2ee.ENCRYPTED and not self._from_bridge(event.sender):
             await self.memberships.encrypted_message(event)
+        elif event.event_type == "m.room.redaction":
+            # Room versions up to 10 carry the target at the top level, 11+ in the content.
+            target = event.event.get("redacts") or (event.event.get("content") or {}).get(
+                "redacts"
+            )
+            if isinstance(target, str):
+                self._redacted[target] = None
+                while len(self._redacted) > REDACTIONS_KEPT:
+                    self._redacted.popitem(last=False)
         elif event.event_type == "m.room.name" and event.event.get("state_key") == "":
             name = (event.event.get("content") or {}).get("name")
             self._room_names[event.room_id] = name if isinstance(name, str) else ""
@@ -155,6 +169,9 @@ class Router:
         media = media_kind(content)
         if self._from_bridge(sender) or (incoming_text(content, "") is None and not media):
             return  # our own messages (no loops), notices, edits
+        if event.event_id in self._redacted:
+            log.info("%s was deleted while it waited; not passed on", event.event_id)
+            return
         if self.commands is not None and not media:
             evt = Event.deserialize(raw)
             if isinstance(evt, MessageEvent) and await self.commands.maybe_handle(evt):

@@ -520,6 +520,28 @@ async def test_silence_is_told_where_a_reply_was_expected(
         await user.close()
 
 
+async def test_a_message_deleted_while_it_waits_is_not_passed_on(
+    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+) -> None:
+    app = await start_app()
+    [helper] = await provision(app, fake_letta, "Helper")
+    await enter(app, admin_user, helper.room)
+    helper.fake.delay = 2
+    first = await admin_user.send_text(helper.room, "first")
+    await fake_letta.wait_for_in_flight(helper.fake.id, timeout=30)
+    second = await admin_user.send_text(helper.room, "second, deleted")
+    await admin_user.redact(helper.room, second, reason="typo")
+    await admin_user.wait_for_event(helper.room, reply_to(helper.mxid, first))
+    async with asyncio.timeout(30):
+        while True:  # the deleted one had its turn too, after the first answer
+            stored = await app.inbox.get(second)
+            if stored is not None and stored.state == "done":
+                break
+            await asyncio.sleep(0.05)
+    assert [text_of(m) for m in fake_letta.message_log] == ["first"]
+    assert replies_seen(admin_user, helper.room, helper.mxid, second) == []
+
+
 # --- who gets answered ---------------------------------------------------------------------------
 
 

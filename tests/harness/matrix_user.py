@@ -176,6 +176,11 @@ class MatrixUser:
             content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
         return await self.send_event(room_id, "m.room.message", content)
 
+    async def redact(self, room_id: str, event_id: str, reason: str | None = None) -> str:
+        path = f"{CS}/rooms/{_q(room_id)}/redact/{_q(event_id)}/{uuid.uuid4().hex}"
+        body = {"reason": reason} if reason else {}
+        return str((await self.request("PUT", path, body=body))["event_id"])
+
     async def send_state(
         self, room_id: str, type: str, state_key: str, content: dict[str, Any]
     ) -> str:
