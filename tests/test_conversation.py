@@ -107,6 +107,16 @@ def replies_seen(user: MatrixUser, room: str, sender: str, event_id: str) -> lis
     return seen
 
 
+async def handled(app: App, event_id: str, timeout: float = 30) -> None:
+    """Waits until the bridge has finished with a pushed event (whatever it did with it)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            stored = await app.inbox.get(event_id)
+            if stored is not None and stored.state == "done":
+                return
+            await asyncio.sleep(0.05)
+
+
 async def new_user(synapse: SynapseServer, name: str = "user") -> MatrixUser:
     return await synapse.register_user(fresh_localpart(name), displayname=name.title())
 
@@ -466,12 +476,7 @@ async def test_a_dm_whose_agent_was_deleted_says_so_once(
     # Once: a second message gets nothing; the agent comes back (same id, same puppet) and
     # answers the next one.
     again = await alice.send_text(dm, "hello?")
-    async with asyncio.timeout(30):
-        while True:  # handled while the agent was still gone
-            stored = await app.inbox.get(again)
-            if stored is not None and stored.state == "done":
-                break
-            await asyncio.sleep(0.05)
+    await handled(app, again)  # while the agent was still gone
     fake_letta.agents[alpha.fake.id] = alpha.fake
     assert (await app.scheduler.run_now()).changes == {"restore": 1}
     back = await alice.send_text(dm, "welcome back")
@@ -532,12 +537,7 @@ async def test_a_message_deleted_while_it_waits_is_not_passed_on(
     second = await admin_user.send_text(helper.room, "second, deleted")
     await admin_user.redact(helper.room, second, reason="typo")
     await admin_user.wait_for_event(helper.room, reply_to(helper.mxid, first))
-    async with asyncio.timeout(30):
-        while True:  # the deleted one had its turn too, after the first answer
-            stored = await app.inbox.get(second)
-            if stored is not None and stored.state == "done":
-                break
-            await asyncio.sleep(0.05)
+    await handled(app, second)  # the deleted one had its turn too, after the first answer
     assert [text_of(m) for m in fake_letta.message_log] == ["first"]
     assert replies_seen(admin_user, helper.room, helper.mxid, second) == []
 
