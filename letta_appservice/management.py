@@ -65,12 +65,12 @@ class Management:
         if refusal is not None:
             log.info("Refusing the invite of %s to %s: %s", inviter, room_id, refusal)
             # Leaving an invited room rejects the invite; the reason shows in the timeline.
-            await self.api.request(Method.POST, Path.v3.rooms[room_id].leave, {"reason": refusal})
+            await mx.leave(self.api, room_id, refusal)
             return None
         await mx.join(self.api, room_id)
         if await e2ee.is_encrypted(self.api, room_id):  # the invite's stripped state did not say
             await e2ee.tell(self.api, room_id, e2ee.DECLINED, evt.event_id)
-            await self.api.request(Method.POST, Path.v3.rooms[room_id].leave, {})
+            await mx.leave(self.api, room_id)
             return None
         if not await self._is_dm(evt):
             return OTHER
@@ -85,10 +85,4 @@ class Management:
         if evt.content.is_direct:
             return True
         # Pending invites count too: a room made for a group is not a DM while they are out.
-        resp = await self.api.request(Method.GET, Path.v3.rooms[evt.room_id].members)
-        present = [
-            ev
-            for ev in resp.get("chunk", [])
-            if (ev.get("content") or {}).get("membership") in ("join", "invite")
-        ]
-        return len(present) <= 2
+        return len(await mx.present_members(self.api, evt.room_id)) <= 2

@@ -100,7 +100,7 @@ class Memberships:
         api = self.puppets.api(mxid)
         if refusal is not None:
             log.info("%s refuses the invite of %s to %s: %s", mxid, inviter, room_id, refusal)
-            await api.request(Method.POST, Path.v3.rooms[room_id].leave, {"reason": refusal})
+            await mx.leave(api, room_id, refusal)
             return
         assert agent is not None
         # Stored before the join, so a message written as soon as the join shows is routed.
@@ -121,7 +121,7 @@ class Memberships:
             # The invite's stripped state did not say (the homeserver may send none, or be
             # configured to leave encryption out of it): found out only now.
             await e2ee.tell(api, room_id, e2ee.DECLINED, evt.event_id)
-            await api.request(Method.POST, Path.v3.rooms[room_id].leave, {})
+            await mx.leave(api, room_id)
             await self.state_store.left(RoomID(room_id), UserID(mxid))
             await self._puppet_left(room_id, mxid)
             return
@@ -146,11 +146,9 @@ class Memberships:
             return
         # The homeserver decides, not the state store: it may not know members who were in
         # the room before the bridge. Pending invites count as people.
-        resp = await self.puppets.api(ours[0]).request(Method.GET, Path.v3.rooms[room_id].members)
-        for ev in resp.get("chunk", []):
-            present = (ev.get("content") or {}).get("membership") in ("join", "invite")
-            if present and not self._from_bridge(ev.get("state_key", "")):
-                return
+        present = await mx.present_members(self.puppets.api(ours[0]), room_id)
+        if any(not self._from_bridge(user) for user in present):
+            return
         log.info("Everyone left %s; %s leave it too", room_id, ", ".join(ours))
         await self._leave(room_id, room, ours)
 
@@ -163,7 +161,7 @@ class Memberships:
         """The bridge's users leave the room and the bridge forgets it."""
         for mxid in ours:
             try:
-                await self.puppets.api(mxid).request(Method.POST, Path.v3.rooms[room_id].leave, {})
+                await mx.leave(self.puppets.api(mxid), room_id)
             except MatrixRequestError as e:
                 log.info("%s could not leave %s (%s)", mxid, room_id, e.errcode)
             await self.state_store.left(RoomID(room_id), UserID(mxid))

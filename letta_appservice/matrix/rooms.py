@@ -170,6 +170,13 @@ async def join(api: AppServiceAPI, room_id: str) -> None:
     await api.request(Method.POST, Path.v3.rooms[room_id].join, {})
 
 
+async def leave(api: AppServiceAPI, room_id: str, reason: str | None = None) -> None:
+    """Leave (or, when only invited, decline: the reason shows in the timeline)."""
+    await api.request(
+        Method.POST, Path.v3.rooms[room_id].leave, {"reason": reason} if reason else {}
+    )
+
+
 async def invite(api: AppServiceAPI, room_id: str, user_id: str) -> None:
     await api.request(Method.POST, Path.v3.rooms[room_id].invite, {"user_id": user_id})
 
@@ -188,6 +195,16 @@ async def send_notice(api: AppServiceAPI, room_id: str, text: str, txn_id: str) 
     """An m.notice; ``txn_id`` is stable across retries so a resent notice is not doubled."""
     content = {"msgtype": "m.notice", "body": text}
     await api.request(Method.PUT, Path.v3.rooms[room_id].send["m.room.message"][txn_id], content)
+
+
+async def present_members(api: AppServiceAPI, room_id: str) -> list[str]:
+    """Who is in the room or invited to it, as the homeserver knows (``api`` must be in it)."""
+    resp = await api.request(Method.GET, Path.v3.rooms[room_id].members)
+    return [
+        str(ev.get("state_key"))
+        for ev in resp.get("chunk", [])
+        if (ev.get("content") or {}).get("membership") in ("join", "invite")
+    ]
 
 
 async def joined_rooms(api: AppServiceAPI) -> set[str]:
