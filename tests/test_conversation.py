@@ -107,6 +107,13 @@ def replies_seen(user: MatrixUser, room: str, sender: str, event_id: str) -> lis
     return seen
 
 
+async def dm_with(user: MatrixUser, puppet: str) -> str:
+    """A DM the user opens with an agent's puppet, once the puppet has joined it."""
+    dm = await user.create_room(preset="trusted_private_chat", is_direct=True, invite=[puppet])
+    await user.wait_for_event(dm, joined(puppet))
+    return dm
+
+
 async def handled(app: App, event_id: str, timeout: float = 30) -> None:
     """Waits until the bridge has finished with a pushed event (whatever it did with it)."""
     async with asyncio.timeout(timeout):
@@ -463,10 +470,7 @@ async def test_a_dm_whose_agent_was_deleted_says_so_once(
     alice = await new_user(synapse, "alice")
     app = await start_app()
     [alpha] = await provision(app, fake_letta, "Alpha")
-    dm = await alice.create_room(
-        preset="trusted_private_chat", is_direct=True, invite=[alpha.mxid]
-    )
-    await alice.wait_for_event(dm, lambda e: e["state_key"] == alpha.mxid and _joined(e))
+    dm = await dm_with(alice, alpha.mxid)
     del fake_letta.agents[alpha.fake.id]
     assert (await app.scheduler.run_now()).changes == {"archive": 1}
 
@@ -501,7 +505,7 @@ async def test_silence_is_told_where_a_reply_was_expected(
     group = await alice.create_room(preset="private_chat", invite=[bob.mxid, alpha.mxid])
     await bob.join(group)
     for room in (dm, group):
-        await alice.wait_for_event(room, lambda e: e["state_key"] == alpha.mxid and _joined(e))
+        await alice.wait_for_event(room, joined(alpha.mxid))
     rooms = RoomStore(app.db)
     row = await rooms.get(group)
     assert row is not None
@@ -585,10 +589,7 @@ async def test_dm_group_room_mentions_and_puppets_never_answer_each_other(
     beta.fake.responder = lambda _a, t: [lr.assistant(f"Alpha, your turn ({t[-8:]})")]
 
     # A 1:1 DM: the puppet joins and answers everything.
-    dm = await alice.create_room(
-        preset="trusted_private_chat", is_direct=True, invite=[alpha.mxid]
-    )
-    await alice.wait_for_event(dm, lambda e: e["state_key"] == alpha.mxid and _joined(e))
+    dm = await dm_with(alice, alpha.mxid)
     asked = await alice.send_text(dm, "hi in private")
     await alice.wait_for_event(dm, reply_to(alpha.mxid, asked))
     assert fake_letta.message_log[-1].text.startswith(
@@ -601,7 +602,7 @@ async def test_dm_group_room_mentions_and_puppets_never_answer_each_other(
     )
     await bob.join(group)
     for puppet in (alpha.mxid, beta.mxid):
-        await alice.wait_for_event(group, lambda e, p=puppet: e["state_key"] == p and _joined(e))
+        await alice.wait_for_event(group, joined(puppet))
     before = len(fake_letta.message_log)
     await alice.send_text(group, "good morning everyone")
     to_alpha = await alice.send_text(group, "Alpha, what do you think?")
@@ -637,7 +638,7 @@ async def test_agents_leave_rooms_once_everyone_else_has(
         preset="private_chat", name="Team", invite=[bob.mxid, alpha.mxid]
     )
     for room in (dm, group):
-        await alice.wait_for_event(room, lambda e: e["state_key"] == alpha.mxid and _joined(e))
+        await alice.wait_for_event(room, joined(alpha.mxid))
 
     # The last person in the DM leaves: the puppet follows and the DM is forgotten.
     await alice.leave(dm)
@@ -666,8 +667,14 @@ async def test_agents_leave_rooms_once_everyone_else_has(
         await user.close()
 
 
-def _joined(e: Event) -> bool:
-    return e["type"] == "m.room.member" and e["content"]["membership"] == "join"
+def joined(mxid: str) -> Callable[[Event], bool]:
+    """``mxid``'s join to the room."""
+
+    def match(e: Event) -> bool:
+        membership = e["content"]["membership"]
+        return e["type"] == "m.room.member" and e["state_key"] == mxid and membership == "join"
+
+    return match
 
 
 async def test_paused_agent_gets_a_notice_and_cancel_stops_a_running_request(

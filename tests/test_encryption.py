@@ -17,7 +17,7 @@ from tests.harness.fake_letta import FakeLetta
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.reconcile_support import joined_rooms_of, wait_until_left
 from tests.harness.synapse import SynapseServer, fresh_localpart
-from tests.test_conversation import Event, by, enter, new_user, provision
+from tests.test_conversation import Event, by, dm_with, enter, new_user, provision
 
 ALGORITHM = {"algorithm": "m.megolm.v1.aes-sha2"}
 ENCRYPTION = {"type": "m.room.encryption", "state_key": "", "content": ALGORITHM}
@@ -77,12 +77,7 @@ async def test_encryption_turned_on_later(
     [alpha] = await provision(app, fake_letta, "Alpha")
 
     # In a DM the puppet says why and leaves; the bridge forgets the room.
-    dm = await alice.create_room(
-        preset="trusted_private_chat", is_direct=True, invite=[alpha.mxid]
-    )
-    await alice.wait_for_event(
-        dm, lambda e: e["state_key"] == alpha.mxid and e["content"].get("membership") == "join"
-    )
+    dm = await dm_with(alice, alpha.mxid)
     await alice.send_state(dm, "m.room.encryption", "", ALGORITHM)
     await alice.wait_for_event(dm, notice_from(alpha.mxid, e2ee.LEAVING))
     await wait_until_left(app, alpha.mxid, dm)
