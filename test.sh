@@ -6,10 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/venv.sh "[test]"
 # PostgreSQL: storage tests run on it as well as on SQLite.
-if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
-    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
-fi
+. scripts/postgres.sh
 # Compose validation needs a real Compose implementation; Debian's works without an engine.
 if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
     && [ "$(id -u)" = 0 ]; then

@@ -31,7 +31,8 @@ from letta_appservice.db.inbox import InboxStore
 from letta_appservice.inbox import InboxWorker
 from letta_appservice.metrics import Metrics
 from letta_appservice.web import WebServer
-from tests.conftest import PG_ADMIN_DSN, free_port
+from tests.conftest import free_port
+from tests.harness.postgres import admin_dsn, database_url
 
 WORKER = "--no-worker" not in sys.argv
 HS_TOKEN = "bench-hs-token-0123456789abcdef"
@@ -160,7 +161,7 @@ async def main() -> None:
         f" {args.rounds} rounds, paths alternating, median round shown\n"
     )
     name = f"la_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    conn = await asyncpg.connect(admin_dsn())
     labels = [
         "mautrix AppService, no-op handler (baseline)",
         "letta-appservice, SQLite (durable)",
@@ -172,7 +173,7 @@ async def main() -> None:
             # Machine noise moves all paths alike when they alternate within one run.
             with tempfile.TemporaryDirectory() as tmp:
                 await conn.execute(f'CREATE DATABASE "{name}{round_no}"')
-                pg = f"postgres://postgres@127.0.0.1:5432/{name}{round_no}"
+                pg = database_url(f"{name}{round_no}")
                 results[labels[0]].append(await run_baseline(n))
                 results[labels[1]].append(await run_durable(f"sqlite:{tmp}/b.db", n))
                 results[labels[2]].append(await run_durable(pg, n))

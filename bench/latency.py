@@ -29,7 +29,6 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import asyncpg
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -38,7 +37,6 @@ from letta_appservice.app import App
 from tests.conftest import (
     ADMIN,
     INSTANCES,
-    PG_ADMIN_DSN,
     SERVER_NAME,
     make_config,
     write_registrations,
@@ -46,6 +44,7 @@ from tests.conftest import (
 from tests.harness import letta_replies as lr
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.matrix_user import MatrixUser
+from tests.harness.postgres import pg_database
 from tests.harness.synapse import SynapseServer
 
 CS = "/_matrix/client/v3"
@@ -183,14 +182,8 @@ async def with_database(kind: str, workdir: Path, use: Callable[[str], Awaitable
     if kind == "sqlite":
         await use(f"sqlite:{workdir / 'bridge.db'}")
         return
-    name = f"la_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        await use(f"postgres://postgres@127.0.0.1:5432/{name}")
-    finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+    async with pg_database("la_bench") as url:
+        await use(url)
 
 
 async def run(args: argparse.Namespace, synapse: SynapseServer, database: str) -> None:

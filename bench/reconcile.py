@@ -40,8 +40,10 @@ from letta_appservice.config import merge_sections, parse_config
 from letta_appservice.db.bridge_state import BridgeState
 from letta_appservice.db.database import DatabaseURL, create_database
 from letta_appservice.registration import build_registration, write_registration
-from tests.conftest import INSTANCES, PG_ADMIN_DSN, make_config
+from tests.conftest import INSTANCES, make_config
 from tests.harness.fake_letta import FakeLetta
+from tests.harness.postgres import admin_dsn
+from tests.harness.postgres import database_url as pg_url
 from tests.harness.reconcile_support import Bridge
 from tests.harness.synapse import SynapseServer
 
@@ -231,10 +233,10 @@ async def database_url(kind: str, tmp: str) -> str:
     if kind == "sqlite":
         return f"sqlite:{tmp}/bench-{uuid.uuid4().hex[:8]}.db"
     name = f"la_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    conn = await asyncpg.connect(admin_dsn())
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()
-    return f"postgres://postgres@127.0.0.1:5432/{name}"
+    return pg_url(name)
 
 
 async def provision_rounds(

@@ -3,16 +3,12 @@ server and running appservice instances."""
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import socket
-import subprocess
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import attrs
 import pytest
 import pytest_asyncio
@@ -20,10 +16,10 @@ import pytest_asyncio
 from letta_appservice.app import App
 from letta_appservice.config import Config, merge_sections, parse_config
 from letta_appservice.registration import build_registration, write_registration
+from tests.harness.postgres import pg_database
 from tests.harness.synapse import SynapseServer
 
 SERVER_NAME = "test.local"
-PG_ADMIN_DSN = "postgres://postgres@127.0.0.1:5432/postgres"
 ADMIN = f"@admin:{SERVER_NAME}"
 
 
@@ -74,36 +70,6 @@ INSTANCES = {
 
 
 # --- PostgreSQL and SQLite -----------------------------------------------------------------
-
-
-def _ensure_postgres() -> None:
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
-    except OSError:
-        version = next(Path("/etc/postgresql").iterdir()).name
-        subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=True
-        )
-
-
-@contextlib.asynccontextmanager
-async def pg_database() -> AsyncIterator[str]:
-    """A fresh, empty PostgreSQL database, dropped afterwards."""
-    _ensure_postgres()
-    name = f"la_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        yield f"postgres://postgres@127.0.0.1:5432/{name}"
-    finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
-
-
-@pytest_asyncio.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    async with pg_database() as url:
-        yield url
 
 
 @pytest.fixture

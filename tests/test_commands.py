@@ -12,7 +12,7 @@ import pytest_asyncio
 from letta_appservice.app import App
 from tests.conftest import ADMIN, AppFactory
 from tests.harness.matrix_user import MatrixUser
-from tests.harness.reconcile_support import Bridge, space_children, wait_until_left
+from tests.harness.reconcile_support import Bridge, eventually, space_children, wait_until_left
 from tests.harness.synapse import SynapseServer, fresh_localpart
 
 BOT = "@letta:test.local"
@@ -179,7 +179,7 @@ async def test_the_bot_leaves_a_management_room_its_owner_left(
     assert (await rooms.management_room(user.mxid)).room_id == room
     await user.leave(room)
     await wait_until_left(app, BOT, room)
-    assert await rooms.management_room(user.mxid) is None
+    await eventually(lambda: _no_management_room(rooms, user.mxid))
     # A new DM with the bot is the user's management room from then on.
     again, greeting = await open_dm(user)
     assert "**management room**" in greeting["body"]
@@ -365,3 +365,7 @@ async def test_admin_commands(
     ]
     assert "this room is archived" in notices[-1]["content"]["body"]
     assert new_room in notices[-1]["content"]["body"]
+
+
+async def _no_management_room(rooms: Any, mxid: str) -> bool:
+    return await rooms.management_room(mxid) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest_asyncio
@@ -112,3 +112,13 @@ async def wait_until_left(app: App, mxid: str, room_id: str, timeout: float = 30
             if room_id not in await joined_rooms_of(app, mxid):
                 return
             await asyncio.sleep(0.1)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
+    """Polls ``check`` until it holds: for bookkeeping the bridge finishes after the homeserver
+    already shows the effect."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.05)
