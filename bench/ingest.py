@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.inbox import InboxStore
-from letta_appservice.inbox import InboxWorker
+from letta_appservice.inbox.web import WebServer
+from letta_appservice.inbox.worker import InboxWorker
 from letta_appservice.metrics import Metrics
-from letta_appservice.web import WebServer
 from tests.conftest import free_port
 from tests.harness.postgres import admin_dsn, database_url
 

@@ -39,7 +39,7 @@ from letta_appservice.app import App
 from letta_appservice.config import merge_sections, parse_config
 from letta_appservice.db.bridge_state import BridgeState
 from letta_appservice.db.database import DatabaseURL, create_database
-from letta_appservice.registration import build_registration, write_registration
+from letta_appservice.matrix.registration import build_registration, write_registration
 from tests.conftest import INSTANCES, make_config
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.postgres import admin_dsn

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .config import Config, load_config, store_tokens, write_example
 from .errors import ConfigError
-from .registration import build_registration, tuwunel_toml, write_registration
+from .matrix.registration import build_registration, tuwunel_toml, write_registration
 
 EXIT_CONFIG = 2
 
@@ -116,8 +116,8 @@ def db_upgrade(config: Config) -> int:
 
 
 def import_legacy(config: Config, mappings: str, space: str | None, dry_run: bool) -> int:
-    from .legacy_files import LegacyFileError
-    from .legacy_import import run_import
+    from .legacy.files import LegacyFileError
+    from .legacy.importer import run_import
 
     try:
         report = asyncio.run(run_import(config, mappings, space, dry_run))

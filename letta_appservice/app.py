@@ -15,11 +15,12 @@ from mautrix.appservice.state_store.asyncpg import PgASStateStore
 from mautrix.errors import MatrixError
 from mautrix.util.async_db import Database
 
-from . import __version__, housekeeping
+from . import __version__
+from .chat.router import Router
+from .chat.turn import Conversations
+from .chat.turn import Settings as ConversationSettings
 from .commands import CommandProcessor
 from .config import Config
-from .conversation import Conversations
-from .conversation import Settings as ConversationSettings
 from .db.agent import AgentStore
 from .db.bridge_state import BridgeState
 from .db.database import DatabaseURL, open_database
@@ -29,18 +30,18 @@ from .db.room import RoomStore
 from .db.sent_event import SentEventStore
 from .db.turn import TurnStore
 from .db.user_notice import UserNoticeStore
-from .inbox import InboxWorker
+from .inbox import housekeeping
+from .inbox.web import WebServer
+from .inbox.worker import InboxWorker
 from .letta import LettaClient
 from .letta.errors import safe_url
 from .matrix.ids import PuppetMatcher
+from .matrix.puppets import Puppets
 from .matrix.rooms import RateLimitMiddleware, appservice_api
 from .metrics import Metrics
 from .permissions import Permissions
-from .puppets import Puppets
-from .reconciler import Reconciler, describe
-from .router import Router
-from .scheduler import Scheduler
-from .web import WebServer
+from .reconcile.reconciler import Reconciler, describe
+from .reconcile.scheduler import Scheduler
 
 log = logging.getLogger("letta_appservice")
 USER_AGENT = f"letta-appservice/{__version__}"

@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from letta_appservice.app import App
 from letta_appservice.config import Config, merge_sections, parse_config
-from letta_appservice.registration import build_registration, write_registration
+from letta_appservice.matrix.registration import build_registration, write_registration
 from tests.harness.postgres import pg_database
 from tests.harness.synapse import SynapseServer
 

@@ -15,7 +15,7 @@ from letta_appservice.commands.registry import (
 )
 from letta_appservice.commands.summary import describe_pass, diff_rows
 from letta_appservice.db.agent import DELETED, AgentRow
-from letta_appservice.reconciler import PassSummary
+from letta_appservice.reconcile.reconciler import PassSummary
 
 ALICE = AgentRow("agent-11111111-aaaa", "@agent_11111111_aaaa:t", "Alice", room_id="!a:t")
 ALBERT = AgentRow("agent-22222222-bbbb", "@agent_22222222_bbbb:t", "Albert", room_id="!b:t")

@@ -13,11 +13,11 @@ import attrs
 import pytest
 
 from letta_appservice.app import App
+from letta_appservice.chat.replies import otid
 from letta_appservice.db.agent import AgentRow
 from letta_appservice.db.invited_agent import InvitedAgentStore
 from letta_appservice.db.room import RoomStore
 from letta_appservice.matrix import rooms as mx
-from letta_appservice.replies import otid
 from tests.conftest import ADMIN, AppFactory
 from tests.harness import letta_replies as lr
 from tests.harness.fake_letta import FakeAgent, FakeLetta

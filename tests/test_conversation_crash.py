@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
+from letta_appservice.chat.replies import otid
 from letta_appservice.matrix.ids import agent_alias, agent_mxid
-from letta_appservice.replies import otid
 from tests.conftest import INSTANCES, SERVER_NAME
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.matrix_user import MatrixError, MatrixUser

@@ -7,11 +7,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from letta_appservice import encryption as e2ee
 from letta_appservice.app import App
+from letta_appservice.chat import encryption as e2ee
 from letta_appservice.config import merge_sections, parse_config
 from letta_appservice.db.room import RoomStore
-from letta_appservice.registration import build_registration, write_registration
+from letta_appservice.matrix.registration import build_registration, write_registration
 from tests.conftest import INSTANCES, SERVER_NAME, AppFactory
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.matrix_user import MatrixUser

@@ -6,7 +6,7 @@ from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.inbox import InboxStore, now_ms
 from letta_appservice.db.sent_event import SentEventStore
 from letta_appservice.db.turn import TurnStore
-from letta_appservice.housekeeping import RETENTION_MS, prune
+from letta_appservice.inbox.housekeeping import RETENTION_MS, prune
 from tests.test_transactions import message
 
 

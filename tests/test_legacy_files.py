@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from letta_appservice.legacy_files import LegacyFileError, parse_mappings, parse_space
+from letta_appservice.legacy.files import LegacyFileError, parse_mappings, parse_space
 from letta_appservice.matrix.ids import PuppetMatcher
 
 IS_PUPPET = PuppetMatcher("agent_{agent_id}", "example.org")

@@ -7,7 +7,7 @@ from typing import Any
 
 from letta_appservice.db.bridge_state import BridgeState
 from letta_appservice.matrix.ids import agent_mxid
-from letta_appservice.reconcile_space import SPACE_KEY
+from letta_appservice.reconcile.space import SPACE_KEY
 from tests.conftest import INSTANCES, SERVER_NAME, AppFactory
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.matrix_user import MatrixUser

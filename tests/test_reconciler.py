@@ -14,7 +14,7 @@ from mautrix.errors import MatrixConnectionError
 from letta_appservice.db.agent import DELETED
 from letta_appservice.db.bridge_state import BridgeState
 from letta_appservice.matrix import rooms
-from letta_appservice.reconcile_plan import ARCHIVED_NOTICE, RESTORED_NOTICE
+from letta_appservice.reconcile.plan import ARCHIVED_NOTICE, RESTORED_NOTICE
 from tests.conftest import ADMIN
 from tests.harness import reconcile_support
 from tests.harness.matrix_user import MatrixError, MatrixUser

@@ -14,7 +14,7 @@ from aiohttp import web
 from letta_appservice.db.agent import DELETED, AgentRow
 from letta_appservice.letta.models import Agent
 from letta_appservice.matrix import rooms
-from letta_appservice.reconcile_plan import (
+from letta_appservice.reconcile.plan import (
     ARCHIVE,
     ARCHIVED_NOTICE,
     BOT,
@@ -30,7 +30,7 @@ from letta_appservice.reconcile_plan import (
     desired_agents,
     plan,
 )
-from letta_appservice.scheduler import LAST_RESULT_KEY, Scheduler
+from letta_appservice.reconcile.scheduler import LAST_RESULT_KEY, Scheduler
 
 T = Templates("{name}", "{name} (agent)", " [old]")
 

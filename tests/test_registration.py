@@ -11,7 +11,7 @@ from pydantic import ConfigDict, StringConstraints, TypeAdapter, ValidationError
 
 from letta_appservice.config import parse_config
 from letta_appservice.matrix.ids import agent_alias, agent_mxid
-from letta_appservice.registration import build_registration
+from letta_appservice.matrix.registration import build_registration
 
 AGENT = "agent-6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f"
 

@@ -10,8 +10,8 @@ import pytest
 
 from letta_appservice.app import App
 from letta_appservice.config import merge_sections, parse_config
+from letta_appservice.matrix.registration import build_registration, write_registration
 from letta_appservice.matrix.rooms import agent_room_body, creators_have_power, space_body
-from letta_appservice.registration import build_registration, write_registration
 from tests.conftest import ADMIN, INSTANCES, SERVER_NAME
 from tests.harness.synapse import SynapseServer
 

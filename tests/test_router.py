@@ -8,10 +8,8 @@ from typing import Any
 
 import pytest
 
-from letta_appservice.db.agent import AgentRow
-from letta_appservice.letta import LettaError, LettaMessage, parse_message
-from letta_appservice.matrix.size import EVENT_BYTES, PIECE_BYTES, event_bytes, utf8_len
-from letta_appservice.replies import (
+from letta_appservice.chat.addressing import addressed, default_mode, is_command, is_mentioned
+from letta_appservice.chat.replies import (
     NO_REPLY,
     Part,
     build_parts,
@@ -29,8 +27,10 @@ from letta_appservice.replies import (
     txn_id,
     waiting_text,
 )
-from letta_appservice.routing import addressed, default_mode, is_command, is_mentioned
-from letta_appservice.streaming import relay
+from letta_appservice.chat.streaming import relay
+from letta_appservice.db.agent import AgentRow
+from letta_appservice.letta import LettaError, LettaMessage, parse_message
+from letta_appservice.matrix.size import EVENT_BYTES, PIECE_BYTES, event_bytes, utf8_len
 from tests.harness import letta_replies as lr
 
 PUPPET = "@agent_1234:example.org"

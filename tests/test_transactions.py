@@ -13,8 +13,8 @@ import pytest_asyncio
 
 from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.inbox import InboxStore
+from letta_appservice.inbox.web import WebServer
 from letta_appservice.metrics import Metrics
-from letta_appservice.web import WebServer
 from tests.conftest import free_port
 
 HS_TOKEN = "hs-token-for-tests-0123456789"

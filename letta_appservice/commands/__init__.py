@@ -19,12 +19,12 @@ from ..db.room import MANAGEMENT, RoomRow, RoomStore
 from ..db.user_notice import UserNoticeStore
 from ..letta.client import LettaClient
 from ..letta.errors import LettaError
-from ..management import Management, send_markdown
 from ..matrix.ids import PuppetMatcher
 from ..permissions import Permissions
 from . import admin, info  # noqa: F401 - importing them declares their commands
 from .context import CommandContext, Services
 from .info import help_text
+from .management import Management, send_markdown
 from .registry import REGISTRY, CommandResult, Invocation, command_text, dispatch
 
 __all__ = ["REGISTRY", "CommandProcessor", "CommandResult", "dispatch"]

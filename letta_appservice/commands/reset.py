@@ -12,7 +12,7 @@ from ..db.agent import AgentRow
 from ..db.room import ARCHIVED, RoomRow
 from ..matrix import rooms as mx
 from ..matrix.ids import agent_alias
-from ..reconcile_plan import Templates
+from ..reconcile.plan import Templates
 from .context import Services, room_link
 from .state import space_id
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..reconcile_space import SPACE_KEY
-from ..scheduler import LAST_RESULT_KEY
+from ..reconcile.scheduler import LAST_RESULT_KEY
+from ..reconcile.space import SPACE_KEY
 from .context import Services
 
 

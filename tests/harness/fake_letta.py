@@ -13,8 +13,8 @@ from typing import Any, Literal
 from aiohttp import web
 from multidict import MultiDict
 
-from . import letta_replies as replies
-from .fake_letta_state import (
+from tests.harness import letta_replies as replies
+from tests.harness.fake_letta_state import (
     FakeAgent,
     LoggedMessage,
     Raw,

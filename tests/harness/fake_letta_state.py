@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from aiohttp import web
 from multidict import MultiDict
 
-from . import letta_replies as replies
+from tests.harness import letta_replies as replies
 
 if TYPE_CHECKING:
-    from .fake_letta import FakeLetta
+    from tests.harness.fake_letta import FakeLetta
 
 Raw = dict[str, Any]
 Responder = Callable[["FakeAgent", str], "list[Raw] | Awaitable[list[Raw]]"]

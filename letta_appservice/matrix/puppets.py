@@ -12,7 +12,7 @@ from mautrix.appservice.state_store import ASStateStore
 from mautrix.errors import MUserInUse
 from mautrix.types import UserID
 
-from .matrix import rooms
+from . import rooms
 
 
 class Puppets:

@@ -14,9 +14,9 @@ from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI
 from mautrix.errors import MatrixConnectionError, MatrixRequestError
 
-from .db.agent import AgentRow
-from .db.sent_event import SentEventStore
-from .inbox import Retry
+from ..db.agent import AgentRow
+from ..db.sent_event import SentEventStore
+from ..inbox.worker import Retry
 from .replies import (
     DELAY_NOTICE_PART,
     TEXT,

@@ -11,10 +11,10 @@ from typing import Any
 
 import attrs
 
-from .letta.errors import LettaError
-from .letta.models import LettaMessage
-from .matrix.format import render_collapsed, render_markdown
-from .matrix.size import EVENT_BYTES, clip, event_bytes, split_markdown, without_html
+from ..letta.errors import LettaError
+from ..letta.models import LettaMessage
+from ..matrix.format import render_collapsed, render_markdown
+from ..matrix.size import EVENT_BYTES, clip, event_bytes, split_markdown, without_html
 
 TEXT, NOTICE, EMOTE = "m.text", "m.notice", "m.emote"
 HTML = "org.matrix.custom.html"

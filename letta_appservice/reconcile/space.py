@@ -11,11 +11,11 @@ from mautrix.appservice.state_store import ASStateStore
 from mautrix.errors import MatrixRequestError
 from mautrix.types import Membership, RoomID, UserID
 
-from .db.agent import AgentRow
-from .db.bridge_state import BridgeState
-from .matrix import rooms
-from .matrix.ids import agent_localpart
-from .reconcile_plan import BOT, INVITE_PREFIX, POWER, PUPPET, SPACE_CHILD, Settings
+from ..db.agent import AgentRow
+from ..db.bridge_state import BridgeState
+from ..matrix import rooms
+from ..matrix.ids import agent_localpart
+from .plan import BOT, INVITE_PREFIX, POWER, PUPPET, SPACE_CHILD, Settings
 
 log = logging.getLogger("letta_appservice.reconciler")
 SPACE_KEY, SPACE_NAME_KEY = "space_id", "space_name"

@@ -10,7 +10,7 @@ from mautrix.appservice import AppServiceAPI
 from mautrix.errors import MatrixRequestError
 from mautrix.types import StateEvent
 
-from .matrix import rooms as mx
+from ..matrix import rooms as mx
 
 ENCRYPTION, ENCRYPTED = "m.room.encryption", "m.room.encrypted"
 DECLINED = (

@@ -8,11 +8,11 @@ from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI
 from mautrix.types import Membership, StateEvent
 
-from . import encryption as e2ee
-from .db.room import MANAGEMENT, RoomRow, RoomStore
-from .matrix import rooms as mx
-from .matrix.format import render_markdown
-from .permissions import Permissions
+from ..chat import encryption as e2ee
+from ..db.room import MANAGEMENT, RoomRow, RoomStore
+from ..matrix import rooms as mx
+from ..matrix.format import render_markdown
+from ..permissions import Permissions
 
 log = logging.getLogger("letta_appservice.management")
 OTHER = "other"  # a group room the bot was invited to: commands there need the prefix

@@ -12,15 +12,15 @@ import aiohttp
 import attrs
 from mautrix.errors import MatrixConnectionError, MatrixRequestError
 
-from .config import Config
-from .db.agent import AgentRow
-from .db.sent_event import SentEventStore
-from .db.turn import TurnStore
-from .inbox import Retry
-from .letta import LettaClient, LettaError
-from .metrics import Metrics
+from ..config import Config
+from ..db.agent import AgentRow
+from ..db.sent_event import SentEventStore
+from ..db.turn import TurnStore
+from ..inbox.worker import Retry
+from ..letta import LettaClient, LettaError
+from ..matrix.puppets import Puppets
+from ..metrics import Metrics
 from .poster import Job, Poster, Typing, homeserver_retry
-from .puppets import Puppets
 from .replies import (
     DELAY_NOTICE_PART,
     NOTICE,

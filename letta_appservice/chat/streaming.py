@@ -8,8 +8,8 @@ from typing import Protocol
 
 import attrs
 
-from .letta import LettaError, LettaMessage
-from .letta.models import tool_call_message
+from ..letta import LettaError, LettaMessage
+from ..letta.models import tool_call_message
 from .replies import NOTICE, Part, answered, closing_part, error_text, parts_for
 
 EDIT_INTERVAL = 1.0  # seconds between two edits of a growing message (homeservers rate-limit)

@@ -12,13 +12,13 @@ from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI
 from mautrix.errors import MatrixRequestError
 
-from .db.agent import AgentRow, AgentStore
-from .db.bridge_state import BridgeState
-from .db.room import AGENT, RoomRow, RoomStore
-from .legacy_files import LegacyAgent, LegacySpace
-from .matrix import rooms
-from .puppets import Puppets
-from .reconcile_space import SPACE_KEY, SPACE_NAME_KEY
+from ..db.agent import AgentRow, AgentStore
+from ..db.bridge_state import BridgeState
+from ..db.room import AGENT, RoomRow, RoomStore
+from ..matrix import rooms
+from ..matrix.puppets import Puppets
+from ..reconcile.space import SPACE_KEY, SPACE_NAME_KEY
+from .files import LegacyAgent, LegacySpace
 
 log = logging.getLogger("letta_appservice.import")
 BOT_POWER = 100
@@ -192,9 +192,9 @@ async def run_import(
     import aiohttp
     from mautrix.appservice.state_store.asyncpg import PgASStateStore
 
-    from .db.database import DatabaseURL, open_database
-    from .legacy_files import parse_mappings, parse_space
-    from .matrix.ids import PuppetMatcher
+    from ..db.database import DatabaseURL, open_database
+    from ..matrix.ids import PuppetMatcher
+    from .files import parse_mappings, parse_space
 
     is_puppet = PuppetMatcher.from_config(config)
     legacy = parse_mappings(FsPath(mappings), config.homeserver.domain, is_puppet)

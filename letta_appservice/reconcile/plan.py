@@ -7,11 +7,11 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from .config import Config
-from .db.agent import ACTIVE, DELETED, AgentRow
-from .letta.models import Agent
-from .matrix.ids import agent_alias, agent_mxid
-from .permissions import Permissions
+from ..config import Config
+from ..db.agent import ACTIVE, DELETED, AgentRow
+from ..letta.models import Agent
+from ..matrix.ids import agent_alias, agent_mxid
+from ..permissions import Permissions
 
 # Kinds of change, in the words of the pass summary.
 CREATE, UPDATE, ARCHIVE, RESTORE, REPAIR, RECORD = (

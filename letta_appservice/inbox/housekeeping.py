@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .db.inbox import InboxStore, now_ms
-from .db.sent_event import SentEventStore
-from .db.turn import TurnStore
+from ..db.inbox import InboxStore, now_ms
+from ..db.sent_event import SentEventStore
+from ..db.turn import TurnStore
 
 log = logging.getLogger("letta_appservice.housekeeping")
 # Far beyond any redelivery by the homeserver and any retry window (letta.retry_window).

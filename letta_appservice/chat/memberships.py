@@ -11,17 +11,17 @@ from mautrix.api import Method, Path
 from mautrix.errors import MatrixRequestError
 from mautrix.types import Member, Membership, RoomID, StateEvent, UserID
 
+from ..config import Config
+from ..db.agent import ACTIVE, AgentRow, AgentStore
+from ..db.inbox import InboxEvent
+from ..db.invited_agent import InvitedAgentStore
+from ..db.room import AGENT, ARCHIVED, DM, MANAGEMENT, RoomRow, RoomStore
+from ..db.user_notice import UserNoticeStore
+from ..matrix import rooms as mx
+from ..matrix.ids import PuppetMatcher
+from ..matrix.puppets import Puppets
+from ..permissions import Permissions
 from . import encryption as e2ee
-from .config import Config
-from .db.agent import ACTIVE, AgentRow, AgentStore
-from .db.inbox import InboxEvent
-from .db.invited_agent import InvitedAgentStore
-from .db.room import AGENT, ARCHIVED, DM, MANAGEMENT, RoomRow, RoomStore
-from .db.user_notice import UserNoticeStore
-from .matrix import rooms as mx
-from .matrix.ids import PuppetMatcher
-from .permissions import Permissions
-from .puppets import Puppets
 
 log = logging.getLogger("letta_appservice.memberships")
 ENCRYPTED_NOTICE = "encrypted"

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from .db.agent import AgentRow
-from .db.room import AGENT, DM
+from ..db.agent import AgentRow
+from ..db.room import AGENT, DM
 
 OPEN, MENTION, OFF = "open", "mention", "off"
 _MATRIX_TO = re.compile(r"https://matrix\.to/#/([^\"'?>]+)")

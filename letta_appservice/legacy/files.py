@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class LegacyFileError(ConfigError):

@@ -11,18 +11,18 @@ from mautrix.api import Method, Path
 from mautrix.errors import MatrixRequestError
 from mautrix.types import Event, Member, Membership, MessageEvent, RoomID, StateEvent, UserID
 
+from ..config import Config
+from ..db.agent import ACTIVE, AgentRow, AgentStore
+from ..db.inbox import InboxEvent
+from ..db.invited_agent import InvitedAgentStore
+from ..db.room import AGENT, DM, RoomRow, RoomStore
+from ..db.user_notice import UserNoticeStore
+from ..matrix.ids import PuppetMatcher
+from ..matrix.puppets import Puppets
+from ..permissions import Permissions
 from . import encryption as e2ee
-from .config import Config
-from .conversation import Conversations, Job
-from .db.agent import ACTIVE, AgentRow, AgentStore
-from .db.inbox import InboxEvent
-from .db.invited_agent import InvitedAgentStore
-from .db.room import AGENT, DM, RoomRow, RoomStore
-from .db.user_notice import UserNoticeStore
-from .matrix.ids import PuppetMatcher
+from .addressing import MENTION, OPEN, addressed, default_mode, is_command
 from .memberships import Memberships, agent_ids
-from .permissions import Permissions
-from .puppets import Puppets
 from .replies import (
     GONE_NOTICE_PART,
     MEDIA_NOTICE_PART,
@@ -34,7 +34,7 @@ from .replies import (
     reply_relation,
     sender_name,
 )
-from .routing import MENTION, OPEN, addressed, default_mode, is_command
+from .turn import Conversations, Job
 
 log = logging.getLogger("letta_appservice.router")
 NOT_PERMITTED = "not_permitted"

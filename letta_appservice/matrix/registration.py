@@ -8,8 +8,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from .config import Config
-from .matrix.ids import exact_regex, namespace_regex
+from ..config import Config
+from .ids import exact_regex, namespace_regex
 
 
 def build_registration(config: Config) -> dict[str, Any]:

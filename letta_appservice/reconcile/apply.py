@@ -9,12 +9,12 @@ from mautrix.appservice.state_store import ASStateStore
 from mautrix.errors import MatrixRequestError
 from mautrix.types import Membership, RoomID, UserID
 
-from .db.agent import ACTIVE, DELETED, AgentRow, AgentStore
-from .db.room import AGENT, ARCHIVED, RoomRow, RoomStore
-from .matrix import rooms
-from .matrix.ids import agent_localpart
-from .puppets import Puppets
-from .reconcile_plan import (
+from ..db.agent import ACTIVE, DELETED, AgentRow, AgentStore
+from ..db.room import AGENT, ARCHIVED, RoomRow, RoomStore
+from ..matrix import rooms
+from ..matrix.ids import agent_localpart
+from ..matrix.puppets import Puppets
+from .plan import (
     ARCHIVE,
     BOT,
     CREATE,
@@ -27,7 +27,7 @@ from .reconcile_plan import (
     Desired,
     Settings,
 )
-from .reconcile_space import adopt_alias, gone, invite_quietly
+from .space import adopt_alias, gone, invite_quietly
 
 log = logging.getLogger("letta_appservice.reconciler")
 

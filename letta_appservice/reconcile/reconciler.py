@@ -22,16 +22,16 @@ from mautrix.appservice.state_store import ASStateStore
 from mautrix.errors import MatrixConnectionError, MatrixError, MatrixRequestError
 from mautrix.types import EventType, Membership
 
-from .config import Config
-from .db.agent import ACTIVE, AgentStore
-from .db.bridge_state import BridgeState
-from .db.room import RoomStore
-from .letta import LettaClient, LettaError
-from .matrix import rooms
-from .matrix.ids import PuppetMatcher
-from .puppets import Puppets
-from .reconcile_apply import Applier
-from .reconcile_plan import (
+from ..config import Config
+from ..db.agent import ACTIVE, AgentStore
+from ..db.bridge_state import BridgeState
+from ..db.room import RoomStore
+from ..letta import LettaClient, LettaError
+from ..matrix import rooms
+from ..matrix.ids import PuppetMatcher
+from ..matrix.puppets import Puppets
+from .apply import Applier
+from .plan import (
     BOT,
     INVITE_PREFIX,
     PUPPET,
@@ -42,7 +42,7 @@ from .reconcile_plan import (
     desired_agents,
     plan,
 )
-from .reconcile_space import DriftCheck, Space
+from .space import DriftCheck, Space
 
 log = logging.getLogger("letta_appservice.reconciler")
 # Failures a pass expects (network, homeserver or Letta refusing): one log line, no traceback.

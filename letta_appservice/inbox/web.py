@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .db.inbox import InboxStore
-from .metrics import CONTENT_TYPE, Metrics
+from ..db.inbox import InboxStore
+from ..metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("letta_appservice.web")
 

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from .db.inbox import DONE, FAILED, PENDING, InboxEvent, InboxStore
+from ..db.inbox import DONE, FAILED, PENDING, InboxEvent, InboxStore
 
 log = logging.getLogger("letta_appservice.inbox")
 

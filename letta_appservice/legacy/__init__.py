@@ -1,0 +1,2 @@
+"""import-legacy: adopt the older Letta-Matrix bot's rooms and space (files: its mapping files;
+importer: the adoption)."""
