@@ -13,7 +13,7 @@ import attrs
 import pytest
 
 from letta_appservice.app import App
-from letta_appservice.chat.replies import otid
+from letta_appservice.chat.content import otid
 from letta_appservice.db.agent import AgentRow
 from letta_appservice.db.invited_agent import InvitedAgentStore
 from letta_appservice.db.room import RoomStore

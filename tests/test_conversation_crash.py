@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
-from letta_appservice.chat.replies import otid
+from letta_appservice.chat.content import otid
 from letta_appservice.matrix.ids import agent_alias, agent_mxid
 from tests.conftest import INSTANCES, SERVER_NAME
 from tests.harness.fake_letta import FakeLetta

@@ -9,22 +9,26 @@ from typing import Any
 import pytest
 
 from letta_appservice.chat.addressing import addressed, default_mode, is_command, is_mentioned
-from letta_appservice.chat.replies import (
+from letta_appservice.chat.content import (
+    edit_content,
+    edit_suffix,
+    message_content,
+    otid,
+    reply_relation,
+    txn_id,
+)
+from letta_appservice.chat.incoming import (
+    incoming_text,
+    letta_content,
+    sender_name,
+    strip_reply_fallback,
+)
+from letta_appservice.chat.parts import (
     NO_REPLY,
     Part,
     build_parts,
     duration,
-    edit_content,
-    edit_suffix,
     error_text,
-    incoming_text,
-    letta_content,
-    message_content,
-    otid,
-    reply_relation,
-    sender_name,
-    strip_reply_fallback,
-    txn_id,
     waiting_text,
 )
 from letta_appservice.chat.streaming import relay

@@ -17,15 +17,9 @@ from mautrix.errors import MatrixConnectionError, MatrixRequestError
 from ..db.agent import AgentRow
 from ..db.sent_event import SentEventStore
 from ..inbox.worker import Retry
-from .replies import (
-    DELAY_NOTICE_PART,
-    TEXT,
-    Part,
-    edit_content,
-    edit_suffix,
-    message_content,
-    txn_id,
-)
+from ..matrix.format import TEXT
+from .content import DELAY_NOTICE_PART, edit_content, edit_suffix, message_content, txn_id
+from .parts import Part
 
 log = logging.getLogger("letta_appservice.poster")
 TYPING_GRACE = 0.25  # a Letta answer quicker than this shows no typing at all

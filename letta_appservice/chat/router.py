@@ -22,18 +22,15 @@ from ..matrix.puppets import Puppets
 from ..permissions import Permissions
 from . import encryption as e2ee
 from .addressing import MENTION, OPEN, addressed, default_mode, is_command
-from .memberships import Memberships, agent_ids
-from .replies import (
+from .content import (
     GONE_NOTICE_PART,
     MEDIA_NOTICE_PART,
     PAUSED_NOTICE_PART,
     REFUSED_NOTICE_PART,
-    incoming_text,
-    letta_content,
-    media_kind,
     reply_relation,
-    sender_name,
 )
+from .incoming import incoming_text, letta_content, media_kind, sender_name
+from .memberships import Memberships, agent_ids
 from .turn import Conversations, Job
 
 log = logging.getLogger("letta_appservice.router")

@@ -10,7 +10,8 @@ import attrs
 
 from ..letta import LettaError, LettaMessage
 from ..letta.models import tool_call_message
-from .replies import NOTICE, Part, answered, closing_part, error_text, parts_for
+from ..matrix.format import NOTICE
+from .parts import Part, answered, closing_part, error_text, parts_for
 
 EDIT_INTERVAL = 1.0  # seconds between two edits of a growing message (homeservers rate-limit)
 

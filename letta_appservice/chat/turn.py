@@ -18,19 +18,12 @@ from ..db.sent_event import SentEventStore
 from ..db.turn import TurnStore
 from ..inbox.worker import Retry
 from ..letta import LettaClient, LettaError
+from ..matrix.format import NOTICE
 from ..matrix.puppets import Puppets
 from ..metrics import Metrics
+from .content import DELAY_NOTICE_PART, otid
+from .parts import Part, build_parts, error_text, gave_up_text, waiting_text
 from .poster import Job, Poster, Typing, homeserver_retry
-from .replies import (
-    DELAY_NOTICE_PART,
-    NOTICE,
-    Part,
-    build_parts,
-    error_text,
-    gave_up_text,
-    otid,
-    waiting_text,
-)
 from .streaming import relay
 
 __all__ = ["Conversations", "Job", "Settings"]

@@ -12,6 +12,8 @@ import nh3
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+TEXT, NOTICE, EMOTE = "m.text", "m.notice", "m.emote"
+HTML = "org.matrix.custom.html"
 # The tags the client-server spec lists for org.matrix.custom.html ("m.room.message msgtypes").
 ALLOWED_TAGS: frozenset[str] = frozenset(
     {

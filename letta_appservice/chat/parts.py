@@ -1,11 +1,9 @@
-"""What goes to Letta and what comes back to Matrix: texts, parts, relations and ids (pure)."""
+"""What Letta's answer becomes in Matrix: the parts of a turn, its closing notice and the
+notices for failed requests (pure)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,22 +11,10 @@ import attrs
 
 from ..letta.errors import LettaError
 from ..letta.models import LettaMessage
-from ..matrix.format import render_collapsed, render_markdown
-from ..matrix.size import EVENT_BYTES, clip, event_bytes, split_markdown, without_html
+from ..matrix.format import NOTICE, TEXT, render_collapsed, render_markdown
+from ..matrix.size import clip, split_markdown
 
-TEXT, NOTICE, EMOTE = "m.text", "m.notice", "m.emote"
-HTML = "org.matrix.custom.html"
-# Part numbers of one-off notices, far above any reply's parts (sent_event keeps them once).
-EDIT_FALLBACK_CHARS = 1_000
 NO_REPLY = "The agent finished its turn without a reply."
-DELAY_NOTICE_PART = 10_000
-PAUSED_NOTICE_PART = 10_001
-REFUSED_NOTICE_PART = 10_002
-MEDIA_NOTICE_PART = 10_003
-GONE_NOTICE_PART = 10_004
-_MEDIA = {"m.image": "image", "m.file": "file", "m.audio": "audio message", "m.video": "video"}
-_FALLBACK_LINE = re.compile(r"^> ?")
-_OTID_NAMESPACE = uuid.UUID("6f1c1a44-3c57-4d43-9a0b-7f3c5a0e9b21")
 
 
 @attrs.frozen
@@ -45,87 +31,6 @@ class Part:
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Part:
         return cls(raw["msgtype"], raw["body"], raw.get("html"))
-
-
-# --- ids ---------------------------------------------------------------------------------------
-
-
-def otid(event_id: str, agent_id: str) -> str:
-    """The Letta message id of a Matrix event for an agent: the same on every retry."""
-    return str(uuid.uuid5(_OTID_NAMESPACE, f"{event_id}\n{agent_id}"))
-
-
-def txn_id(event_id: str, agent_id: str, part: int, suffix: str = "") -> str:
-    """A send transaction id from the source event, agent and part number. Synapse keys an
-    appservice's txn ids per room and path, not per puppet, so the agent is part of it."""
-    digest = hashlib.sha256(f"{event_id}\n{agent_id}".encode()).hexdigest()[:32]
-    return f"letta.{digest}.{part}{suffix}"
-
-
-def edit_suffix(text: str) -> str:
-    """Edits are keyed by their text: a repeated edit is deduplicated, a new text is not."""
-    return ".e" + hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# --- to Letta ------------------------------------------------------------------------------------
-
-
-def strip_reply_fallback(body: str) -> str:
-    """Drop the quoted '> <@user> …' lines older clients put before a reply's text."""
-    lines = body.split("\n")
-    if not lines or not lines[0].startswith(">"):
-        return body
-    index = 0
-    while index < len(lines) and lines[index].startswith(">"):
-        index += 1
-    if index < len(lines) and lines[index] == "":
-        return "\n".join(lines[index + 1 :])
-    return body
-
-
-def incoming_text(content: Mapping[str, Any], displayname: str) -> str | None:
-    """The text a person's message carries for an agent; None when it is not for agents
-    (notices, media, edits; an edit is not sent again — the agent saw the first version)."""
-    msgtype, body = content.get("msgtype"), content.get("body")
-    if not isinstance(body, str) or not body.strip():
-        return None
-    relates = content.get("m.relates_to")
-    if isinstance(relates, Mapping) and relates.get("rel_type") == "m.replace":
-        return None
-    if isinstance(relates, Mapping) and "m.in_reply_to" in relates:
-        body = strip_reply_fallback(body)
-    if msgtype == TEXT:
-        return body
-    if msgtype == EMOTE:
-        return f"* {displayname} {body}"
-    return None
-
-
-def media_kind(content: Mapping[str, Any]) -> str | None:
-    """ "image", "file", … for a media message (which agents cannot read), else None."""
-    return _MEDIA.get(str(content.get("msgtype")))
-
-
-def attribution(template: str, *, displayname: str, sender: str, room_name: str) -> str:
-    return template.format(displayname=displayname, sender=sender, room_name=room_name)
-
-
-def letta_content(
-    template: str, *, displayname: str, sender: str, room_name: str, text: str
-) -> str:
-    """What the agent reads: who wrote, where, then the text (Letta shows `name` to few
-    models, so the attribution travels in the text itself)."""
-    line = attribution(template, displayname=displayname, sender=sender, room_name=room_name)
-    return f"{line}\n{text}" if line else text
-
-
-def sender_name(mxid: str) -> str:
-    """The `name` given to Letta: the localpart (the client drops it if the model would not
-    accept it)."""
-    return mxid[1:].split(":", 1)[0] if mxid.startswith("@") else mxid
-
-
-# --- from Letta ----------------------------------------------------------------------------------
 
 
 def _pretty_arguments(arguments: str | None) -> str:
@@ -267,56 +172,3 @@ def gave_up_text(error: LettaError, window: float) -> str:
         f"{error_text(error, 0)} Gave up after retrying for {duration(window)}; "
         "the agent did not get this message."
     )
-
-
-# --- Matrix content --------------------------------------------------------------------------
-
-
-def reply_relation(content: Mapping[str, Any], event_id: str) -> dict[str, Any]:
-    """A reply to the person's event, inside its thread when it was written in one."""
-    relates = content.get("m.relates_to")
-    if isinstance(relates, Mapping) and relates.get("rel_type") == "m.thread":
-        root = relates.get("event_id")
-        if isinstance(root, str) and root:
-            return {
-                "rel_type": "m.thread",
-                "event_id": root,
-                "is_falling_back": False,
-                "m.in_reply_to": {"event_id": event_id},
-            }
-    return {"m.in_reply_to": {"event_id": event_id}}
-
-
-def message_content(
-    part: Part, relation: Mapping[str, Any] | None, mentions: Sequence[str] = ()
-) -> dict[str, Any]:
-    content: dict[str, Any] = {"msgtype": part.msgtype, "body": part.body}
-    if part.html:
-        content["format"] = HTML
-        content["formatted_body"] = part.html
-    if relation:
-        content["m.relates_to"] = dict(relation)
-    content["m.mentions"] = {"user_ids": list(mentions)} if mentions else {}
-    return _fit(content)
-
-
-def edit_content(part: Part, original_event_id: str) -> dict[str, Any]:
-    """An m.replace of an earlier part (streaming): the fallback text is starred; for a long
-    part it is only the beginning (clients that know edits show the new content)."""
-    new = message_content(part, None)
-    long = len(part.body) > EDIT_FALLBACK_CHARS
-    fallback = part.body[:EDIT_FALLBACK_CHARS] + " …" if long else part.body
-    content: dict[str, Any] = {"msgtype": part.msgtype, "body": f"* {fallback}"}
-    if part.html and not long:
-        content["format"] = HTML
-        content["formatted_body"] = f"* {part.html}"
-    content["m.new_content"] = new
-    content["m.relates_to"] = {"rel_type": "m.replace", "event_id": original_event_id}
-    content["m.mentions"] = {}
-    return _fit(content)
-
-
-def _fit(content: dict[str, Any]) -> dict[str, Any]:
-    # Parts are cut to size, but HTML can outgrow its text (many short links): without it the
-    # event fits, and the text is all there.
-    return content if event_bytes(content) <= EVENT_BYTES else without_html(content)
