@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
@@ -13,13 +15,14 @@ from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.appservice.state_store.asyncpg import PgASStateStore
 from mautrix.errors import MatrixError
+from mautrix.types import Event
 from mautrix.util.async_db import Database
 
 from . import __version__
+from .chat.memberships import Memberships
 from .chat.router import Router
-from .chat.turn import Conversations
-from .chat.turn import Settings as ConversationSettings
-from .commands import CommandProcessor
+from .chat.turn import Conversations, TurnSettings
+from .commands import CommandProcessor, Management, Services
 from .config import Config
 from .db.agent import AgentStore
 from .db.bridge_state import BridgeState
@@ -30,18 +33,23 @@ from .db.room import RoomStore
 from .db.sent_event import SentEventStore
 from .db.turn import TurnStore
 from .db.user_notice import UserNoticeStore
+from .errors import describe
+from .identity import Identity
 from .inbox import housekeeping
 from .inbox.web import WebServer
 from .inbox.worker import InboxWorker
 from .letta import LettaClient
 from .letta.errors import safe_url
-from .matrix.ids import PuppetMatcher
 from .matrix.puppets import Puppets
 from .matrix.rooms import RateLimitMiddleware, appservice_api
 from .metrics import Metrics
 from .permissions import Permissions
-from .reconcile.reconciler import Reconciler, describe
+from .reconcile.apply import Applier
+from .reconcile.drift import DriftCheck
+from .reconcile.plan import ReconcileSettings
+from .reconcile.reconciler import Reconciler
 from .reconcile.scheduler import Scheduler
+from .reconcile.space import Space
 
 log = logging.getLogger("letta_appservice")
 USER_AGENT = f"letta-appservice/{__version__}"
@@ -50,38 +58,49 @@ USER_AGENT = f"letta-appservice/{__version__}"
 class App:
     """The running appservice. Start order: database -> every part, wired here and nowhere
     else -> web server (the homeserver can push) -> inbox worker -> homeserver bootstrap in the
-    background (bot registration, ping, then the reconcile timer)."""
+    background (bot registration, ping, then the reconcile timer). ``stop()`` undoes what
+    was started, in reverse."""
+
+    db: Database
+    state_store: PgASStateStore
+    inbox: InboxStore
+    agents: AgentStore
+    bot_api: AppServiceAPI
+    bot_intent: IntentAPI
+    letta: LettaClient
+    puppets: Puppets
+    reconciler: Reconciler
+    scheduler: Scheduler
+    conversations: Conversations
+    commands: CommandProcessor
+    router: Router
+    worker: InboxWorker
+    web: WebServer
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.identity = Identity.from_config(config)
         self.metrics = Metrics()
         self.started_at = time.time()
         self.homeserver_ok = False
         self.ping_ms: int | None = None  # set once the homeserver has reached us
         self._ready = asyncio.Event()
-        self.is_puppet = PuppetMatcher.from_config(config)
         # Every homeserver request, counted (tests and benchmarks prove "no calls" with it).
         self.matrix_request_count = 0
         self.recent_matrix_requests: deque[tuple[str, str]] = deque(maxlen=500)
-        self.db: Database | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._stopped = False
-        self._http: aiohttp.ClientSession | None = None
+        self._started = contextlib.AsyncExitStack()  # what stop() undoes, last first
 
     # --- wiring --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.config
         self.db = await open_database(DatabaseURL.parse(cfg.appservice.database))
+        self._started.push_async_callback(self.db.stop)
         self.state_store = PgASStateStore(self.db)
         await PgASStateStore.upgrade_table.upgrade(self.db)
-        self.inbox = InboxStore(self.db)
-        self.agents = AgentStore(self.db)
-        rooms, state = RoomStore(self.db), BridgeState(self.db)
-        permissions = Permissions(cfg.bridge.permissions)
-        self._http = self._client_session()
-        self.api: AppServiceAPI = appservice_api(cfg, self.state_store, self._http)
-        self.bot: IntentAPI = self.api.bot_intent()
+        http = self._client_session()
+        self._started.push_async_callback(http.close)
         self.letta = LettaClient(
             cfg.letta.base_url,
             cfg.letta.api_key,
@@ -89,36 +108,67 @@ class App:
             page_size=cfg.letta.page_size,
             on_request=self.metrics.observe_letta,
         )
-        self.puppets = Puppets(self.api, self.state_store)
+        self._started.push_async_callback(self.letta.close)
+        self.bot_api = appservice_api(cfg, self.state_store, http)
+        self.bot_intent = self.bot_api.bot_intent()
+        self.puppets = Puppets(self.bot_api, self.state_store)
+        self._wire(cfg)
+        self._started.push_async_callback(self.conversations.stop)
+        self._started.push_async_callback(self.scheduler.stop)
+        await self.web.start(cfg.appservice.hostname, cfg.appservice.port)
+        self._started.push_async_callback(self.web.stop)
+        await self.worker.start()
+        self._started.push_async_callback(self.worker.stop)
+        # Registers the bot, checks both directions, then starts the scheduler.
+        self._spawn(self._bootstrap(), "bootstrap")
+        self._spawn(housekeeping.run_periodically(self.inbox, self._sent, self._turns), "prune")
+        self._spawn(self._greet_letta(), "letta-version")
+        self._started.push_async_callback(self._cancel_tasks)
+        log.info("letta-appservice %s started as %s", __version__, cfg.bot_mxid)
+
+    def _wire(self, cfg: Config) -> None:
+        """Every part of both flows, each given what it needs."""
+        db, identity = self.db, self.identity
+        self.inbox, self.agents = InboxStore(db), AgentStore(db)
+        rooms, state, notices = RoomStore(db), BridgeState(db), UserNoticeStore(db)
+        self._turns, self._sent = TurnStore(db), SentEventStore(db)
+        permissions = Permissions(cfg.bridge.permissions)
         # timer -> reconciler -> Matrix
+        settings = ReconcileSettings.from_config(cfg)
         self.reconciler = Reconciler(
             cfg,
-            api=self.api,
+            settings=settings,
+            identity=identity,
+            bot_api=self.bot_api,
             letta=self.letta,
             agents=self.agents,
-            rooms=rooms,
-            state=state,
-            state_store=self.state_store,
-            puppets=self.puppets,
+            space=Space(settings, self.bot_api, state),
+            drift=DriftCheck(settings, self.state_store),
+            applier=Applier(
+                settings=settings,
+                bot_api=self.bot_api,
+                puppets=self.puppets,
+                agents=self.agents,
+                rooms=rooms,
+                state_store=self.state_store,
+            ),
             request_count=lambda: self.matrix_request_count,
         )
         self.scheduler = Scheduler(self._reconcile_pass, cfg.letta.sync_interval, state)
         # push -> durable inbox -> router -> Letta -> puppet reply
-        turns, sent = TurnStore(self.db), SentEventStore(self.db)
-        notices = UserNoticeStore(self.db)
         self.conversations = Conversations(
-            settings=ConversationSettings.from_config(cfg),
+            settings=TurnSettings.from_config(cfg),
             letta=self.letta,
             puppets=self.puppets,
-            turns=turns,
-            sent=sent,
+            turns=self._turns,
+            sent=self._sent,
             metrics=self.metrics,
         )
-        self.commands = CommandProcessor(
+        services = Services(
             config=cfg,
             permissions=permissions,
-            bot=self.bot,
-            api=self.api,
+            bot_intent=self.bot_intent,
+            bot_api=self.bot_api,
             agents=self.agents,
             rooms=rooms,
             state=state,
@@ -129,20 +179,40 @@ class App:
             conversations=self.conversations,
             puppets=self.puppets,
             started_at=self.started_at,
-            notices=notices,
         )
-        self.router = Router(
+        management = Management(
+            bot_api=self.bot_api, bot_mxid=cfg.bot_mxid, permissions=permissions, rooms=rooms
+        )
+        self.commands = CommandProcessor(
+            services=services, identity=identity, management=management, notices=notices
+        )
+        invited = InvitedAgentStore(db)
+        memberships = Memberships(
             config=cfg,
+            identity=identity,
             permissions=permissions,
             agents=self.agents,
             rooms=rooms,
-            invited=InvitedAgentStore(self.db),
+            invited=invited,
+            notices=notices,
+            state_store=self.state_store,
+            puppets=self.puppets,
+            bot_invites=self.commands,
+        )
+        self.router = Router(
+            config=cfg,
+            identity=identity,
+            permissions=permissions,
+            agents=self.agents,
+            rooms=rooms,
+            invited=invited,
             notices=notices,
             state_store=self.state_store,
             puppets=self.puppets,
             conversations=self.conversations,
-            before=self.handle_event,
+            memberships=memberships,
             commands=self.commands,
+            before=self.handle_event,
         )
         # Lanes: one Letta request at a time per agent, in order; other events per room.
         self.worker = InboxWorker(
@@ -161,17 +231,15 @@ class App:
             metrics=self.metrics,
             refresh_gauges=self._refresh_gauges,
         )
-        await self.web.start(cfg.appservice.hostname, cfg.appservice.port)
-        await self.worker.start()
-        # Registers the bot, checks both directions, then starts the scheduler.
-        self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
-        self._tasks.append(
-            asyncio.create_task(
-                housekeeping.run_periodically(self.inbox, sent, turns), name="housekeeping"
-            )
-        )
-        self._tasks.append(asyncio.create_task(self._greet_letta(), name="letta-version"))
-        log.info("letta-appservice %s started as %s", __version__, cfg.bot_mxid)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def _cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
 
     async def _greet_letta(self) -> None:
         """Log the Letta server's version once at start (the client keeps it: the first
@@ -181,29 +249,9 @@ class App:
             log.info("Letta %s at %s", version, safe_url(self.letta.base_url))
 
     async def stop(self) -> None:
-        """Stop everything that was started, in reverse order; calling it again is a no-op."""
-        if self._stopped:
-            return
-        self._stopped = True
-        if hasattr(self, "web"):
-            await self.web.stop()  # no new pushes; the homeserver keeps them until we are back
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        if hasattr(self, "scheduler"):
-            await self.scheduler.stop()
-        if hasattr(self, "worker"):
-            await self.worker.stop()
-        if hasattr(self, "conversations"):
-            await self.conversations.stop()
-        if self._http:
-            await self._http.close()
-        if hasattr(self, "letta"):
-            await self.letta.close()
-        if self.db:
-            await self.db.stop()
-            self.db = None
+        """Stop everything that was started, in reverse order (the web server first: the
+        homeserver keeps new pushes until we are back); calling it again is a no-op."""
+        await self._started.aclose()
 
     def _client_session(self) -> aiohttp.ClientSession:
         trace = aiohttp.TraceConfig()
@@ -231,9 +279,9 @@ class App:
         delay = 1.0
         while True:
             try:
-                await self.bot.ensure_registered()
-                await self.bot.whoami()
-                await self.bot.set_displayname(cfg.appservice.bot_displayname)
+                await self.bot_intent.ensure_registered()
+                await self.bot_intent.whoami()
+                await self.bot_intent.set_displayname(cfg.appservice.bot_displayname)
                 self.reconciler.use_room_version(await self._default_room_version())
                 break
             except (aiohttp.ClientError, TimeoutError, MatrixError) as e:
@@ -252,7 +300,7 @@ class App:
         delay = 1.0
         while True:
             try:
-                self.ping_ms = await self.bot.appservice_ping(cfg.appservice.id)
+                self.ping_ms = await self.bot_intent.appservice_ping(cfg.appservice.id)
                 log.info(
                     "Homeserver reached us at %s (%d ms)", cfg.appservice.address, self.ping_ms
                 )
@@ -282,15 +330,15 @@ class App:
         return summary
 
     async def _default_room_version(self) -> str:
-        caps = await self.bot.api.request(Method.GET, Path.v3.capabilities)
+        caps = await self.bot_intent.api.request(Method.GET, Path.v3.capabilities)
         versions = (caps.get("capabilities") or {}).get("m.room_versions") or {}
         return str(versions.get("default") or "")
 
     async def query_user(self, mxid: str) -> bool:
         """User query: only puppets of agents we bridge exist (registered on demand)."""
-        if not self.is_puppet(mxid) or not await self.agents.get_by_mxid(mxid):
+        if not self.identity.is_puppet(mxid) or not await self.agents.get_by_mxid(mxid):
             return False
-        await self.api.intent(mxid).ensure_registered()
+        await self.bot_api.intent(mxid).ensure_registered()
         return True
 
     async def _refresh_gauges(self) -> None:
@@ -299,7 +347,7 @@ class App:
 
     async def ready_check(self) -> dict[str, Any]:
         try:
-            db_ok = self.db is not None and await self.db.fetchval("SELECT 1") == 1
+            db_ok = await self.db.fetchval("SELECT 1") == 1
         except Exception:
             db_ok = False
         return {"database": db_ok, "homeserver": self.homeserver_ok}
@@ -309,8 +357,6 @@ class App:
     async def handle_event(self, event: InboxEvent) -> None:
         """Work on one stored event. The state store learns room state here (memberships,
         power levels) because we serve transactions ourselves instead of mautrix."""
-        from mautrix.types import Event
-
         evt = Event.deserialize(event.event)
         await self.state_store.update_state(evt)
         if await self.reconciler.observe(evt):

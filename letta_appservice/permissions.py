@@ -8,6 +8,11 @@ USER, ADMIN = "user", "admin"
 _RANK = {None: 0, USER: 1, ADMIN: 2}
 
 
+def at_least(level: str | None, needed: str) -> bool:
+    """``level`` (None: no access) grants what ``needed`` requires."""
+    return _RANK[level] >= _RANK[needed]
+
+
 class Permissions:
     """Most specific entry wins: the full mxid, then its server name, then ``*``."""
 
@@ -23,7 +28,7 @@ class Permissions:
         return self._table.get("*")
 
     def is_user(self, mxid: str) -> bool:
-        return _RANK[self.level(mxid)] >= _RANK[USER]
+        return at_least(self.level(mxid), USER)
 
     def is_admin(self, mxid: str) -> bool:
         return self.level(mxid) == ADMIN

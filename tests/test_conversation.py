@@ -57,7 +57,7 @@ async def provision(app: App, letta: FakeLetta, *names: str, **fields: Any) -> l
 
 async def enter(app: App, user: MatrixUser, room_id: str) -> None:
     if user.mxid != ADMIN:  # admins are invited by the reconciler
-        await mx.invite(app.api, room_id, user.mxid)
+        await mx.invite(app.bot_api, room_id, user.mxid)
     await user.join(room_id)
 
 

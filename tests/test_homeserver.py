@@ -17,7 +17,7 @@ async def test_bot_registers_answers_whoami_and_the_ping_round_trip_works(
     start_app: AppFactory, synapse: SynapseServer
 ) -> None:
     app = await start_app()
-    assert (await app.bot.whoami()).user_id == f"@letta:{SERVER_NAME}"
+    assert (await app.bot_intent.whoami()).user_id == f"@letta:{SERVER_NAME}"
     assert app.ping_ms is not None and app.ping_ms >= 0
     user = await synapse.register_user(fresh_localpart())
     profile = await user.request("GET", f"/_matrix/client/v3/profile/@letta:{SERVER_NAME}")
@@ -83,7 +83,7 @@ async def test_pushed_events_land_in_the_inbox_exactly_once(
     app = await start_app(database=database_url)
     user = await synapse.register_user(fresh_localpart())
     room = await user.create_room(preset="private_chat", invite=[app.config.bot_mxid])
-    await app.bot.join_room(room)
+    await app.bot_intent.join_room(room)
     event_id = await user.send_text(room, "hello bridge")
     # Synapse pushes the event in a transaction; it is stored before the 200.
     for _ in range(300):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from letta_appservice.db.database import DatabaseURL, open_database
-from letta_appservice.db.inbox import InboxStore, now_ms
+from letta_appservice.db.database import DatabaseURL, now_ms, open_database
+from letta_appservice.db.inbox import InboxStore
 from letta_appservice.db.sent_event import SentEventStore
 from letta_appservice.db.turn import TurnStore
 from letta_appservice.inbox.housekeeping import RETENTION_MS, prune

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from letta_appservice.identity import Identity
 from letta_appservice.legacy.files import LegacyFileError, parse_mappings, parse_space
-from letta_appservice.matrix.ids import PuppetMatcher
 
-IS_PUPPET = PuppetMatcher("agent_{agent_id}", "example.org")
+IS_PUPPET = Identity("@letta:example.org", "example.org", "agent_{agent_id}").is_puppet
 AGENT = "agent-597b5756-2915-4560-ba6b-91005f085166"
 MXID = "@agent_597b5756_2915_4560_ba6b_91005f085166:example.org"
 

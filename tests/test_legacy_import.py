@@ -172,13 +172,13 @@ async def test_malformed_files_import_nothing(
 
 
 async def _bot_joined(app: Any) -> list[str]:
-    return await app.bot.get_joined_rooms()
+    return await app.bot_intent.get_joined_rooms()
 
 
 async def _state(app: Any, room: str) -> list[dict[str, Any]]:
     from letta_appservice.matrix import rooms
 
-    return await rooms.room_state(app.api, room)
+    return await rooms.room_state(app.bot_api, room)
 
 
 async def _get(app: Any, room: str, event_type: str, key: str) -> dict[str, Any]:

@@ -236,7 +236,7 @@ async def test_drift_reported_by_the_homeserver_is_repaired(
     puppet = bridge.mxid(kicked.id)
     await admin_user.kick(room[kicked.id], puppet)
     await admin_user.send_state(space_id, "m.space.child", room[unlisted.id], {})
-    await app.api.request(Method.POST, Path.v3.rooms[room[left.id]].leave, {})
+    await app.bot_api.request(Method.POST, Path.v3.rooms[room[left.id]].leave, {})
     await admin_user.leave(room[unlisted.id])
 
     await admin_user.wait_for_event(room[kicked.id], member_is(puppet, "leave"))

@@ -56,11 +56,11 @@ async def test_provisioning_on_a_room_version_11_server(
         summary = await app.scheduler.run_now()
         assert summary.result == "ok" and summary.changes.get("create") == 1
         (row,) = await app.agents.all()
-        create = await app.bot.api.request(
+        create = await app.bot_intent.api.request(
             "GET", f"/_matrix/client/v3/rooms/{row.room_id}/state/m.room.create"
         )
         assert create.get("room_version") == "11"
-        levels = await app.bot.get_power_levels(row.room_id)
+        levels = await app.bot_intent.get_power_levels(row.room_id)
         assert levels.users[app.config.bot_mxid] == 100
         assert levels.users[ADMIN] == 100 and levels.users[row.mxid] == 50
     finally:

@@ -52,8 +52,8 @@ def agent(**fields: Any) -> AgentRow:
     [
         ("agent", True, 5, "open"),  # the agent's own room, however many people
         ("agent", False, 1, "mention"),  # a puppet invited into another agent's room
-        ("dm", False, 1, "open"),  # 1:1
-        ("dm", False, 2, "mention"),  # a group room
+        ("invited", False, 1, "open"),  # 1:1
+        ("invited", False, 2, "mention"),  # a group room
     ],
 )
 def test_default_modes(kind: str, own: bool, others: int, mode: str) -> None:

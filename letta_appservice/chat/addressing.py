@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..db.agent import AgentRow
-from ..db.room import AGENT, DM
+from ..db.room import AGENT, INVITED
 
 OPEN, MENTION, OFF = "open", "mention", "off"
 _MATRIX_TO = re.compile(r"https://matrix\.to/#/([^\"'?>]+)")
@@ -18,7 +18,7 @@ def default_mode(kind: str, own_room: bool, others: int) -> str:
     """An agent's own room and a 1:1 DM are open; anywhere else the puppet must be named."""
     if kind == AGENT and own_room:
         return OPEN
-    if kind == DM and others <= 1:
+    if kind == INVITED and others <= 1:
         return OPEN
     return MENTION
 

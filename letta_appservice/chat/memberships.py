@@ -15,10 +15,10 @@ from ..config import Config
 from ..db.agent import ACTIVE, AgentRow, AgentStore
 from ..db.inbox import InboxEvent
 from ..db.invited_agent import InvitedAgentStore
-from ..db.room import AGENT, ARCHIVED, DM, MANAGEMENT, RoomRow, RoomStore
+from ..db.room import AGENT, ARCHIVED, INVITED, MANAGEMENT, RoomRow, RoomStore
 from ..db.user_notice import UserNoticeStore
+from ..identity import Identity
 from ..matrix import rooms as mx
-from ..matrix.ids import PuppetMatcher
 from ..matrix.puppets import Puppets
 from ..permissions import Permissions
 from . import encryption as e2ee
@@ -28,7 +28,7 @@ ENCRYPTED_NOTICE = "encrypted"
 
 
 class BotInvites(Protocol):
-    """The command processor's part in memberships (commands/__init__.py)."""
+    """The command processor's part in memberships (commands package)."""
 
     async def on_bot_invite(self, evt: StateEvent) -> None: ...
 
@@ -47,6 +47,7 @@ class Memberships:
         self,
         *,
         config: Config,
+        identity: Identity,
         permissions: Permissions,
         agents: AgentStore,
         rooms: RoomStore,
@@ -54,9 +55,9 @@ class Memberships:
         notices: UserNoticeStore,
         state_store: Any,
         puppets: Puppets,
-        bot_invites: BotInvites | None = None,
+        bot_invites: BotInvites,
     ) -> None:
-        self.bot = config.bot_mxid
+        self.identity = identity
         self.prefix = config.bridge.command_prefix
         self.permissions = permissions
         self.agents = agents
@@ -66,32 +67,27 @@ class Memberships:
         self.state_store = state_store
         self.puppets = puppets
         self.bot_invites = bot_invites
-        self.is_puppet = PuppetMatcher.from_config(config)
-
-    def _from_bridge(self, sender: str) -> bool:
-        return sender == self.bot or self.is_puppet(sender)
 
     async def member(self, evt: StateEvent) -> None:
         target, membership = evt.state_key, evt.content.membership
-        if target == self.bot and membership == Membership.INVITE:
-            if self.bot_invites is not None:
-                await self.bot_invites.on_bot_invite(evt)
-        elif self.is_puppet(target) and membership == Membership.INVITE:
+        if target == self.identity.bot_mxid and membership == Membership.INVITE:
+            await self.bot_invites.on_bot_invite(evt)
+        elif self.identity.is_puppet(target) and membership == Membership.INVITE:
             await self._puppet_invited(evt)
-        elif self.is_puppet(target) and membership in (Membership.LEAVE, Membership.BAN):
+        elif self.identity.is_puppet(target) and membership in (Membership.LEAVE, Membership.BAN):
             await self._puppet_left(evt.room_id, target)
-        elif membership in (Membership.LEAVE, Membership.BAN) and target != self.bot:
+        elif membership in (Membership.LEAVE, Membership.BAN) and target != self.identity.bot_mxid:
             await self._person_left(evt.room_id)
 
     async def _puppet_invited(self, evt: StateEvent) -> None:
         """A person invited a puppet: it joins and the room talks to its agent (the bridge's
         own invites, for agent rooms, are the reconciler's business)."""
         inviter, room_id, mxid = evt.sender, evt.room_id, evt.state_key
-        if self._from_bridge(inviter):
+        if self.identity.is_bridge(inviter):
             return
         agent = await self.agents.get_by_mxid(mxid)
         room = await self.rooms.get(room_id)
-        refusal = _refusal(agent, room, self.permissions.is_user(inviter))
+        refusal = join_refusal(agent, room, self.permissions.is_user(inviter))
         # Its own room is the reconciler's, encrypted or not; elsewhere it would be deaf.
         own = room is not None and room.kind == AGENT and agent is not None
         own = own and room.agent_id == agent.agent_id
@@ -105,7 +101,9 @@ class Memberships:
         assert agent is not None
         # Stored before the join, so a message written as soon as the join shows is routed.
         if room is None:
-            room = RoomRow(room_id, DM, agent.agent_id, owner=inviter, bridged_at=evt.timestamp)
+            room = RoomRow(
+                room_id, INVITED, agent.agent_id, owner=inviter, bridged_at=evt.timestamp
+            )
             await self.rooms.upsert(room)
         if not own:
             await self.invited.add(room_id, agent.agent_id)
@@ -139,7 +137,7 @@ class Memberships:
         room with invited agents, a management room), its users leave too rather than linger
         where nobody reads. Agent rooms and the space belong to the reconciler and stay."""
         room = await self.rooms.get(room_id)
-        if room is None or room.kind not in (DM, MANAGEMENT):
+        if room is None or room.kind not in (INVITED, MANAGEMENT):
             return
         ours = await self._ours(room_id)
         if not ours:
@@ -147,7 +145,7 @@ class Memberships:
         # The homeserver decides, not the state store: it may not know members who were in
         # the room before the bridge. Pending invites count as people.
         present = await mx.present_members(self.puppets.api(ours[0]), room_id)
-        if any(not self._from_bridge(user) for user in present):
+        if any(not self.identity.is_bridge(user) for user in present):
             return
         log.info("Everyone left %s; %s leave it too", room_id, ", ".join(ours))
         await self._leave(room_id, room, ours)
@@ -155,7 +153,7 @@ class Memberships:
     async def _ours(self, room_id: str) -> list[str]:
         """The bridge's users (bot, puppets) joined to the room, as the state store knows."""
         joined = await self.state_store.get_members(RoomID(room_id), (Membership.JOIN,))
-        return [m for m in joined if self._from_bridge(m)]
+        return [m for m in joined if self.identity.is_bridge(m)]
 
     async def _leave(self, room_id: str, room: RoomRow | None, ours: list[str]) -> None:
         """The bridge's users leave the room and the bridge forgets it."""
@@ -165,7 +163,7 @@ class Memberships:
             except MatrixRequestError as e:
                 log.info("%s could not leave %s (%s)", mxid, room_id, e.errcode)
             await self.state_store.left(RoomID(room_id), UserID(mxid))
-            if self.is_puppet(mxid):
+            if self.identity.is_puppet(mxid):
                 await self._puppet_left(room_id, mxid)
         if room is not None and room.kind == MANAGEMENT:
             await self.rooms.delete(room_id)
@@ -179,14 +177,16 @@ class Memberships:
             agent = await self.agents.get(agent_id)
             if agent is not None and agent.mxid in ours:
                 return agent, self.puppets.api(agent.mxid)
-        return None, self.puppets.api(self.bot if self.bot in ours else ours[0])
+        return None, self.puppets.api(
+            self.identity.bot_mxid if self.identity.bot_mxid in ours else ours[0]
+        )
 
     async def encryption_on(self, event: InboxEvent) -> None:
         """Someone turned encryption on: an agent room is told its agent is now deaf there (it
         stays: the room is the reconciler's); a room with invited agents or a management room
         is told and left. Other rooms (the space) are not the bridge's to talk in."""
         room_id = event.room_id
-        if self._from_bridge(event.sender):
+        if self.identity.is_bridge(event.sender):
             # Never asked for by the bridge: the homeserver encrypts every new room.
             log.error(
                 "The homeserver encrypted %s, a room the bridge created: agents cannot read "
@@ -204,7 +204,7 @@ class Memberships:
             name = agent.displayname or agent.name
             text = e2ee.AGENT_ROOM.format(name=name, prefix=self.prefix)
             await e2ee.tell(api, room_id, text, event.event_id)
-        elif room.kind in (DM, MANAGEMENT):
+        elif room.kind in (INVITED, MANAGEMENT):
             await e2ee.tell(api, room_id, e2ee.LEAVING, event.event_id)
             log.info("Encryption turned on in %s; %s leave it", room_id, ", ".join(ours))
             await self._leave(room_id, room, ours)
@@ -215,7 +215,7 @@ class Memberships:
         management rooms)."""
         room_id, sender = event.room_id, event.sender
         room = await self.rooms.get(room_id)
-        if room is None or room.kind not in (AGENT, DM, MANAGEMENT):
+        if room is None or room.kind not in (AGENT, INVITED, MANAGEMENT):
             return
         ours = await self._ours(room_id)
         if not ours or await self.notices.given(room_id, sender, ENCRYPTED_NOTICE):
@@ -230,7 +230,7 @@ class Memberships:
             return
         await self.invited.remove(room_id, agent.agent_id)
         room = await self.rooms.get(room_id)
-        if room is None or room.kind != DM:
+        if room is None or room.kind != INVITED:
             return
         rest = await self.invited.agents_in(room_id)
         if not rest:
@@ -240,7 +240,7 @@ class Memberships:
             await self.rooms.upsert(room)
 
 
-def _refusal(agent: AgentRow | None, room: RoomRow | None, permitted: bool) -> str | None:
+def join_refusal(agent: AgentRow | None, room: RoomRow | None, permitted: bool) -> str | None:
     """Why a puppet declines a person's invite, or None when it joins."""
     if agent is None or agent.state != ACTIVE:
         return "This agent is not bridged any more."

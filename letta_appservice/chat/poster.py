@@ -18,7 +18,7 @@ from ..db.agent import AgentRow
 from ..db.sent_event import SentEventStore
 from ..inbox.worker import Retry
 from ..matrix.format import TEXT
-from .content import DELAY_NOTICE_PART, edit_content, edit_suffix, message_content, txn_id
+from .content import edit_content, edit_suffix, message_content, txn_id
 from .parts import Part
 
 log = logging.getLogger("letta_appservice.poster")
@@ -80,10 +80,6 @@ class Poster:
         self.api, self.store, self.job = api, store, job
         self.sent = sent
         self._first_text: int | None = None
-
-    @property
-    def posted_any(self) -> bool:
-        return any(index < DELAY_NOTICE_PART for index in self.sent)
 
     def _mentions(self, index: int, part: Part) -> list[str]:
         # The first answer text mentions the person, as a reply by a person would.

@@ -15,9 +15,9 @@ from ..config import Config
 from ..db.agent import ACTIVE, AgentRow, AgentStore
 from ..db.inbox import InboxEvent
 from ..db.invited_agent import InvitedAgentStore
-from ..db.room import AGENT, DM, RoomRow, RoomStore
+from ..db.room import AGENT, INVITED, RoomRow, RoomStore
 from ..db.user_notice import UserNoticeStore
-from ..matrix.ids import PuppetMatcher
+from ..identity import Identity
 from ..matrix.puppets import Puppets
 from ..permissions import Permissions
 from . import encryption as e2ee
@@ -51,7 +51,7 @@ PAUSED = "{name} is paused by a bridge admin; this message was not passed on and
 
 
 class Commands(Protocol):
-    """The command processor (commands/__init__.py) as the router uses it."""
+    """The command processor (commands package) as the router uses it."""
 
     async def on_bot_invite(self, evt: StateEvent) -> None: ...
 
@@ -70,6 +70,7 @@ class Router:
         self,
         *,
         config: Config,
+        identity: Identity,
         permissions: Permissions,
         agents: AgentStore,
         rooms: RoomStore,
@@ -78,11 +79,11 @@ class Router:
         state_store: Any,
         puppets: Puppets,
         conversations: Conversations,
-        before: Callable[[InboxEvent], Awaitable[None]] | None = None,
-        commands: Commands | None = None,
+        memberships: Memberships,
+        commands: Commands,
+        before: Callable[[InboxEvent], Awaitable[None]],
     ) -> None:
-        self.config = config
-        self.bot = config.bot_mxid
+        self.identity = identity
         self.prefix = config.bridge.command_prefix
         self.template = config.bridge.attribution_template
         self.permissions = permissions
@@ -93,24 +94,13 @@ class Router:
         self.state_store = state_store
         self.puppets = puppets
         self.conversations = conversations
-        self.before = before
+        self.memberships = memberships
         self.commands = commands
-        self.is_puppet = PuppetMatcher.from_config(config)
+        self.before = before
         self._room_names: dict[str, str] = {}
         # Messages deleted (redacted) before their turn came: not passed on. The redaction is
         # handled in the room's lane, so it overtakes a message waiting behind a slow answer.
         self._redacted: OrderedDict[str, None] = OrderedDict()
-        self.memberships = Memberships(
-            config=config,
-            permissions=permissions,
-            agents=agents,
-            rooms=rooms,
-            invited=invited,
-            notices=notices,
-            state_store=state_store,
-            puppets=puppets,
-            bot_invites=commands,
-        )
 
     # --- lanes ---------------------------------------------------------------------------------
 
@@ -118,12 +108,12 @@ class Router:
         """A message for exactly one agent waits in that agent's lane (FIFO, one Letta request
         at a time); everything else, commands included, in its room's lane, so a `cancel`
         never waits behind the turn it cancels."""
-        if event.event_type != "m.room.message" or self._from_bridge(event.sender):
+        if event.event_type != "m.room.message" or self.identity.is_bridge(event.sender):
             return event.room_id
         if is_command(event.event.get("content") or {}, self.prefix):
             return event.room_id
         room = await self.rooms.get(event.room_id)
-        if room is None or room.kind not in (AGENT, DM):
+        if room is None or room.kind not in (AGENT, INVITED):
             return event.room_id
         agent_ids = await self._agent_ids(room)
         return f"agent:{agent_ids[0]}" if len(agent_ids) == 1 else event.room_id
@@ -131,8 +121,7 @@ class Router:
     # --- events --------------------------------------------------------------------------------
 
     async def handle(self, event: InboxEvent) -> None:
-        if self.before is not None:
-            await self.before(event)
+        await self.before(event)
         if event.event_type == "m.room.message":
             await self._message(event)
         elif event.event_type == "m.room.member":
@@ -141,7 +130,7 @@ class Router:
                 await self.memberships.member(evt)
         elif event.event_type == e2ee.ENCRYPTION and event.event.get("state_key") == "":
             await self.memberships.encryption_on(event)
-        elif event.event_type == e2ee.ENCRYPTED and not self._from_bridge(event.sender):
+        elif event.event_type == e2ee.ENCRYPTED and not self.identity.is_bridge(event.sender):
             await self.memberships.encrypted_message(event)
         elif event.event_type == "m.room.redaction":
             # Room versions up to 10 carry the target at the top level, 11+ in the content.
@@ -156,30 +145,27 @@ class Router:
             name = (event.event.get("content") or {}).get("name")
             self._room_names[event.room_id] = name if isinstance(name, str) else ""
 
-    def _from_bridge(self, sender: str) -> bool:
-        return sender == self.bot or self.is_puppet(sender)
-
     async def _message(self, event: InboxEvent) -> None:
         raw = event.event
         sender, room_id = event.sender, event.room_id
         content = raw.get("content") or {}
         media = media_kind(content)
-        if self._from_bridge(sender) or (incoming_text(content, "") is None and not media):
+        if self.identity.is_bridge(sender) or (incoming_text(content, "") is None and not media):
             return  # our own messages (no loops), notices, edits
         if event.event_id in self._redacted:
             log.info("%s was deleted while it waited; not passed on", event.event_id)
             return
-        if self.commands is not None and not media:
+        if not media:
             evt = Event.deserialize(raw)
             if isinstance(evt, MessageEvent) and await self.commands.maybe_handle(evt):
                 return
         room = await self.rooms.get(room_id)
-        if room is None or room.kind not in (AGENT, DM):
+        if room is None or room.kind not in (AGENT, INVITED):
             return
         if int(raw.get("origin_server_ts") or 0) < room.bridged_at - BRIDGED_GRACE_MS:
             return  # written before the room was bridged
         agents = await self._agents(room)
-        if not agents and room.kind == DM and self.permissions.is_user(sender):
+        if not agents and room.kind == INVITED and self.permissions.is_user(sender):
             await self._all_gone(event, room)
             return
         heard = {a.agent_id: await self._addressed(room, a, agents, content) for a in agents}
@@ -266,7 +252,7 @@ class Router:
         the moment they are invited (their join may not have reached the state store yet)."""
         members = set(await self.state_store.get_members(RoomID(room_id), (Membership.JOIN,)))
         members |= {a.mxid for a in agents}
-        return len(members - {agent.mxid, self.bot})
+        return len(members - {agent.mxid, self.identity.bot_mxid})
 
     async def _once(
         self, event: InboxEvent, agent: AgentRow, kind: str, part: int, text: str

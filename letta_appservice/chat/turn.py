@@ -26,7 +26,7 @@ from .parts import Part, build_parts, error_text, gave_up_text, waiting_text
 from .poster import Job, Poster, Typing, homeserver_retry
 from .streaming import relay
 
-__all__ = ["Conversations", "Job", "Settings"]
+__all__ = ["Conversations", "Job", "TurnSettings"]
 
 log = logging.getLogger("letta_appservice.conversation")
 CANCELLED = "Cancelled by a bridge admin; the agent's answer to this message was not waited for."
@@ -34,7 +34,7 @@ MAX_BACKOFF = 60.0
 
 
 @attrs.frozen
-class Settings:
+class TurnSettings:
     """The parts of the config a turn needs."""
 
     streaming: bool = False
@@ -45,7 +45,7 @@ class Settings:
     delay_notice: float = 30.0
 
     @classmethod
-    def from_config(cls, config: Config) -> Settings:
+    def from_config(cls, config: Config) -> TurnSettings:
         letta, bridge = config.letta, config.bridge
         return cls(
             streaming=letta.streaming,
@@ -68,12 +68,12 @@ class Conversations:
     def __init__(
         self,
         *,
-        settings: Settings,
+        settings: TurnSettings,
         letta: LettaClient,
         puppets: Puppets,
         turns: TurnStore,
         sent: SentEventStore,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.letta = letta
@@ -168,8 +168,8 @@ class Conversations:
             finally:
                 self._running.pop(agent_id, None)
                 self._cancelled.discard(agent_id)
-            if self.metrics:  # a whole turn, streaming included (requests: the client's)
-                self.metrics.letta_latency.labels("turn").observe(time.monotonic() - started)
+            # A whole turn, streaming included (requests: the client's).
+            self.metrics.letta_latency.labels("turn").observe(time.monotonic() - started)
             return parts
 
     async def _ask_posting(self, job: Job, poster: Poster) -> list[Part]:

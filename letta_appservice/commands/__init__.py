@@ -3,85 +3,44 @@
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
 
 import aiohttp
-from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.errors import MatrixRequestError
 from mautrix.types import MessageEvent, MessageType, RelationType, StateEvent, UserID
 
-from ..config import Config
-from ..db.agent import AgentStore
-from ..db.bridge_state import BridgeState
-from ..db.inbox import InboxStore
-from ..db.room import MANAGEMENT, RoomRow, RoomStore
+from ..db.room import MANAGEMENT, RoomRow
 from ..db.user_notice import UserNoticeStore
-from ..letta.client import LettaClient
+from ..errors import describe
+from ..identity import Identity
 from ..letta.errors import LettaError
-from ..matrix.ids import PuppetMatcher
-from ..permissions import Permissions
 from . import admin, info  # noqa: F401 - importing them declares their commands
 from .context import CommandContext, Services
 from .info import help_text
 from .management import Management, send_markdown
 from .registry import REGISTRY, CommandResult, Invocation, command_text, dispatch
 
-__all__ = ["REGISTRY", "CommandProcessor", "CommandResult", "dispatch"]
+__all__ = ["REGISTRY", "CommandProcessor", "CommandResult", "Management", "Services", "dispatch"]
 log = logging.getLogger("letta_appservice.commands")
 REFUSED = "command_refused"  # user_notice kind
 
 
 class CommandProcessor:
-    """Recognises commands in messages, runs them and replies as the bot.
-
-    ``reconciler``, ``scheduler`` and ``conversations`` may be set after construction (the
-    app builds them later); commands needing a missing one say it is not available.
-    """
+    """Recognises commands in messages, runs them and replies as the bot."""
 
     def __init__(
         self,
         *,
-        config: Config,
-        permissions: Permissions,
-        bot: IntentAPI,
-        api: AppServiceAPI,
-        agents: AgentStore,
-        rooms: RoomStore,
-        state: BridgeState,
-        inbox: InboxStore,
-        letta: LettaClient | None = None,
-        reconciler: Any | None = None,
-        scheduler: Any | None = None,
-        conversations: Any | None = None,
-        puppets: Any | None = None,
-        started_at: float | None = None,
-        notices: UserNoticeStore | None = None,
+        services: Services,
+        identity: Identity,
+        management: Management,
+        notices: UserNoticeStore,
     ) -> None:
-        self.services = Services(
-            config=config,
-            permissions=permissions,
-            bot=bot,
-            api=api,
-            agents=agents,
-            rooms=rooms,
-            state=state,
-            inbox=inbox,
-            letta=letta,
-            reconciler=reconciler,
-            scheduler=scheduler,
-            conversations=conversations,
-            puppets=puppets,
-            started_at=time.time() if started_at is None else started_at,
-        )
+        self.services = services
+        self.identity = identity
+        self.management = management
         # One refusal per room for someone without access, not one per message.
         self.notices = notices
-        self.prefix = config.bridge.command_prefix
-        self.bot_mxid = config.bot_mxid
-        self._is_puppet = PuppetMatcher.from_config(config)
-        self.management = Management(
-            api=api, bot_mxid=self.bot_mxid, permissions=permissions, rooms=rooms
-        )
+        self.prefix = services.config.bridge.command_prefix
 
     async def on_bot_invite(self, evt: StateEvent) -> None:
         """The bot was invited: a permitted user's DM becomes their management room (greeted
@@ -99,12 +58,12 @@ class CommandProcessor:
             text = "Hello! I am the Letta bridge bot.\n\n" + help_text(
                 level, self.prefix, short=True
             )
-        await send_markdown(self.services.api, evt.room_id, text, f"greet-{evt.event_id}")
+        await send_markdown(self.services.bot_api, evt.room_id, text, f"greet-{evt.event_id}")
 
     async def maybe_handle(self, evt: MessageEvent) -> bool:
         """Run ``evt`` if it is a bridge command and reply; True when it was one (consumed)."""
         sender = evt.sender
-        if sender == self.bot_mxid or self._is_puppet(sender):
+        if self.identity.is_bridge(sender):
             return False
         content = evt.content
         if content.msgtype != MessageType.TEXT or not isinstance(content.body, str):
@@ -118,7 +77,7 @@ class CommandProcessor:
         if text is None:
             return False
         refused = self.services.permissions.level(sender) is None
-        if refused and self.notices and await self.notices.given(evt.room_id, sender, REFUSED):
+        if refused and await self.notices.given(evt.room_id, sender, REFUSED):
             return True  # told once already in this room
         prefix = "" if in_management else self.prefix
         result = await self.run(text, sender, evt.room_id, prefix, evt.event_id)
@@ -126,16 +85,16 @@ class CommandProcessor:
         txn_id = f"cmd-{evt.event_id}"
         try:
             await send_markdown(
-                self.services.api, evt.room_id, result.text, txn_id, reply_to=reply_to
+                self.services.bot_api, evt.room_id, result.text, txn_id, reply_to=reply_to
             )
         except MatrixRequestError as e:
             # A DM with a puppet need not hold the bot: the room's agent answers instead.
             puppet = await self._puppet_of(room) if e.http_status == 403 else None
             if puppet is None:
                 raise
-            api = self.services.api.user(UserID(puppet))
+            api = self.services.bot_api.user(UserID(puppet))
             await send_markdown(api, evt.room_id, result.text, txn_id, reply_to=reply_to)
-        if refused and self.notices:
+        if refused:
             await self.notices.record(evt.room_id, sender, REFUSED)
         return True
 
@@ -161,10 +120,4 @@ class CommandProcessor:
             return await found.command.handler(ctx)
         except (MatrixRequestError, LettaError, aiohttp.ClientError, TimeoutError) as e:
             log.warning("Command %r of %s failed: %s", name, sender, e)
-            return CommandResult.error(f"`{name}` failed: {_describe(e)}")
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, MatrixRequestError):
-        return f"the homeserver said {e.errcode or e.http_status}: {e.message}"
-    return str(e) or type(e).__name__
+            return CommandResult.error(f"`{name}` failed: {describe(e)}")

@@ -7,9 +7,9 @@ import re
 from mautrix.errors import MatrixRequestError
 
 from ..db.agent import ACTIVE, AgentRow
-from ..db.room import AGENT, DM
+from ..db.room import AGENT, INVITED
 from ..permissions import ADMIN
-from .context import CommandContext, not_available, room_link
+from .context import CommandContext, room_link
 from .info import invite_user
 from .registry import CommandResult, bold_name, command, md_escape, resolve_agent
 from .reset import reset_agent
@@ -26,8 +26,6 @@ MODES = {
 
 @command("sync", level=ADMIN, help="Reconcile with Letta now and report what changed.")
 async def cmd_sync(ctx: CommandContext) -> CommandResult:
-    if ctx.services.scheduler is None:
-        return not_available("Reconciling")
     before = await ctx.services.agents.all()
     summary = await ctx.services.scheduler.run_now(full=True)
     text = describe_pass(summary, before, await ctx.services.agents.all())
@@ -125,7 +123,7 @@ async def cmd_mode(ctx: CommandContext) -> CommandResult:
         return CommandResult.error(f"Unknown mode `{md_escape(mode)}`: use open, mention or off.")
     services = ctx.services
     room = await services.rooms.get(ctx.room_id)
-    if room is None or room.kind not in (AGENT, DM):
+    if room is None or room.kind not in (AGENT, INVITED):
         return CommandResult.error(
             "This room is not bridged to an agent; type `mode` in an agent's room."
         )
@@ -149,8 +147,6 @@ async def cmd_reset(ctx: CommandContext) -> CommandResult:
         return agent
     if agent.state != ACTIVE:
         return CommandResult.error(f"{bold_name(agent)} is archived; only active agents reset.")
-    if ctx.services.scheduler is None:
-        return not_available("Reconciling (needed to create the new room)")
     if "--yes" not in ctx.args.flags:
         room = "Its room"
         if agent.room_id:
@@ -179,14 +175,7 @@ async def cmd_cancel(ctx: CommandContext) -> CommandResult:
     if isinstance(agent, CommandResult):
         return agent
     services = ctx.services
-    if services.conversations is not None:
-        running = await services.conversations.cancel(agent.agent_id)
-    elif services.letta is not None:
-        await services.letta.cancel(agent.agent_id)
-        running = None
-    else:
-        return not_available("Cancelling")
-    if running is False:
+    if not await services.conversations.cancel(agent.agent_id):
         return CommandResult(
             f"{bold_name(agent)} had no request running here; Letta was asked to cancel any "
             "run of it anyway."

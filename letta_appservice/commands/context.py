@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 from mautrix.appservice import AppServiceAPI, IntentAPI
@@ -14,8 +14,12 @@ from ..db.bridge_state import BridgeState
 from ..db.inbox import InboxStore
 from ..db.room import RoomStore
 from ..letta.client import LettaClient
+from ..matrix.puppets import Puppets
 from ..permissions import Permissions
 from .registry import Args, CommandResult, resolve_agent
+
+if TYPE_CHECKING:
+    from ..reconcile.reconciler import Reconciler
 
 
 class Scheduler(Protocol):
@@ -30,23 +34,22 @@ class Conversations(Protocol):
 
 @attrs.define
 class Services:
-    """The bridge parts commands use. The optional ones may not exist in a build; commands
-    needing a missing one say so instead of failing."""
+    """The bridge parts commands use (the app builds them)."""
 
     config: Config
     permissions: Permissions
-    bot: IntentAPI
-    api: AppServiceAPI
+    bot_intent: IntentAPI
+    bot_api: AppServiceAPI
     agents: AgentStore
     rooms: RoomStore
     state: BridgeState
     inbox: InboxStore
-    letta: LettaClient | None = None
-    reconciler: Any | None = None
-    scheduler: Scheduler | None = None
-    conversations: Conversations | None = None
-    puppets: Any | None = None  # Puppets: its per-puppet lock keeps a reset and a pass apart
-    started_at: float = 0.0
+    letta: LettaClient
+    reconciler: Reconciler
+    scheduler: Scheduler
+    conversations: Conversations
+    puppets: Puppets  # its per-puppet lock keeps a reset and a pass apart
+    started_at: float
 
     @property
     def domain(self) -> str:
@@ -73,10 +76,6 @@ class CommandContext:
     def code(self, name: str) -> str:
         """A command as the user would type it here, in backticks."""
         return f"`{self.prefix} {name}`" if self.prefix else f"`{name}`"
-
-
-def not_available(what: str) -> CommandResult:
-    return CommandResult.error(f"{what} is not available in this build yet.")
 
 
 def room_link(room_id_or_alias: str, domain: str) -> str:

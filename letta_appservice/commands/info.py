@@ -73,19 +73,16 @@ async def cmd_status(ctx: CommandContext) -> CommandResult:
     lines = [f"**letta-appservice {__version__}**, up {_duration(time.time() - s.started_at)}"]
     started = time.monotonic()
     try:
-        await s.bot.whoami()
+        await s.bot_intent.whoami()
         lines.append(f"- Homeserver: reachable ({_ms(started)})")
     except (MatrixRequestError, aiohttp.ClientError, TimeoutError) as e:
         lines.append(f"- Homeserver: **unreachable** ({md_escape(str(e) or type(e).__name__)})")
-    if s.letta is None:
-        lines.append("- Letta: no client in this build")
-    else:
-        started = time.monotonic()
-        try:
-            version = await s.letta.health()
-            lines.append(f"- Letta: reachable, version {md_escape(version)} ({_ms(started)})")
-        except LettaError as e:
-            lines.append(f"- Letta: **unreachable** ({md_escape(str(e))})")
+    started = time.monotonic()
+    try:
+        version = await s.letta.health()
+        lines.append(f"- Letta: reachable, version {md_escape(version)} ({_ms(started)})")
+    except LettaError as e:
+        lines.append(f"- Letta: **unreachable** ({md_escape(str(e))})")
     agents = await s.agents.all()
     active = [a for a in agents if a.state == ACTIVE]
     paused = sum(1 for a in active if a.paused)
@@ -176,7 +173,7 @@ async def invite_sender(ctx: CommandContext, room_id: str, what: str) -> Command
 async def invite_user(ctx: CommandContext, room_id: str, mxid: str) -> str:
     """Invite as the bot: "invited", or "already" when the user is already joined or invited."""
     try:
-        await mx.invite(ctx.services.api, room_id, mxid)
+        await mx.invite(ctx.services.bot_api, room_id, mxid)
     except MatrixRequestError as e:
         # Synapse answers 403 "… is already in the room." for members and pending invites.
         if e.http_status == 403 and "already" in (e.message or "").lower():

@@ -44,12 +44,12 @@ class Management:
     def __init__(
         self,
         *,
-        api: AppServiceAPI,
+        bot_api: AppServiceAPI,
         bot_mxid: str,
         permissions: Permissions,
         rooms: RoomStore,
     ) -> None:
-        self.api = api
+        self.bot_api = bot_api
         self.bot_mxid = bot_mxid
         self.permissions = permissions
         self.rooms = rooms
@@ -65,12 +65,13 @@ class Management:
         if refusal is not None:
             log.info("Refusing the invite of %s to %s: %s", inviter, room_id, refusal)
             # Leaving an invited room rejects the invite; the reason shows in the timeline.
-            await mx.leave(self.api, room_id, refusal)
+            await mx.leave(self.bot_api, room_id, refusal)
             return None
-        await mx.join(self.api, room_id)
-        if await e2ee.is_encrypted(self.api, room_id):  # the invite's stripped state did not say
-            await e2ee.tell(self.api, room_id, e2ee.DECLINED, evt.event_id)
-            await mx.leave(self.api, room_id)
+        await mx.join(self.bot_api, room_id)
+        # The invite's stripped state did not say, but the room is encrypted.
+        if await e2ee.is_encrypted(self.bot_api, room_id):
+            await e2ee.tell(self.bot_api, room_id, e2ee.DECLINED, evt.event_id)
+            await mx.leave(self.bot_api, room_id)
             return None
         if not await self._is_dm(evt):
             return OTHER
@@ -85,4 +86,4 @@ class Management:
         if evt.content.is_direct:
             return True
         # Pending invites count too: a room made for a group is not a DM while they are out.
-        return len(await mx.present_members(self.api, evt.room_id)) <= 2
+        return len(await mx.present_members(self.bot_api, evt.room_id)) <= 2

@@ -11,13 +11,12 @@ import attrs
 
 from ..db.agent import ACTIVE, AgentRow
 from ..matrix.ids import agent_id_part
-from ..permissions import ADMIN, USER
+from ..permissions import USER, at_least
 
 if TYPE_CHECKING:
     from .context import CommandContext
 
 Handler = Callable[["CommandContext"], Awaitable["CommandResult"]]
-_RANK = {None: 0, USER: 1, ADMIN: 2}
 MAX_MATCHES = 5  # close matches listed when an agent or command is not found
 
 
@@ -103,7 +102,7 @@ class Registry:
 
     def available(self, level: str | None) -> list[Command]:
         """Commands a user of ``level`` may run, in declaration order."""
-        return [c for c in self.commands.values() if allowed(c.level, level)]
+        return [c for c in self.commands.values() if at_least(level, c.level)]
 
     def close_names(self, name: str) -> list[str]:
         return difflib.get_close_matches(name.lower(), self.commands, n=3, cutoff=0.6)
@@ -111,10 +110,6 @@ class Registry:
 
 REGISTRY = Registry()
 command = REGISTRY.command
-
-
-def allowed(needed: str, level: str | None) -> bool:
-    return _RANK[level] >= _RANK[needed]
 
 
 def split_words(text: str) -> list[str]:
@@ -152,7 +147,7 @@ def dispatch(
         return CommandResult.error(
             f"Unknown command `{words[0]}`.{hint} Type {_code(prefix, 'help')} for the list."
         )
-    if not allowed(cmd.level, level):
+    if not at_least(level, cmd.level):
         return CommandResult.error(
             f"`{cmd.name}` is for bridge admins only; your level is **{level}**."
         )
@@ -214,7 +209,7 @@ def resolve_agent(query: str, agents: Sequence[AgentRow]) -> AgentRow | CommandR
     if candidates:
         return _ambiguous(q, candidates)
     close = close_agents(q, agents)
-    hint = f" Close matches: {', '.join(describe(a) for a in close)}." if close else ""
+    hint = f" Close matches: {', '.join(agent_label(a) for a in close)}." if close else ""
     return CommandResult.error(f"No agent matches `{q}`.{hint} Type `agents` to list them.")
 
 
@@ -230,7 +225,7 @@ def close_agents(query: str, agents: Sequence[AgentRow]) -> list[AgentRow]:
 
 
 def _ambiguous(query: str, matches: Sequence[AgentRow]) -> CommandResult:
-    listed = ", ".join(describe(a) for a in matches[:MAX_MATCHES])
+    listed = ", ".join(agent_label(a) for a in matches[:MAX_MATCHES])
     more = f" and {len(matches) - MAX_MATCHES} more" if len(matches) > MAX_MATCHES else ""
     return CommandResult.error(
         f"`{query}` matches {len(matches)} agents: {listed}{more}. "
@@ -238,7 +233,7 @@ def _ambiguous(query: str, matches: Sequence[AgentRow]) -> CommandResult:
     )
 
 
-def describe(agent: AgentRow) -> str:
+def agent_label(agent: AgentRow) -> str:
     """``**Name** (`agent-…`)``: how an agent is named in lists of matches."""
     return f"{bold_name(agent)} (`{agent.agent_id}`)"
 

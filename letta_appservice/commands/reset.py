@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 from mautrix.errors import MatrixRequestError
@@ -23,14 +22,12 @@ async def reset_agent(services: Services, agent: AgentRow) -> str | None:
     """Archive ``agent``'s room and provision a fresh one; returns the new room id (None when
     the pass created none). The old room keeps its history, leaves the space, gets the
     archived suffix, a notice from the puppet and loses the alias, so no pass adopts it."""
-    assert services.scheduler is not None
     old = agent.room_id
 
     async def archive() -> None:  # under the scheduler's lock: no pass writes the old room back
         if old is None:
             return
-        lock = services.puppets.lock(agent.mxid) if services.puppets else contextlib.nullcontext()
-        async with lock:
+        async with services.puppets.lock(agent.mxid):
             await _archive(services, agent, old)
 
     await services.scheduler.run_now(full=False, first=archive)
@@ -46,7 +43,7 @@ async def reset_agent(services: Services, agent: AgentRow) -> str | None:
 async def _notice(services: Services, puppet: str, room_id: str, text: str) -> None:
     """Best effort: the reset is done whether or not the old room can be told (the puppet may
     have been kicked from it; then the bot tries)."""
-    for api in (services.api.user(UserID(puppet)), services.api):
+    for api in (services.bot_api.user(UserID(puppet)), services.bot_api):
         try:
             await mx.send_notice(api, room_id, text, f"reset-{room_id}")
             return
@@ -56,7 +53,7 @@ async def _notice(services: Services, puppet: str, room_id: str, text: str) -> N
 
 async def _archive(services: Services, agent: AgentRow, old: str) -> None:
     cfg = services.config.bridge
-    api = services.api
+    api = services.bot_api
     space = await space_id(services)
     if space:
         await mx.put_state(api, space, mx.SPACE_CHILD, {}, old)

@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 from mautrix.util.async_db import Database
 
-from .inbox import now_ms
+from .database import now_ms
 
 ACTIVE, DELETED = "active", "deleted"
 

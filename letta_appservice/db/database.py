@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 log = logging.getLogger("letta_appservice.db")
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, as every table stores times (and Matrix gives them)."""
+    return int(time.time() * 1000)
 
 
 @attrs.frozen

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 from mautrix.util.async_db import Database
 
+from .database import now_ms
+
 PENDING, PROCESSING, DONE, FAILED = "pending", "processing", "done", "failed"
 STATES = (PENDING, PROCESSING, DONE, FAILED)
 _CHUNK = 100  # events per INSERT statement (8 parameters each)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @attrs.define

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mautrix.util.async_db import Database
 
-from .inbox import now_ms
+from .database import now_ms
 
 
 class InvitedAgentStore:
@@ -17,12 +17,6 @@ class InvitedAgentStore:
             room_id,
         )
         return [r["agent_id"] for r in rows]
-
-    async def rooms_of(self, agent_id: str) -> list[str]:
-        rows = await self.db.fetch(
-            "SELECT room_id FROM invited_agent WHERE agent_id=$1 ORDER BY added_at", agent_id
-        )
-        return [r["room_id"] for r in rows]
 
     async def add(self, room_id: str, agent_id: str) -> None:
         await self.db.execute(

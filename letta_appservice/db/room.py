@@ -7,9 +7,11 @@ from typing import Any
 import attrs
 from mautrix.util.async_db import Database
 
-from .inbox import now_ms
+from .database import now_ms
 
-AGENT, DM, MANAGEMENT, ARCHIVED = "agent", "dm", "management", "archived"
+# AGENT: an agent's own room (the reconciler's); INVITED: any room a person invited puppets
+# into (a DM or a group room); MANAGEMENT: a user's DM with the bot; ARCHIVED: a reset's old room.
+AGENT, INVITED, MANAGEMENT, ARCHIVED = "agent", "invited", "management", "archived"
 
 
 @attrs.define
@@ -37,12 +39,6 @@ class RoomStore:
             f"SELECT {RoomRow._fields} FROM room WHERE room_id=$1", room_id
         )
         return RoomRow.from_row(row) if row else None
-
-    async def for_agent(self, agent_id: str) -> list[RoomRow]:
-        rows = await self.db.fetch(
-            f"SELECT {RoomRow._fields} FROM room WHERE agent_id=$1 ORDER BY bridged_at", agent_id
-        )
-        return [RoomRow.from_row(r) for r in rows]
 
     async def management_room(self, owner: str) -> RoomRow | None:
         row = await self.db.fetchrow(

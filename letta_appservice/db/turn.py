@@ -8,7 +8,7 @@ from typing import Any
 
 from mautrix.util.async_db import Database
 
-from .inbox import now_ms
+from .database import now_ms
 
 
 class TurnStore:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mautrix.util.async_db import Database
 
-from .inbox import now_ms
+from .database import now_ms
 
 
 class UserNoticeStore:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..db.inbox import InboxStore, now_ms
+from ..db.database import now_ms
+from ..db.inbox import InboxStore
 from ..db.sent_event import SentEventStore
 from ..db.turn import TurnStore
 

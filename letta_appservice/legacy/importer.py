@@ -46,14 +46,14 @@ class LegacyImporter:
     def __init__(
         self,
         *,
-        bot: AppServiceAPI,
+        bot_api: AppServiceAPI,
         bot_mxid: str,
         puppets: Puppets,
         agents: AgentStore,
         rooms_store: RoomStore,
         state: BridgeState,
     ) -> None:
-        self.bot = bot
+        self.bot_api = bot_api
         self.bot_mxid = bot_mxid
         self.puppets = puppets
         self.agents = agents
@@ -114,7 +114,7 @@ class LegacyImporter:
 
     async def _bring_in_bot(self, room_id: str, helpers: Sequence[str]) -> None:
         try:
-            await rooms.join(self.bot, room_id)
+            await rooms.join(self.bot_api, room_id)
         except MatrixRequestError:
             # Invite-only: a member we may act as invites the bot.
             for mxid in helpers:
@@ -123,7 +123,7 @@ class LegacyImporter:
                     break
                 except MatrixRequestError:
                     continue
-            await rooms.join(self.bot, room_id)
+            await rooms.join(self.bot_api, room_id)
         await self._grant_power(room_id, helpers)
 
     async def _grant_power(self, room_id: str, helpers: Sequence[str]) -> None:
@@ -147,7 +147,7 @@ class LegacyImporter:
 
     async def _get_state(self, room_id: str, event_type: str) -> dict[str, Any]:
         try:
-            return await self.bot.request(Method.GET, Path.v3.rooms[room_id].state[event_type])
+            return await self.bot_api.request(Method.GET, Path.v3.rooms[room_id].state[event_type])
         except MatrixRequestError:
             return {}
 
@@ -193,11 +193,11 @@ async def run_import(
     from mautrix.appservice.state_store.asyncpg import PgASStateStore
 
     from ..db.database import DatabaseURL, open_database
-    from ..matrix.ids import PuppetMatcher
+    from ..identity import Identity
     from .files import parse_mappings, parse_space
 
-    is_puppet = PuppetMatcher.from_config(config)
-    legacy = parse_mappings(FsPath(mappings), config.homeserver.domain, is_puppet)
+    identity = Identity.from_config(config)
+    legacy = parse_mappings(FsPath(mappings), config.homeserver.domain, identity.is_puppet)
     space = parse_space(FsPath(space_file)) if space_file else None
     db = await open_database(DatabaseURL.parse(config.appservice.database), in_child=False)
     try:
@@ -208,7 +208,7 @@ async def run_import(
             if not dry_run:
                 await api.bot_intent().ensure_registered()
             importer = LegacyImporter(
-                bot=api,
+                bot_api=api,
                 bot_mxid=config.bot_mxid,
                 puppets=Puppets(api, state_store),
                 agents=AgentStore(db),

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ..config import Config
 
 # Characters a Letta id may contain that are not valid in our localparts become '_'.
 _UNSAFE = re.compile(r"[^a-z0-9]")
@@ -48,17 +44,3 @@ def namespace_regex(template: str, domain: str, sigil: str = "@") -> str:
 
 def exact_regex(sigil: str, localpart: str, domain: str) -> str:
     return f"^{regex_escape(f'{sigil}{localpart}:{domain}')}$"
-
-
-class PuppetMatcher:
-    """Answers 'is this mxid one of our puppets?' with one compiled regex."""
-
-    def __init__(self, template: str, domain: str) -> None:
-        self._re = re.compile(namespace_regex(template, domain), re.IGNORECASE)
-
-    @classmethod
-    def from_config(cls, config: Config) -> PuppetMatcher:
-        return cls(config.bridge.username_template, config.homeserver.domain)
-
-    def __call__(self, mxid: str) -> bool:
-        return bool(self._re.match(mxid))

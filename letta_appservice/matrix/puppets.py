@@ -1,13 +1,12 @@
-"""Registry of agent puppets: cached intents, one lock per puppet, registration done once."""
+"""Agent puppets as Matrix users: one lock per puppet, registration done once."""
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections import OrderedDict
 
 from mautrix.api import Method, Path
-from mautrix.appservice import AppServiceAPI, IntentAPI
+from mautrix.appservice import AppServiceAPI
 from mautrix.appservice.state_store import ASStateStore
 from mautrix.errors import MUserInUse
 from mautrix.types import UserID
@@ -19,18 +18,14 @@ class Puppets:
     """Access to puppets as Matrix users.
 
     ``lock(mxid)`` serialises everything done to one puppet (creating its room, renaming it,
-    answering as it), so two callers never create the same puppet's room twice. ``intent()``
-    keeps the most recently used IntentAPIs (each wraps ~30 methods, too heavy to keep one per
-    agent at 10,000 agents); ``api()`` is the light per-user request API.
+    answering as it), so two callers never create the same puppet's room twice. ``api()`` is
+    the light per-user request API (an IntentAPI per puppet would be too heavy at 10,000
+    agents).
     """
 
-    def __init__(
-        self, api: AppServiceAPI, state_store: ASStateStore, *, max_cached: int = 256
-    ) -> None:
-        self._api = api
+    def __init__(self, bot_api: AppServiceAPI, state_store: ASStateStore) -> None:
+        self._bot_api = bot_api
         self._state_store = state_store
-        self._max_cached = max_cached
-        self._intents: OrderedDict[str, IntentAPI] = OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def lock(self, mxid: str) -> asyncio.Lock:
@@ -43,15 +38,7 @@ class Puppets:
 
     def api(self, mxid: str) -> AppServiceAPI:
         """Raw request API acting as the puppet (no hidden registration or join requests)."""
-        return self._api.user(UserID(mxid))
-
-    def intent(self, mxid: str) -> IntentAPI:
-        """A cached IntentAPI for the puppet (for sending messages, typing, …)."""
-        intent = self._intents.pop(mxid, None) or self._api.intent(UserID(mxid))
-        self._intents[mxid] = intent
-        while len(self._intents) > self._max_cached:
-            self._intents.popitem(last=False)
-        return intent
+        return self._bot_api.user(UserID(mxid))
 
     async def ensure_registered(self, mxid: str) -> bool:
         """Register the puppet unless the state store knows it is; True if a request was made.

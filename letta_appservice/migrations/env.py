@@ -31,7 +31,7 @@ def _url() -> str:
     return DatabaseURL.parse(value).sqlalchemy
 
 
-def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+def include_name(name: str | None, type_: str, _parent_names: object) -> bool:
     # mautrix's state store owns mx_* tables (and a Postgres enum 'membership').
     return not (type_ == "table" and name is not None and name.startswith("mx_"))
 

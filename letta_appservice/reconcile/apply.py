@@ -25,7 +25,7 @@ from .plan import (
     RESTORE,
     AgentChange,
     Desired,
-    Settings,
+    ReconcileSettings,
 )
 from .space import adopt_alias, gone, invite_quietly
 
@@ -38,15 +38,15 @@ class Applier:
     def __init__(
         self,
         *,
-        settings: Settings,
-        bot: AppServiceAPI,
+        settings: ReconcileSettings,
+        bot_api: AppServiceAPI,
         puppets: Puppets,
         agents: AgentStore,
         rooms: RoomStore,
         state_store: ASStateStore,
     ) -> None:
         self.s = settings
-        self.bot = bot
+        self.bot_api = bot_api
         self.puppets = puppets
         self.agents = agents
         self.rooms = rooms
@@ -93,7 +93,7 @@ class Applier:
             alias_localpart=agent_localpart(self.s.username_template, d.agent_id),
             name=d.room_name,
             topic=d.topic,
-            bot=self.s.bot,
+            bot=self.s.bot_mxid,
             puppet=mxid,
             admins=self.s.admins,
             space_id=space_id,
@@ -101,9 +101,9 @@ class Applier:
             list_creator=self.s.list_creator,
         )
         try:
-            room_id = await rooms.create_room(self.bot, body)
+            room_id = await rooms.create_room(self.bot_api, body)
         except rooms.RoomInUse:
-            room_id = await adopt_alias(self.bot, self.s.alias(d.agent_id))
+            room_id = await adopt_alias(self.bot_api, self.s.alias(d.agent_id))
             log.info("Adopted %s for agent %s (created before a restart)", room_id, d.agent_id)
             await self._join_puppet(room_id, mxid)
             return room_id, True
@@ -125,15 +125,15 @@ class Applier:
             await self._join_puppet(room_id, row.mxid)
         if REPARENT in ch.repairs:
             parent = rooms.space_parent(self.s.domain)
-            await rooms.put_state(self.bot, room_id, rooms.SPACE_PARENT, parent, space_id)
+            await rooms.put_state(self.bot_api, room_id, rooms.SPACE_PARENT, parent, space_id)
             await rooms.put_state(
-                self.bot, room_id, rooms.JOIN_RULES, rooms.restricted_to(space_id)
+                self.bot_api, room_id, rooms.JOIN_RULES, rooms.restricted_to(space_id)
             )
         if POWER in ch.repairs:
             await self._repair_power(room_id)
         for reason in sorted(ch.repairs):
             if reason.startswith(INVITE_PREFIX):
-                await invite_quietly(self.bot, room_id, reason.removeprefix(INVITE_PREFIX))
+                await invite_quietly(self.bot_api, room_id, reason.removeprefix(INVITE_PREFIX))
         if ch.displayname is not None:
             await self.puppets.set_displayname(row.mxid, ch.displayname)
             row.displayname = ch.displayname
@@ -161,15 +161,15 @@ class Applier:
     async def _set_names(self, row: AgentRow, name: str | None, topic: str | None) -> None:
         assert row.room_id is not None
         if name is not None:
-            await rooms.put_state(self.bot, row.room_id, rooms.ROOM_NAME, {"name": name})
+            await rooms.put_state(self.bot_api, row.room_id, rooms.ROOM_NAME, {"name": name})
             row.room_name = name
         if topic is not None:
-            await rooms.put_state(self.bot, row.room_id, rooms.ROOM_TOPIC, {"topic": topic})
+            await rooms.put_state(self.bot_api, row.room_id, rooms.ROOM_TOPIC, {"topic": topic})
             row.topic = topic
 
     async def _put_child(self, space_id: str, room_id: str, present: bool) -> None:
         content = rooms.space_child(self.s.domain) if present else {}
-        await rooms.put_state(self.bot, space_id, rooms.SPACE_CHILD, content, room_id)
+        await rooms.put_state(self.bot_api, space_id, rooms.SPACE_CHILD, content, room_id)
 
     async def _notice(self, row: AgentRow, text: str | None) -> None:
         if text is None or row.room_id is None:
@@ -203,13 +203,13 @@ class Applier:
 
     async def _readmit(self, room_id: str, mxid: str, *, banned: bool) -> None:
         if banned:
-            await rooms.unban(self.bot, room_id, mxid)
-        await rooms.invite(self.bot, room_id, mxid)
+            await rooms.unban(self.bot_api, room_id, mxid)
+        await rooms.invite(self.bot_api, room_id, mxid)
 
     async def _repair_bot(self, row: AgentRow, d: Desired, space_id: str) -> None:
         assert row.room_id is not None
         try:
-            await rooms.join(self.bot, row.room_id)
+            await rooms.join(self.bot_api, row.room_id)
             return
         except MatrixRequestError as e:
             if not gone(e):
@@ -221,7 +221,7 @@ class Applier:
                 e.errcode,
             )
         old = row.room_id
-        await rooms.remove_alias(self.bot, self.s.alias(row.agent_id))
+        await rooms.remove_alias(self.bot_api, self.s.alias(row.agent_id))
         room_id, _ = await self._new_room(d, row.mxid, space_id)
         if row.in_space:
             await self._put_child(space_id, old, False)
@@ -238,4 +238,4 @@ class Applier:
         missing = [a for a in self.s.admins if users.get(a, 0) < rooms.ADMIN_LEVEL]
         if missing:
             users.update(dict.fromkeys(missing, rooms.ADMIN_LEVEL))
-            await rooms.put_state(self.bot, room_id, rooms.POWER_LEVELS, content)
+            await rooms.put_state(self.bot_api, room_id, rooms.POWER_LEVELS, content)

@@ -44,10 +44,10 @@ class Templates:
 
 
 @attrs.frozen
-class Settings:
+class ReconcileSettings:
     """The parts of the config the reconciler needs."""
 
-    bot: str
+    bot_mxid: str
     domain: str
     username_template: str
     space_name: str
@@ -57,10 +57,10 @@ class Settings:
     list_creator: bool = True
 
     @classmethod
-    def from_config(cls, config: Config) -> Settings:
+    def from_config(cls, config: Config) -> ReconcileSettings:
         b = config.bridge
         return cls(
-            bot=config.bot_mxid,
+            bot_mxid=config.bot_mxid,
             domain=config.homeserver.domain,
             username_template=b.username_template,
             space_name=b.space_name,

@@ -18,19 +18,17 @@ from typing import Any
 import aiohttp
 import attrs
 from mautrix.appservice import AppServiceAPI
-from mautrix.appservice.state_store import ASStateStore
-from mautrix.errors import MatrixConnectionError, MatrixError, MatrixRequestError
+from mautrix.errors import MatrixConnectionError, MatrixError
 from mautrix.types import EventType, Membership
 
 from ..config import Config
 from ..db.agent import ACTIVE, AgentStore
-from ..db.bridge_state import BridgeState
-from ..db.room import RoomStore
+from ..errors import describe
+from ..identity import Identity
 from ..letta import LettaClient, LettaError
 from ..matrix import rooms
-from ..matrix.ids import PuppetMatcher
-from ..matrix.puppets import Puppets
 from .apply import Applier
+from .drift import DriftCheck
 from .plan import (
     BOT,
     INVITE_PREFIX,
@@ -38,11 +36,11 @@ from .plan import (
     REPARENT,
     SPACE_CHILD,
     AgentChange,
-    Settings,
+    ReconcileSettings,
     desired_agents,
     plan,
 )
-from .space import DriftCheck, Space
+from .space import Space
 
 log = logging.getLogger("letta_appservice.reconciler")
 # Failures a pass expects (network, homeserver or Letta refusing): one log line, no traceback.
@@ -67,17 +65,6 @@ class PassSummary:
         return attrs.asdict(self)
 
 
-def describe(e: BaseException) -> str:
-    """One readable line for an expected failure."""
-    if isinstance(e, MatrixRequestError):
-        return f"homeserver answered {e.http_status} {e.errcode}: {e.message}"
-    if isinstance(e, MatrixConnectionError | aiohttp.ClientError):
-        return f"homeserver unreachable: {e or type(e).__name__}"
-    if isinstance(e, TimeoutError):
-        return "homeserver timed out"
-    return str(e) or type(e).__name__
-
-
 class Reconciler:
     """One pass at a time is the scheduler's job; this class does the passes."""
 
@@ -85,33 +72,27 @@ class Reconciler:
         self,
         config: Config,
         *,
-        api: AppServiceAPI,
+        settings: ReconcileSettings,
+        identity: Identity,
+        bot_api: AppServiceAPI,
         letta: LettaClient,
         agents: AgentStore,
-        rooms: RoomStore,
-        state: BridgeState,
-        state_store: ASStateStore,
-        puppets: Puppets,
-        request_count: Callable[[], int] = lambda: 0,
+        space: Space,
+        drift: DriftCheck,
+        applier: Applier,
+        request_count: Callable[[], int],
         concurrency: int = 8,
     ) -> None:
-        self.settings = Settings.from_config(config)
+        self.settings = settings
+        self.identity = identity
         self.letta = letta
         self.tags = config.letta.filter_tags
         self.name_pattern = config.letta.filter_name
         self.agents = agents
-        self.bot = api
-        self.space = Space(self.settings, api, state)
-        self.drift = DriftCheck(self.settings, state_store)
-        self.applier = Applier(
-            settings=self.settings,
-            bot=api,
-            puppets=puppets,
-            agents=agents,
-            rooms=rooms,
-            state_store=state_store,
-        )
-        self.is_puppet = PuppetMatcher.from_config(config)
+        self.bot_api = bot_api
+        self.space = space
+        self.drift = drift
+        self.applier = applier
         self._request_count = request_count
         self._concurrency = concurrency
         # Repairs learned from pushed events, done by the next pass: agent id -> reasons.
@@ -138,16 +119,18 @@ class Reconciler:
             target = evt.state_key
             admin_left = target in s.admins and _was_joined(evt)
             if space_id is not None and evt.room_id == space_id:
-                reason = BOT if target == s.bot else INVITE_PREFIX + target if admin_left else None
+                reason = (
+                    BOT if target == s.bot_mxid else INVITE_PREFIX + target if admin_left else None
+                )
                 if reason:
                     self._space_dirty.add(reason)
                 return reason is not None
-            if target != s.bot and not admin_left and not self.is_puppet(target):
+            if target != s.bot_mxid and not admin_left and not self.identity.is_puppet(target):
                 return False
             row = await self.agents.get_by_room(evt.room_id)
             if row is None or row.state != ACTIVE:
                 return False
-            if target == s.bot:
+            if target == s.bot_mxid:
                 reason = BOT
             elif target == row.mxid:
                 reason = PUPPET
@@ -157,7 +140,11 @@ class Reconciler:
                 return False
             return self._mark(row.agent_id, reason)
         if evt.type == EventType.SPACE_CHILD and space_id is not None:
-            if evt.room_id != space_id or evt.sender == s.bot or getattr(evt.content, "via", None):
+            if (
+                evt.room_id != space_id
+                or evt.sender == s.bot_mxid
+                or getattr(evt.content, "via", None)
+            ):
                 return False
             row = await self.agents.get_by_room(evt.state_key)
             if row is None or row.state != ACTIVE or not row.in_space:
@@ -203,7 +190,7 @@ class Reconciler:
         joined: set[str] | None = None
         space_marks = set(self._space_dirty)
         if full and space_id is not None:
-            joined = await rooms.joined_rooms(self.bot)
+            joined = await rooms.joined_rooms(self.bot_api)
             space_marks |= await self.drift.space(space_id, joined)
         space_id, new_space = await self.space.ensure(sorted(space_marks))
         self._space_dirty -= space_marks
@@ -213,7 +200,7 @@ class Reconciler:
             for row in active:
                 found += self._mark(row.agent_id, REPARENT, quiet=True)
         elif joined is not None:
-            children = rooms.children_of(await rooms.room_state(self.bot, space_id))
+            children = rooms.children_of(await rooms.room_state(self.bot_api, space_id))
             for row in active:
                 marks = await self.drift.room(row, joined, children)
                 for reason in marks:

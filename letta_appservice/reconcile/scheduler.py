@@ -110,7 +110,7 @@ class Scheduler:
 
     async def _sleep(self) -> None:
         try:
-            async with asyncio.timeout(self.interval):  # not wait_for: see inbox.py
+            async with asyncio.timeout(self.interval):  # not wait_for: see inbox/worker.py
                 await self._poked.wait()
         except TimeoutError:
             return

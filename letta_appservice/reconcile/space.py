@@ -7,15 +7,13 @@ import logging
 from collections.abc import Sequence
 
 from mautrix.appservice import AppServiceAPI
-from mautrix.appservice.state_store import ASStateStore
 from mautrix.errors import MatrixRequestError
-from mautrix.types import Membership, RoomID, UserID
+from mautrix.types import RoomID
 
-from ..db.agent import AgentRow
 from ..db.bridge_state import BridgeState
 from ..matrix import rooms
 from ..matrix.ids import agent_localpart
-from .plan import BOT, INVITE_PREFIX, POWER, PUPPET, SPACE_CHILD, Settings
+from .plan import BOT, INVITE_PREFIX, ReconcileSettings
 
 log = logging.getLogger("letta_appservice.reconciler")
 SPACE_KEY, SPACE_NAME_KEY = "space_id", "space_name"
@@ -27,18 +25,18 @@ def gone(e: MatrixRequestError) -> bool:
     return e.http_status in (403, 404)
 
 
-async def adopt_alias(bot: AppServiceAPI, alias: str) -> RoomID:
+async def adopt_alias(bot_api: AppServiceAPI, alias: str) -> RoomID:
     """The room behind one of our aliases, with the bot (back) in it."""
-    room_id = await rooms.resolve_alias(bot, alias)
+    room_id = await rooms.resolve_alias(bot_api, alias)
     if room_id is None:
         raise RuntimeError(f"{alias} was in use but does not resolve")
-    await rooms.join(bot, room_id)  # a no-op when already joined
+    await rooms.join(bot_api, room_id)  # a no-op when already joined
     return room_id
 
 
-async def invite_quietly(bot: AppServiceAPI, room_id: str, user_id: str) -> None:
+async def invite_quietly(bot_api: AppServiceAPI, room_id: str, user_id: str) -> None:
     try:
-        await rooms.invite(bot, room_id, user_id)
+        await rooms.invite(bot_api, room_id, user_id)
     except MatrixRequestError as e:
         # Already in the room, or banned by someone: nothing the bridge should force.
         if e.http_status != 403:
@@ -49,9 +47,11 @@ async def invite_quietly(bot: AppServiceAPI, room_id: str, user_id: str) -> None
 class Space:
     """The one space holding every active agent room; its id lives in bridge_state."""
 
-    def __init__(self, settings: Settings, bot: AppServiceAPI, state: BridgeState) -> None:
+    def __init__(
+        self, settings: ReconcileSettings, bot_api: AppServiceAPI, state: BridgeState
+    ) -> None:
         self.s = settings
-        self.bot = bot
+        self.bot_api = bot_api
         self.state = state
         self.id: str | None = None
         self._name: str | None = None
@@ -77,79 +77,38 @@ class Space:
         if self._name is None:
             self._name = await self.state.get(SPACE_NAME_KEY)
         if self._name != self.s.space_name:  # renamed in the config
-            await rooms.put_state(self.bot, space_id, rooms.ROOM_NAME, {"name": self.s.space_name})
+            await rooms.put_state(
+                self.bot_api, space_id, rooms.ROOM_NAME, {"name": self.s.space_name}
+            )
             await self.state.set(SPACE_NAME_KEY, self.s.space_name)
             self._name = self.s.space_name
         for reason in repairs:
             if reason.startswith(INVITE_PREFIX):
-                await invite_quietly(self.bot, space_id, reason.removeprefix(INVITE_PREFIX))
+                await invite_quietly(self.bot_api, space_id, reason.removeprefix(INVITE_PREFIX))
         return space_id, new
 
     async def _in_place(self, old: str | None) -> str:
         if old is not None:
             try:
-                await rooms.join(self.bot, old)
+                await rooms.join(self.bot_api, old)
                 return old
             except MatrixRequestError as e:
                 if not gone(e):
                     raise
                 log.warning("The space %s is gone (%s); creating it again", old, e.errcode)
-                await rooms.remove_alias(self.bot, self.alias)
+                await rooms.remove_alias(self.bot_api, self.alias)
         localpart = agent_localpart(self.s.username_template, SPACE_AGENT_ID)
         body = rooms.space_body(
             alias_localpart=localpart,
             name=self.s.space_name,
-            bot=self.s.bot,
+            bot=self.s.bot_mxid,
             admins=self.s.admins,
             list_creator=self.s.list_creator,
         )
         try:
-            space_id = await rooms.create_room(self.bot, body)
+            space_id = await rooms.create_room(self.bot_api, body)
             log.info("Created the space %r (%s)", self.s.space_name, space_id)
         except rooms.RoomInUse:
-            space_id = await adopt_alias(self.bot, self.alias)
+            space_id = await adopt_alias(self.bot_api, self.alias)
             log.info("Adopted the existing space %s", space_id)
         return space_id
-
-
-class DriftCheck:
-    """What the full check finds, from the bot's joined rooms, the space's children and what
-    the state store learned from pushed events (it makes no requests itself)."""
-
-    def __init__(self, settings: Settings, state_store: ASStateStore) -> None:
-        self.s = settings
-        self.state_store = state_store
-
-    async def space(self, space_id: str, joined: set[str]) -> set[str]:
-        """The bot back in the space; admins who never had an invite."""
-        if space_id not in joined:
-            return {BOT}
-        return {INVITE_PREFIX + a for a in await self._uninvited(space_id)}
-
-    async def room(self, row: AgentRow, joined: set[str], children: set[str]) -> set[str]:
-        """Repairs one active agent's room needs."""
-        assert row.room_id is not None
-        room_id = RoomID(row.room_id)
-        if row.room_id not in joined:
-            return {BOT, PUPPET}  # re-entered (or recreated) first; the rest is checked after
-        marks = {INVITE_PREFIX + a for a in await self._uninvited(room_id)}
-        if row.in_space and row.room_id not in children:
-            marks.add(SPACE_CHILD)
-        puppet = await self.state_store.get_member(room_id, UserID(row.mxid))
-        if puppet is not None and puppet.membership != Membership.JOIN:
-            marks.add(PUPPET)
-        levels = await self.state_store.get_power_levels(room_id)
-        if levels is not None and any(
-            levels.users.get(UserID(a), 0) < rooms.ADMIN_LEVEL for a in self.s.admins
-        ):
-            marks.add(POWER)  # e.g. an admin added to the config since
-        return marks
-
-    async def _uninvited(self, room_id: str) -> list[str]:
-        # Only admins the room has never seen: one who left or declined keeps that choice
-        # (a leave is answered once, when it happens; see Reconciler.observe).
-        return [
-            a
-            for a in self.s.admins
-            if await self.state_store.get_member(RoomID(room_id), UserID(a)) is None
-        ]
