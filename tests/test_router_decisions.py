@@ -21,8 +21,7 @@ from letta_appservice.chat.memberships import Memberships, join_refusal
 from letta_appservice.chat.router import Router
 from letta_appservice.chat.turn import Job
 from letta_appservice.config import Config, parse_config
-from letta_appservice.db.agent import DELETED
-from letta_appservice.db.agent import AgentRow, AgentStore
+from letta_appservice.db.agent import DELETED, AgentRow, AgentStore
 from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.inbox import PROCESSING, InboxEvent
 from letta_appservice.db.invited_agent import InvitedAgentStore
