@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 
 from letta_appservice.commands import REGISTRY, CommandResult, dispatch
+from letta_appservice.commands.args import resolve_agent
 from letta_appservice.commands.info import help_text
-from letta_appservice.commands.registry import (
-    Invocation,
-    Registry,
-    command_text,
-    resolve_agent,
-    split_words,
-)
+from letta_appservice.commands.registry import Invocation, Registry, command_text, split_words
 from letta_appservice.commands.summary import describe_pass, diff_rows
 from letta_appservice.db.agent import DELETED, AgentRow
 from letta_appservice.reconcile.reconciler import PassSummary

@@ -14,10 +14,11 @@ from ..errors import describe
 from ..identity import Identity
 from ..letta.errors import LettaError
 from . import admin, info  # noqa: F401 - importing them declares their commands
+from .args import CommandResult
 from .context import CommandContext, Services
 from .info import help_text
 from .management import Management, send_markdown
-from .registry import REGISTRY, CommandResult, Invocation, command_text, dispatch
+from .registry import REGISTRY, Invocation, command_text, dispatch
 
 __all__ = ["REGISTRY", "CommandProcessor", "CommandResult", "Management", "Services", "dispatch"]
 log = logging.getLogger("letta_appservice.commands")

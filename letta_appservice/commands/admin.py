@@ -9,9 +9,10 @@ from mautrix.errors import MatrixRequestError
 from ..db.agent import ACTIVE, AgentRow
 from ..db.room import AGENT, INVITED
 from ..permissions import ADMIN
+from .args import CommandResult, bold_name, md_escape, resolve_agent
 from .context import CommandContext, room_link
 from .info import invite_user
-from .registry import CommandResult, bold_name, command, md_escape, resolve_agent
+from .registry import command
 from .reset import reset_agent
 from .state import space_id
 from .summary import describe_pass, summary_json

@@ -16,7 +16,7 @@ from ..db.room import RoomStore
 from ..letta.client import LettaClient
 from ..matrix.puppets import Puppets
 from ..permissions import Permissions
-from .registry import Args, CommandResult, resolve_agent
+from .args import Args, CommandResult, resolve_agent
 
 if TYPE_CHECKING:
     from ..reconcile.reconciler import Reconciler

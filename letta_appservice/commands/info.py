@@ -14,8 +14,9 @@ from .. import __version__
 from ..db.agent import ACTIVE, AgentRow
 from ..letta.errors import LettaError
 from ..matrix import rooms as mx
+from .args import CommandResult, bold_name, md_escape
 from .context import CommandContext, room_link
-from .registry import REGISTRY, CommandResult, bold_name, command, md_escape
+from .registry import REGISTRY, command
 from .state import last_reconcile, space_id
 
 MAX_LISTED = 40  # agents listed by `agents` before asking for a filter

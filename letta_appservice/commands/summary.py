@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..db.agent import ACTIVE, AgentRow
-from .registry import md_escape
+from .args import md_escape
 
 MAX_NAMED = 10  # agents named per kind of change before "and N more"
 _PAST = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -17,27 +16,13 @@ from .. import __version__
 from .errors import LettaError, http_error, read_detail, safe_url, transport_errors
 from .models import Agent, LettaResponse, parse_response
 from .stream import LettaStream
+from .versions import message_text_field, user_message
 
 log = logging.getLogger("letta_appservice.letta")
 
-# OpenAI-style models only accept a `name` of this form; anything else would fail the request.
-_NAME_RE = re.compile(r"^[^\s<|\\/>]+$")
 # Letta 0.16 serves "v1.0+ SDK" clients (inline streaming, agents without expanded blocks and
 # tools) only when it sees this header; a User-Agent with a "/" alone marks a legacy client.
 _MODERN_API_HEADER = {"X-Stainless-Package-Version": "1.0.0"}
-# Letta before 0.6.15 read a user message's text from `text`, later versions from `content`.
-_CONTENT_FIELD_SINCE = (0, 6, 15)
-_VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
-
-
-def message_text_field(version: str) -> str:
-    """The user-message field that carries the text on a server of ``version``."""
-    m = _VERSION_RE.match(version.strip().removeprefix("v"))
-    if m is None:  # not a release number (a dev build, Cloud): the current API
-        return "content"
-    return "text" if tuple(map(int, m.groups())) < _CONTENT_FIELD_SINCE else "content"
-
-
 _T = TypeVar("_T")
 # (operation, seconds or None, error kind or None); seconds is None for an error in the middle
 # of a stream, whose request was observed when the stream started.
@@ -257,12 +242,7 @@ class LettaClient:
             raise LettaError("protocol", str(exc)) from exc
 
     async def _message(self, content: str, name: str | None, otid: str | None) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "user", await self._message_field(): content}
-        if name and _NAME_RE.fullmatch(name):
-            message["name"] = name
-        if otid:
-            message["otid"] = otid
-        return message
+        return user_message(await self._message_field(), content, name, otid)
 
     async def server_version(self, *, retry: bool = False) -> str | None:
         """The server's version, asked once and remembered ("" when it has no usable health
