@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs and run it: a virtualenv with the package and its test
 # extras (pytest, a real Synapse from PyPI), PostgreSQL started if it is not running, Debian's
-# docker-compose for the compose-file check. Arguments go to pytest.
+# docker-compose and debootstrap for the deployment tests. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/venv.sh "[test]"
@@ -10,12 +10,15 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
     for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
-# Compose validation needs a real Compose implementation; Debian's works without an engine.
-if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
-    && [ "$(id -u)" = 0 ]; then
-    (apt-get install -y -qq docker-compose >/dev/null 2>&1 \
-        || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq docker-compose >/dev/null)) \
-        || echo "warning: could not install docker-compose; the compose test will fail" >&2
+# Debian packages: docker-compose validates the compose file (no engine needed); debootstrap
+# makes the Docker tests' base image (the engine may have no registry to pull one from).
+missing=""
+command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing="$missing debootstrap"
+if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -qq $missing >/dev/null 2>&1 \
+        || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $missing >/dev/null)) \
+        || echo "warning: could not install$missing; the compose and Docker tests will fail" >&2
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -170,4 +170,5 @@ async def test_first_run_registration_health_and_sigterm(
         await docker("stop", "--time=60", name, timeout=180)
         stopped, output = await state(name), await logs(name)
         assert stopped["ExitCode"] == 0 and not stopped["OOMKilled"], output
-        assert "letta_appservice: Stopped" in output and "Traceback" not in output, output
+        assert output.rstrip().endswith("letta_appservice: Stopped"), output
+        assert "Traceback" not in output, output

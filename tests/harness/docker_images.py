@@ -30,6 +30,7 @@ SUITE = "bookworm"
 PACKAGES = ("python3", "python3-venv", "ca-certificates")
 BASE_REPOSITORY = "letta-appservice-test-base"
 APPSERVICE_TAG = "letta-appservice:test"
+BUILDER_TAG = "letta-appservice:test-builder"
 # Bump when build_base changes what goes into the image while the recipe's inputs stay the same.
 RECIPE_REVISION = 1
 APT_DIR = Path("/etc/apt")
@@ -252,26 +253,28 @@ async def ensure_base_image(workdir: Path) -> str:
 # --- the appservice image ---------------------------------------------------------------------
 
 
-def build_command(base: str, context: Path, iidfile: Path) -> list[str]:
+def build_command(
+    base: str, context: Path, tag: str, iidfile: Path, target: str | None = None
+) -> list[str]:
     """`docker build` as the tests run it (with DOCKER_BUILDKIT=0 in the environment)."""
     return [
         "build",
+        *(["--target", target] if target else []),
         "--build-arg",
         f"BASE_IMAGE={base}",
         "--iidfile",
         str(iidfile),
         "--tag",
-        APPSERVICE_TAG,
+        tag,
         str(context),
     ]
 
 
-async def build_appservice_image(base: str, context: Path, workdir: Path) -> str:
-    """Build the Dockerfile in `context` on `base`; returns the image id (tests run that id,
-    so another session re-tagging APPSERVICE_TAG meanwhile changes nothing for this one)."""
-    previous = await image_id(APPSERVICE_TAG)
-    iidfile = workdir / "appservice.iid"
-    command = build_command(base, context, iidfile)
+async def _build(
+    base: str, context: Path, tag: str, iidfile: Path, target: str | None = None
+) -> str:
+    previous = await image_id(tag)
+    command = build_command(base, context, tag, iidfile, target)
     result = await docker(*command, env=LEGACY_BUILDER, timeout=BUILD_TIMEOUT, check=False)
     if result.returncode != 0:
         raise ImageError(f"the appservice image did not build:\n{result.describe(80)}")
@@ -280,3 +283,12 @@ async def build_appservice_image(base: str, context: Path, workdir: Path) -> str
         # The layer cache stays with the new image; the replaced one would only pile up.
         await docker("image", "rm", previous, check=False)
     return built
+
+
+async def build_appservice_image(base: str, context: Path, workdir: Path) -> str:
+    """Build the Dockerfile in `context` on `base`; returns the image id (tests run that id,
+    so another session re-tagging APPSERVICE_TAG meanwhile changes nothing for this one)."""
+    # The builder stage first, under its own tag: the legacy builder leaves it untagged
+    # otherwise, and every change to the package would leave another one behind.
+    await _build(base, context, BUILDER_TAG, workdir / "builder.iid", target="builder")
+    return await _build(base, context, APPSERVICE_TAG, workdir / "appservice.iid")
