@@ -14,7 +14,8 @@ fi
 # makes the Docker tests' base image (the engine may have no registry to pull one from).
 missing=""
 command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
-command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing="$missing debootstrap"
+[ -x /usr/sbin/debootstrap ] || command -v debootstrap >/dev/null 2>&1 \
+    || missing="$missing debootstrap"
 if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get install -y -qq $missing >/dev/null 2>&1 \
         || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $missing >/dev/null)) \
