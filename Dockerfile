@@ -1,13 +1,19 @@
 # letta-appservice image: builder installs the package into a venv, the runtime stage copies it.
 # Plain Dockerfile syntax only, so the legacy builder (old engines, docker-compose 1.x) works too.
+#
+# BASE_IMAGE: any Debian-like image with Python 3.11+ and its venv module, e.g. the test suite's
+# base made with debootstrap where no registry can be reached. Both stages use it, so the venv
+# copied into the runtime stage finds the same interpreter.
+ARG BASE_IMAGE=python:3.11-slim
 
-FROM python:3.11-slim AS builder
+FROM ${BASE_IMAGE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-RUN python -m venv /opt/venv
+# python3: Debian's python3 package has no `python`.
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
@@ -17,7 +23,7 @@ RUN pip install . \
     && install -m 0755 docker/entrypoint.sh /opt/venv/bin/docker-entrypoint.sh
 
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -40,8 +46,8 @@ WORKDIR /data
 VOLUME /data
 EXPOSE 29330
 
-# slim has no curl: ask /health with the Python that is already there.
+# No curl in either base: ask /health with the venv's Python, which exists on both.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=4)"]
+    CMD ["/opt/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=4)"]
 
 ENTRYPOINT ["docker-entrypoint.sh"]

@@ -142,8 +142,11 @@ def run(config: Config) -> int:
             await app.start()
             await stop.wait()
         finally:
-            logging.getLogger("letta_appservice").info("Stopping")
+            log = logging.getLogger("letta_appservice")
+            log.info("Stopping")
             await app.stop()
+            # Logged once everything is closed: the line that says the stop was clean.
+            log.info("Stopped")
 
     try:
         asyncio.run(serve())

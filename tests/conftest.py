@@ -16,9 +16,12 @@ import pytest_asyncio
 from letta_appservice.app import App
 from letta_appservice.config import Config, merge_sections, parse_config
 from letta_appservice.matrix.registration import build_registration, write_registration
+from tests.harness.docker_engine import CommandError, Containers, engine_problem, in_ci
+from tests.harness.docker_images import ImageError, build_appservice_image, ensure_base_image
 from tests.harness.postgres import pg_database
 from tests.harness.synapse import SynapseServer
 
+REPO = Path(__file__).resolve().parent.parent
 SERVER_NAME = "test.local"
 ADMIN = f"@admin:{SERVER_NAME}"
 
@@ -168,3 +171,49 @@ async def start_app(
     finally:
         for app in reversed(apps):
             await app.stop()
+
+
+# --- Docker --------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="session")
+async def docker_engine() -> None:
+    """A reachable Docker Engine. Without one the Docker tests are skipped, except in CI
+    (CI=true), where they must run and fail instead."""
+    problem = await engine_problem()
+    if problem is not None:
+        if in_ci():
+            pytest.fail(f"CI=true but the Docker tests cannot run: {problem}", pytrace=False)
+        pytest.skip(problem)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def docker_base_image(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A Debian bookworm base made with debootstrap (no registry to pull one from), cached in
+    the engine by its recipe: minutes on the first run, nothing after."""
+    try:
+        return await ensure_base_image(tmp_path_factory.mktemp("docker-base"))
+    except (ImageError, CommandError) as e:
+        pytest.fail(f"could not make the Docker tests' base image: {e}", pytrace=False)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def appservice_image(
+    docker_base_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """The repository's Dockerfile built on that base with the legacy builder; its image id."""
+    workdir = tmp_path_factory.mktemp("docker-build")
+    try:
+        return await build_appservice_image(docker_base_image, REPO, workdir)
+    except (ImageError, CommandError) as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest_asyncio.fixture
+async def containers(docker_engine: None) -> AsyncIterator[Containers]:
+    """Containers of one test, force-removed when it ends, whatever happened."""
+    tracked = Containers()
+    try:
+        yield tracked
+    finally:
+        await tracked.remove_all()
