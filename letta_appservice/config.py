@@ -1,10 +1,14 @@
-"""Configuration: load the YAML file over the shipped example, apply env overrides, validate."""
+"""Configuration: load the YAML file over the shipped example, apply env overrides, validate.
+
+The shipped example is the schema: a key it does not have is an error, a key it has but the
+operator left out takes the example's default, except the REQUIRED ones, whose example values are
+placeholders (example.org) and are refused wherever they appear."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-import secrets
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -29,11 +33,32 @@ ENV_OVERRIDES: dict[str, str] = {
     "LETTA_APPSERVICE_HOMESERVER_DOMAIN": "homeserver.domain",
     "LETTA_API_KEY": "letta.api_key",
     "LETTA_BASE_URL": "letta.base_url",
+    "LETTA_APPSERVICE_LOG_LEVEL": "logging.level",
+    "LETTA_APPSERVICE_LOG_FORMAT": "logging.format",
 }
-# Keys the operator must set in their own file: the example's value would be wrong everywhere.
-REQUIRED_IN_FILE = ("homeserver.address", "homeserver.domain", "appservice.address")
+# Keys the operator must set (in the file or the environment): no default fits two deployments.
+REQUIRED = (
+    "homeserver.address",
+    "homeserver.domain",
+    "appservice.address",
+    "letta.base_url",
+    "bridge.permissions",
+)
+# Mappings whose keys are the operator's own (mxids, logger names), not part of the schema.
+FREE_MAPPINGS = ("bridge.permissions", "logging.loggers")
+# Never echoed in an error message.
+SECRET_KEYS = (
+    "appservice.as_token",
+    "appservice.hs_token",
+    "appservice.database",
+    "letta.api_key",
+)
+# RFC 2606 names: the example's placeholders; no real server can have them.
+EXAMPLE_DOMAINS = ("example.com", "example.net", "example.org")
 PERMISSION_LEVELS = ("user", "admin")
 DISPLAY_MODES = ("off", "notice")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 _LOCALPART_RE = re.compile(r"^[a-z0-9._=/-]+$")
 _DOMAIN_RE = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
@@ -94,12 +119,22 @@ class BridgeConfig:
 
 
 @attrs.frozen
+class LoggingConfig:
+    level: str
+    loggers: Mapping[str, str]
+    format: str
+    file: str  # "" = no file
+    file_max_bytes: int
+    file_backups: int
+
+
+@attrs.frozen
 class Config:
     homeserver: HomeserverConfig
     appservice: AppserviceConfig
     letta: LettaConfig
     bridge: BridgeConfig
-    log_level: str
+    logging: LoggingConfig
 
     @property
     def bot_mxid(self) -> str:
@@ -124,29 +159,68 @@ def read_yaml(path: Path) -> Any:
     except OSError as e:
         raise ConfigError("", f"cannot read {path}: {e.strerror or e}") from None
     except YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError("", f"{path} is not valid YAML{where}") from None
+        raise ConfigError("", f"not valid YAML{_yaml_reason(e)}") from None
 
 
-def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+def _yaml_reason(e: YAMLError) -> str:
+    # Only the problem and its position: str(e) quotes the line, which may hold a token.
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = str(getattr(e, "problem", "") or "").replace("'\\t'", "a tab")
+    return f" ({', '.join(x for x in (where, problem) if x)})" if where or problem else ""
+
+
+def load_config(
+    path: Path, env: Mapping[str, str] | None = None, *, need_tokens: bool = True
+) -> Config:
     """Read and validate ``path``; raise ConfigError naming the first bad key."""
     data = read_yaml(path)
     if not isinstance(data, Mapping):
         raise ConfigError("", f"{path} must be a YAML mapping of sections")
-    return parse_config(data, os.environ if env is None else env)
+    return parse_config(data, os.environ if env is None else env, need_tokens=need_tokens)
 
 
-def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
-    """Validate a config mapping laid over the example's defaults."""
-    for key in REQUIRED_IN_FILE:
-        if _lookup(data, key) is None:
-            raise ConfigError(key, "is required")
-    merged = merge_sections(YAML(typ="safe").load(example_text()), data)
+def example_data() -> dict[str, Any]:
+    return YAML(typ="safe").load(example_text())
+
+
+def parse_config(
+    data: Mapping[str, Any], env: Mapping[str, str] | None = None, *, need_tokens: bool = True
+) -> Config:
+    """Validate a config mapping laid over the example's defaults. ``need_tokens=False`` (for
+    ``db upgrade``) accepts the tokens still being "generate"."""
+    example = example_data()
+    # An empty section (`letta:` with nothing under it) is an absent one.
+    data = {k: v for k, v in data.items() if not (v is None and isinstance(example.get(k), dict))}
+    check_keys(data, example)
+    merged = merge_sections(example, data)
+    from_env: dict[str, str] = {}
     for var, key in ENV_OVERRIDES.items():
         if env and env.get(var):
             _assign(merged, key, env[var])
-    return _Validator(merged).build()
+            from_env[key] = var
+    for key in REQUIRED:
+        if _lookup(data, key) is None and key not in from_env:
+            raise ConfigError(key, "is required (see the example config for what to put there)")
+    if not need_tokens:
+        for key in ("appservice.as_token", "appservice.hs_token"):
+            if _lookup(merged, key) == "generate":
+                _assign(merged, key, f"not-yet-generated-{key}")
+    return _Validator(merged, from_env).build()
+
+
+def check_keys(data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = "") -> None:
+    """Every key must be one the example has: a typo must not fall back to a default."""
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"known: {', '.join(schema)}"
+            raise ConfigError("", f"unknown key {name}; {hint}")
+        if isinstance(schema[key], Mapping) and name not in FREE_MAPPINGS and value is not None:
+            if not isinstance(value, Mapping):
+                raise ConfigError(name, "must be a mapping of keys, as in the example config")
+            check_keys(value, schema[key], f"{name}.")
 
 
 def _lookup(data: Mapping[str, Any], key: str) -> Any:
@@ -178,15 +252,22 @@ def merge_sections(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, A
 
 
 class _Validator:
-    def __init__(self, data: Mapping[str, Any]) -> None:
+    def __init__(self, data: Mapping[str, Any], from_env: Mapping[str, str]) -> None:
         self.data = data
+        self.from_env = from_env
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        """The error for ``key``, blaming the environment variable when the value came from one."""
+        if var := self.from_env.get(key):
+            return ConfigError(f"{var} (for {key})", message, source="the environment")
+        return ConfigError(key, message)
 
     def get(
         self, key: str, kind: type | tuple[type, ...], check: Callable[[Any], str] | None = None
     ):
         value = _lookup(self.data, key)
         if value is None:
-            raise ConfigError(key, "is required")
+            raise self.fail(key, "is required")
         if kind is int or kind is float:
             # Env overrides arrive as strings; YAML gives numbers.
             try:
@@ -194,11 +275,11 @@ class _Validator:
             except (TypeError, ValueError):
                 value = None
             if value is None:
-                raise ConfigError(key, f"must be a number, got {_lookup(self.data, key)!r}")
+                raise self.fail(key, f"must be a number{_got(key, _lookup(self.data, key))}")
         elif not isinstance(value, kind) or (kind is str and isinstance(value, bool)):
-            raise ConfigError(key, f"must be {_kind_name(kind)}, got {value!r}")
+            raise self.fail(key, f"must be {_kind_name(kind)}{_got(key, value)}")
         if check and (problem := check(value)):
-            raise ConfigError(key, problem)
+            raise self.fail(key, problem)
         return value
 
     def build(self) -> Config:
@@ -206,7 +287,7 @@ class _Validator:
         as_token = g("appservice.as_token", str, _token)
         hs_token = g("appservice.hs_token", str, _token)
         if as_token == hs_token:
-            raise ConfigError("appservice.hs_token", "must differ from appservice.as_token")
+            raise self.fail("appservice.hs_token", "must differ from appservice.as_token")
         return Config(
             homeserver=HomeserverConfig(
                 address=g("homeserver.address", str, _http_url).rstrip("/"),
@@ -254,8 +335,42 @@ class _Validator:
                 show_tools=g("bridge.show_tools", str, _choice(DISPLAY_MODES)),
                 permissions=_permissions(g("bridge.permissions", Mapping)),
             ),
-            log_level=g("logging.level", str, _choice(("DEBUG", "INFO", "WARNING", "ERROR"))),
+            logging=LoggingConfig(
+                level=_level(g("logging.level", str, _level_check)),
+                loggers=_loggers(g("logging.loggers", Mapping)),
+                format=g("logging.format", str, _choice(LOG_FORMATS)),
+                file=g("logging.file", str, _log_file),
+                file_max_bytes=g("logging.file_max_bytes", int, _positive),
+                file_backups=g("logging.file_backups", int, _positive),
+            ),
         )
+
+
+def _got(key: str, value: Any) -> str:
+    """ ", got <value>" for the message, or nothing for a secret."""
+    if key in SECRET_KEYS:
+        return ""
+    return f", got {_redact(value) if isinstance(value, str) else repr(value)}"
+
+
+def _redact(value: str) -> str:
+    """``value`` quoted, with the password of a URL in it replaced."""
+    try:
+        parts = urlsplit(value)
+        if parts.password:
+            value = value.replace(f":{parts.password}@", ":***@", 1)
+    except ValueError:
+        pass
+    return repr(value)
+
+
+def _example_host(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    return any(host == d or host.endswith("." + d) for d in EXAMPLE_DOMAINS)
+
+
+def _example_refused(v: str) -> str:
+    return f"{_redact(v)} is the example's value: set your own"
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -284,7 +399,9 @@ def _localpart(v: str) -> str:
 
 
 def _domain(v: str) -> str:
-    return "" if _DOMAIN_RE.match(v) else f"is not a valid server name: {v!r}"
+    if not _DOMAIN_RE.match(v):
+        return f"is not a valid server name: {v!r}"
+    return _example_refused(v) if _example_host(v.rsplit(":", 1)[0]) else ""
 
 
 def _http_url(v: str) -> str:
@@ -292,10 +409,10 @@ def _http_url(v: str) -> str:
         parts = urlsplit(v)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        return f"is not a valid URL: {v!r}"
+        return f"is not a valid URL: {_redact(v)}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"must be an http(s) URL like http://host:port, got {v!r}"
-    return ""
+        return f"must be an http(s) URL like http://host:port, got {_redact(v)}"
+    return _example_refused(v) if _example_host(parts.hostname) else ""
 
 
 def _token(v: str) -> str:
@@ -329,12 +446,43 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     return lambda v: "" if v in options else f"must be one of {', '.join(options)}, got {v!r}"
 
 
+def _level(v: str) -> str:
+    return v.upper()
+
+
+def _level_check(v: str) -> str:
+    return _choice(LOG_LEVELS)(v.upper()) and f"must be one of {', '.join(LOG_LEVELS)}, got {v!r}"
+
+
+def _loggers(raw: Mapping[str, Any]) -> Mapping[str, str]:
+    out: dict[str, str] = {}
+    for name, level in raw.items():
+        if not isinstance(level, str) or _level_check(level):
+            raise ConfigError(
+                f'logging.loggers["{name}"]', f"must be one of {', '.join(LOG_LEVELS)}"
+            )
+        out[str(name)] = _level(level)
+    return out
+
+
+def _log_file(v: str) -> str:
+    if v and not Path(v).expanduser().parent.is_dir():
+        return f"the directory of {v!r} does not exist"
+    return ""
+
+
 def _fields(*allowed: str) -> Callable[[str], str]:
+    names = ", ".join(f"{{{name}}}" for name in allowed)
+
     def check(v: str) -> str:
         try:
             v.format(**{name: "x" for name in allowed})
-        except (KeyError, IndexError, ValueError) as e:
-            return f"may only use the fields {{{'}, {'.join(allowed)}}} ({e!r} is unknown)"
+        except KeyError as e:
+            return f"may only use the fields {names}; {{{e.args[0]}}} is not one of them"
+        except IndexError:
+            return f"may only use the fields {names}, by name ({{}} has none)"
+        except ValueError as e:
+            return f"is not a valid template ({e}); write {{{{ and }}}} for literal braces"
         return ""
 
     return check
@@ -356,29 +504,11 @@ def _permissions(raw: Mapping[str, Any]) -> Mapping[str, str]:
         if level not in PERMISSION_LEVELS:
             raise ConfigError(key, f"must be user or admin, got {level!r}")
         who = str(who)
-        if who != "*" and not (who.startswith("@") and ":" in who) and _domain(who):
+        is_mxid = who.startswith("@") and ":" in who
+        if who != "*" and not is_mxid and not _DOMAIN_RE.match(who):
             raise ConfigError(key, "must be a full mxid (@user:server), a server name or *")
+        server = who.split(":", 1)[1] if is_mxid else who
+        if who != "*" and _example_host(re.sub(r":[0-9]+$", "", server)):
+            raise ConfigError(key, "is the example's entry: put your own users or server")
         out[who] = level
     return out
-
-
-# --- writing ---------------------------------------------------------------------------------
-
-
-def write_example(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(example_text(), encoding="utf-8")
-
-
-def store_tokens(path: Path) -> tuple[str, str]:
-    """Put fresh as/hs tokens into the config file, keeping its comments; return them."""
-    yaml = yaml_rt()
-    data = read_yaml(path)
-    section = data.setdefault("appservice", {})
-    as_token, hs_token = secrets.token_urlsafe(48), secrets.token_urlsafe(48)
-    section["as_token"], section["hs_token"] = as_token, hs_token
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        yaml.dump(data, f)
-    tmp.replace(path)
-    return as_token, hs_token
