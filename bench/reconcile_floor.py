@@ -44,7 +44,10 @@ class NoopAppservice:
                     "database": "sqlite:unused.db",
                 },
                 "letta": {"base_url": "http://unused"},
-                "bridge": {"username_template": "floor_{agent_id}"},
+                "bridge": {
+                    "username_template": "floor_{agent_id}",
+                    "permissions": {SERVER_NAME: "user"},
+                },
             },
             env={},
         )

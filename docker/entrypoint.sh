@@ -10,6 +10,9 @@ set -eu
 
 CONFIG_PATH="${CONFIG_PATH:-/data/config.yaml}"
 REGISTRATION_PATH="${REGISTRATION_PATH:-/data/registration.yaml}"
+# The first-run steps below say what to do next in Docker terms; the program only says what it
+# wrote, so there is one next step, not two.
+export LETTA_APPSERVICE_NEXT_STEPS=off
 
 if [ "$#" -gt 0 ]; then
     case "$1" in
@@ -35,10 +38,8 @@ if [ ! -f "$CONFIG_PATH" ]; then
     letta-appservice -c "$CONFIG_PATH" -r "$REGISTRATION_PATH"
     cat <<EOF
 
-Docker: LETTA_* and LETTA_APPSERVICE_* environment variables (set by
-docker-compose.tuwunel.yml) override the addresses, domain, database and Letta settings in
-$CONFIG_PATH. Edit the rest there, at least bridge.permissions (who may use the bridge),
-then start this container again to generate the appservice registration.
+Next: set the keys listed above in the config (compose: data/letta-appservice/config.yaml
+on the host), then run this container again, without arguments, to write the registration.
 EOF
     exit 0
 fi
@@ -49,8 +50,7 @@ if [ ! -f "$REGISTRATION_PATH" ]; then
     letta-appservice -c "$CONFIG_PATH" -r "$REGISTRATION_PATH" -g
     cat <<EOF
 
-The appservice registration was written to $REGISTRATION_PATH and its tokens were stored in
-$CONFIG_PATH. The homeserver reads registrations only at startup: start the stack now
+Next: the homeserver reads registrations only at startup. Start the stack
 (docker compose -f docker-compose.tuwunel.yml up -d), or restart the homeserver if it was
 already running.
 EOF

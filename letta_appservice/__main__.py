@@ -5,30 +5,51 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from . import __version__
-from .config import Config, load_config, store_tokens, write_example
-from .errors import ConfigError
-from .matrix.registration import build_registration, tuwunel_toml, write_registration
+from .config import Config, load_config
+from .errors import ConfigError, UsageError
+from .logs import setup_logging
+from .matrix.registration import build_registration, tuwunel_toml
+from .setup_steps import DEFAULT_CONFIG, DEFAULT_REGISTRATION, Invocation, first_run, generate
+
+if TYPE_CHECKING:
+    from .db.database import DatabaseURL
 
 EXIT_CONFIG = 2
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="letta-appservice", description="Matrix appservice for Letta AI agents."
+        prog="letta-appservice",
+        description="Matrix appservice for Letta AI agents. Without a COMMAND it runs the "
+        "bridge; the first run, with no config file yet, writes the commented example there "
+        "and says what to edit.",
+        epilog="Exit codes: 0 done, 1 a server or port could not be used, 2 a config or usage "
+        "error (one line naming the key).",
     )
-    p.add_argument("-c", "--config", type=Path, default=Path("config.yaml"), help="config file")
     p.add_argument(
-        "-r", "--registration", type=Path, default=Path("registration.yaml"),
-        help="registration file the homeserver loads",
+        "-c", "--config", type=Path, default=DEFAULT_CONFIG,
+        help="config file (default: config.yaml in the current directory)",
+    )  # fmt: skip
+    p.add_argument(
+        "-r", "--registration", type=Path, default=DEFAULT_REGISTRATION,
+        help="registration file the homeserver loads (default: registration.yaml)",
     )  # fmt: skip
     p.add_argument(
         "-g", "--generate-registration", action="store_true",
-        help="write the registration with fresh tokens (also stored in the config) and exit",
+        help="write the registration and exit; tokens already in the config are kept, missing "
+        "ones are generated and stored in the config",
+    )  # fmt: skip
+    p.add_argument(
+        "--rotate-tokens", action="store_true",
+        help="with -g: replace both tokens (the homeserver must then load the new registration)",
     )  # fmt: skip
     p.add_argument(
         "--tuwunel-toml", action="store_true",
@@ -36,94 +57,105 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    db = sub.add_parser("db", help="database maintenance")
+    db = sub.add_parser("db", help="database maintenance (needs no tokens)")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate to the latest schema")
     legacy = sub.add_parser(
-        "import-legacy", help="adopt the rooms, puppets and space of the older Letta-Matrix bot"
+        "import-legacy",
+        help="adopt the rooms, puppets and space of the older Letta-Matrix bot (stop the "
+        "appservice first)",
     )
     legacy.add_argument("mappings", help="agent_user_mappings.json")
     legacy.add_argument("space", nargs="?", help="letta_space_config.json")
-    legacy.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    legacy.add_argument(
+        "--dry-run", action="store_true",
+        help="check the homeserver and the rooms and report; write nothing",
+    )  # fmt: skip
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if not args.config.exists():
-        return first_run(args.config)
+    cmd = Invocation(args.config, args.registration)
     try:
-        if args.generate_registration:
-            return generate(args.config, args.registration)
-        config = load_config(args.config)
-        if args.tuwunel_toml:
-            print(tuwunel_toml(build_registration(config)), end="")
-            return 0
-        setup_logging(config.log_level)
-        if args.command == "db":
-            return db_upgrade(config)
-        if args.command == "import-legacy":
-            return import_legacy(config, args.mappings, args.space, args.dry_run)
-        return run(config)
+        return dispatch(args, cmd)
     except ConfigError as e:
-        print(f"letta-appservice: config error in {args.config}: {e}", file=sys.stderr)
+        where = e.source or args.config
+        print(f"letta-appservice: config error in {where}: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except UsageError as e:
+        print(f"letta-appservice: {e}", file=sys.stderr)
+        return e.exit_code
 
 
-def first_run(path: Path) -> int:
-    """No config yet: write the commented example and say what to do (mautrix-bridge habit)."""
-    try:
-        write_example(path)
-    except OSError as e:
-        print(f"letta-appservice: cannot write {path}: {e.strerror or e}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(
-        f"Wrote an example configuration to {path}.\n"
-        "Edit at least homeserver.address, homeserver.domain, appservice.address, "
-        "letta.base_url and bridge.permissions,\n"
-        f"then run `letta-appservice -c {path} -g` to generate registration.yaml and load it "
-        "in your homeserver."
-    )
-    return 0
-
-
-def generate(config_path: Path, registration_path: Path) -> int:
-    store_tokens(config_path)
-    config = load_config(config_path)
-    registration = build_registration(config)
-    write_registration(registration, registration_path)
-    print(
-        f"Wrote {registration_path} (tokens stored in {config_path}).\n"
-        "Synapse: add it to app_service_config_files. Tuwunel: put it in appservice_dir, or\n"
-        f"print the TOML form with `letta-appservice -c {config_path} --tuwunel-toml`."
-    )
-    return 0
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # mautrix logs every request body at DEBUG; keep our level for it but never below INFO.
-    logging.getLogger("letta_appservice.matrix").setLevel(max(logging.INFO, logging.root.level))
+def dispatch(args: argparse.Namespace, cmd: Invocation) -> int:
+    if args.rotate_tokens and not args.generate_registration:
+        raise UsageError("--rotate-tokens goes with -g: " + cmd.command("-g", "--rotate-tokens"))
+    if not args.config.exists():
+        if args.command or args.generate_registration or args.tuwunel_toml:
+            raise UsageError(
+                f"{args.config} does not exist; `{cmd.command()}` writes the example there"
+            )
+        return first_run(cmd, os.environ)
+    if args.generate_registration:
+        return generate(cmd, os.environ, args.rotate_tokens)
+    if args.command == "db":
+        config = load_config(args.config, need_tokens=False)
+        setup_logging(config.logging)
+        return db_upgrade(config)
+    config = load_config(args.config)
+    if args.tuwunel_toml:
+        print(tuwunel_toml(build_registration(config)), end="")
+        return 0
+    setup_logging(config.logging)
+    if args.command == "import-legacy":
+        return import_legacy(config, args.mappings, args.space, args.dry_run)
+    return run(config)
 
 
 def db_upgrade(config: Config) -> int:
-    from .db.database import DatabaseURL, migrate
+    from .db.database import DatabaseURL, head_revision, migrate
 
-    migrate(DatabaseURL.parse(config.appservice.database))
-    print("Database is at the latest schema.")
+    url = DatabaseURL.parse(config.appservice.database)
+    try:
+        migrate(url)
+    except Exception as e:  # alembic and the drivers raise many kinds; one line is enough
+        logging.getLogger("letta_appservice.db").debug("db upgrade failed", exc_info=True)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"db upgrade: {describe_database(url)}: {reason}", 1) from None
+    print(f"Database {describe_database(url)} is at the latest schema ({head_revision()}).")
     return 0
 
 
+def describe_database(url: DatabaseURL) -> str:
+    """The database without its password: the SQLite file, or postgres host/name."""
+    if url.kind == "sqlite":
+        return url.mautrix
+    parts = urlsplit(url.mautrix)
+    port = f":{parts.port}" if parts.port else ""
+    return f"postgres://{parts.hostname}{port}{parts.path}"
+
+
 def import_legacy(config: Config, mappings: str, space: str | None, dry_run: bool) -> int:
+    from mautrix.errors import MatrixConnectionError
+
     from .legacy.files import LegacyFileError
-    from .legacy.importer import run_import
+    from .legacy.importer import ImportAborted, run_import
 
     try:
         report = asyncio.run(run_import(config, mappings, space, dry_run))
     except LegacyFileError as e:
         print(f"letta-appservice: import-legacy: {e} (nothing was imported)", file=sys.stderr)
         return EXIT_CONFIG
+    except ImportAborted as e:
+        print(f"letta-appservice: import-legacy: {e} (nothing was imported)", file=sys.stderr)
+        return 1
+    except MatrixConnectionError as e:
+        print(
+            f"letta-appservice: import-legacy: lost the homeserver ({e}); run it again when it "
+            "is back (what was adopted stays, nothing is done twice)",
+            file=sys.stderr,
+        )
+        return 1
     print(("Dry run, nothing changed. " if dry_run else "") + "Legacy import:")
     print("\n".join(report.lines()))
     return 0

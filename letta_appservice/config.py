@@ -1,20 +1,47 @@
-"""Configuration: load the YAML file over the shipped example, apply env overrides, validate."""
+"""Configuration: load the YAML file over the shipped example, apply env overrides, validate.
+
+The shipped example is the schema: a key it does not have is an error, a key it has but the
+operator left out takes the example's default, except the REQUIRED ones, whose example values are
+placeholders (example.org) and are refused wherever they appear."""
 
 from __future__ import annotations
 
+import difflib
 import os
-import re
-import secrets
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from .config_checks import (
+    DISPLAY_MODES,
+    LOG_FORMATS,
+    _choice,
+    _database,
+    _domain,
+    _fields,
+    _got,
+    _http_url,
+    _ident,
+    _kind_name,
+    _level,
+    _level_check,
+    _localpart,
+    _log_file,
+    _loggers,
+    _nonempty,
+    _permissions,
+    _port,
+    _positive,
+    _regex,
+    _str_list,
+    _token,
+    _username_template,
+)
 from .errors import ConfigError
 
 # Environment variables that override a config key (secrets and container-specific addresses).
@@ -29,13 +56,19 @@ ENV_OVERRIDES: dict[str, str] = {
     "LETTA_APPSERVICE_HOMESERVER_DOMAIN": "homeserver.domain",
     "LETTA_API_KEY": "letta.api_key",
     "LETTA_BASE_URL": "letta.base_url",
+    "LETTA_APPSERVICE_LOG_LEVEL": "logging.level",
+    "LETTA_APPSERVICE_LOG_FORMAT": "logging.format",
 }
-# Keys the operator must set in their own file: the example's value would be wrong everywhere.
-REQUIRED_IN_FILE = ("homeserver.address", "homeserver.domain", "appservice.address")
-PERMISSION_LEVELS = ("user", "admin")
-DISPLAY_MODES = ("off", "notice")
-_LOCALPART_RE = re.compile(r"^[a-z0-9._=/-]+$")
-_DOMAIN_RE = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+# Keys the operator must set (in the file or the environment): no default fits two deployments.
+REQUIRED = (
+    "homeserver.address",
+    "homeserver.domain",
+    "appservice.address",
+    "letta.base_url",
+    "bridge.permissions",
+)
+# Mappings whose keys are the operator's own (mxids, logger names), not part of the schema.
+FREE_MAPPINGS = ("bridge.permissions", "logging.loggers")
 
 
 def example_text() -> str:
@@ -94,12 +127,22 @@ class BridgeConfig:
 
 
 @attrs.frozen
+class LoggingConfig:
+    level: str
+    loggers: Mapping[str, str]
+    format: str
+    file: str  # "" = no file
+    file_max_bytes: int
+    file_backups: int
+
+
+@attrs.frozen
 class Config:
     homeserver: HomeserverConfig
     appservice: AppserviceConfig
     letta: LettaConfig
     bridge: BridgeConfig
-    log_level: str
+    logging: LoggingConfig
 
     @property
     def bot_mxid(self) -> str:
@@ -124,29 +167,68 @@ def read_yaml(path: Path) -> Any:
     except OSError as e:
         raise ConfigError("", f"cannot read {path}: {e.strerror or e}") from None
     except YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError("", f"{path} is not valid YAML{where}") from None
+        raise ConfigError("", f"not valid YAML{_yaml_reason(e)}") from None
 
 
-def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+def _yaml_reason(e: YAMLError) -> str:
+    # Only the problem and its position: str(e) quotes the line, which may hold a token.
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = str(getattr(e, "problem", "") or "").replace("'\\t'", "a tab")
+    return f" ({', '.join(x for x in (where, problem) if x)})" if where or problem else ""
+
+
+def load_config(
+    path: Path, env: Mapping[str, str] | None = None, *, need_tokens: bool = True
+) -> Config:
     """Read and validate ``path``; raise ConfigError naming the first bad key."""
     data = read_yaml(path)
     if not isinstance(data, Mapping):
         raise ConfigError("", f"{path} must be a YAML mapping of sections")
-    return parse_config(data, os.environ if env is None else env)
+    return parse_config(data, os.environ if env is None else env, need_tokens=need_tokens)
 
 
-def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
-    """Validate a config mapping laid over the example's defaults."""
-    for key in REQUIRED_IN_FILE:
-        if _lookup(data, key) is None:
-            raise ConfigError(key, "is required")
-    merged = merge_sections(YAML(typ="safe").load(example_text()), data)
+def example_data() -> dict[str, Any]:
+    return YAML(typ="safe").load(example_text())
+
+
+def parse_config(
+    data: Mapping[str, Any], env: Mapping[str, str] | None = None, *, need_tokens: bool = True
+) -> Config:
+    """Validate a config mapping laid over the example's defaults. ``need_tokens=False`` (for
+    ``db upgrade``) accepts the tokens still being "generate"."""
+    example = example_data()
+    # An empty section (`letta:` with nothing under it) is an absent one.
+    data = {k: v for k, v in data.items() if not (v is None and isinstance(example.get(k), dict))}
+    check_keys(data, example)
+    merged = merge_sections(example, data)
+    from_env: dict[str, str] = {}
     for var, key in ENV_OVERRIDES.items():
         if env and env.get(var):
             _assign(merged, key, env[var])
-    return _Validator(merged).build()
+            from_env[key] = var
+    for key in REQUIRED:
+        if _lookup(data, key) is None and key not in from_env:
+            raise ConfigError(key, "is required (see the example config for what to put there)")
+    if not need_tokens:
+        for key in ("appservice.as_token", "appservice.hs_token"):
+            if _lookup(merged, key) == "generate":
+                _assign(merged, key, f"not-yet-generated-{key}")
+    return _Validator(merged, from_env).build()
+
+
+def check_keys(data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = "") -> None:
+    """Every key must be one the example has: a typo must not fall back to a default."""
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"known: {', '.join(schema)}"
+            raise ConfigError("", f"unknown key {name}; {hint}")
+        if isinstance(schema[key], Mapping) and name not in FREE_MAPPINGS and value is not None:
+            if not isinstance(value, Mapping):
+                raise ConfigError(name, "must be a mapping of keys, as in the example config")
+            check_keys(value, schema[key], f"{name}.")
 
 
 def _lookup(data: Mapping[str, Any], key: str) -> Any:
@@ -178,15 +260,22 @@ def merge_sections(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, A
 
 
 class _Validator:
-    def __init__(self, data: Mapping[str, Any]) -> None:
+    def __init__(self, data: Mapping[str, Any], from_env: Mapping[str, str]) -> None:
         self.data = data
+        self.from_env = from_env
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        """The error for ``key``, blaming the environment variable when the value came from one."""
+        if var := self.from_env.get(key):
+            return ConfigError(f"{var} (for {key})", message, source="the environment")
+        return ConfigError(key, message)
 
     def get(
         self, key: str, kind: type | tuple[type, ...], check: Callable[[Any], str] | None = None
     ):
         value = _lookup(self.data, key)
         if value is None:
-            raise ConfigError(key, "is required")
+            raise self.fail(key, "is required")
         if kind is int or kind is float:
             # Env overrides arrive as strings; YAML gives numbers.
             try:
@@ -194,11 +283,11 @@ class _Validator:
             except (TypeError, ValueError):
                 value = None
             if value is None:
-                raise ConfigError(key, f"must be a number, got {_lookup(self.data, key)!r}")
+                raise self.fail(key, f"must be a number{_got(key, _lookup(self.data, key))}")
         elif not isinstance(value, kind) or (kind is str and isinstance(value, bool)):
-            raise ConfigError(key, f"must be {_kind_name(kind)}, got {value!r}")
+            raise self.fail(key, f"must be {_kind_name(kind)}{_got(key, value)}")
         if check and (problem := check(value)):
-            raise ConfigError(key, problem)
+            raise self.fail(key, problem)
         return value
 
     def build(self) -> Config:
@@ -206,7 +295,7 @@ class _Validator:
         as_token = g("appservice.as_token", str, _token)
         hs_token = g("appservice.hs_token", str, _token)
         if as_token == hs_token:
-            raise ConfigError("appservice.hs_token", "must differ from appservice.as_token")
+            raise self.fail("appservice.hs_token", "must differ from appservice.as_token")
         return Config(
             homeserver=HomeserverConfig(
                 address=g("homeserver.address", str, _http_url).rstrip("/"),
@@ -254,131 +343,12 @@ class _Validator:
                 show_tools=g("bridge.show_tools", str, _choice(DISPLAY_MODES)),
                 permissions=_permissions(g("bridge.permissions", Mapping)),
             ),
-            log_level=g("logging.level", str, _choice(("DEBUG", "INFO", "WARNING", "ERROR"))),
+            logging=LoggingConfig(
+                level=_level(g("logging.level", str, _level_check)),
+                loggers=_loggers(g("logging.loggers", Mapping)),
+                format=g("logging.format", str, _choice(LOG_FORMATS)),
+                file=g("logging.file", str, _log_file),
+                file_max_bytes=g("logging.file_max_bytes", int, _positive),
+                file_backups=g("logging.file_backups", int, _positive),
+            ),
         )
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", bool: "true or false", list: "a list", Mapping: "a mapping"}
-    return names.get(kind, str(kind))  # type: ignore[arg-type]
-
-
-def _nonempty(v: str) -> str:
-    return "" if v.strip() else "must not be empty"
-
-
-def _positive(v: float) -> str:
-    return "" if v > 0 else "must be greater than 0"
-
-
-def _port(v: int) -> str:
-    return "" if 0 < v < 65536 else "must be a port number (1-65535)"
-
-
-def _ident(v: str) -> str:
-    return "" if re.fullmatch(r"[A-Za-z0-9._-]+", v) else "may only contain A-Z a-z 0-9 . _ -"
-
-
-def _localpart(v: str) -> str:
-    return "" if _LOCALPART_RE.match(v) else "must be a lowercase Matrix localpart (a-z 0-9 ._=/-)"
-
-
-def _domain(v: str) -> str:
-    return "" if _DOMAIN_RE.match(v) else f"is not a valid server name: {v!r}"
-
-
-def _http_url(v: str) -> str:
-    try:
-        parts = urlsplit(v)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return f"is not a valid URL: {v!r}"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"must be an http(s) URL like http://host:port, got {v!r}"
-    return ""
-
-
-def _token(v: str) -> str:
-    if v == "generate":
-        return "is still 'generate': run `letta-appservice -g` to create the registration"
-    return "" if len(v) >= 16 and v.isprintable() and " " not in v else "must be 16+ characters"
-
-
-def _database(v: str) -> str:
-    if v.startswith("sqlite:") and len(v) > len("sqlite:"):
-        return ""
-    if v.startswith(("postgres://", "postgresql://")):
-        parts = urlsplit(v)
-        return "" if parts.hostname and parts.path.strip("/") else "needs a host and a database"
-    return "must be sqlite:<path> or postgres://user:password@host/database"
-
-
-def _regex(v: str) -> str:
-    try:
-        re.compile(v)
-    except re.error as e:
-        return f"is not a valid regular expression: {e}"
-    return ""
-
-
-def _str_list(v: list[Any]) -> str:
-    return "" if all(isinstance(x, str) for x in v) else "must be a list of strings"
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
-    return lambda v: "" if v in options else f"must be one of {', '.join(options)}, got {v!r}"
-
-
-def _fields(*allowed: str) -> Callable[[str], str]:
-    def check(v: str) -> str:
-        try:
-            v.format(**{name: "x" for name in allowed})
-        except (KeyError, IndexError, ValueError) as e:
-            return f"may only use the fields {{{'}, {'.join(allowed)}}} ({e!r} is unknown)"
-        return ""
-
-    return check
-
-
-def _username_template(v: str) -> str:
-    if v.count("{agent_id}") != 1:
-        return "must contain {agent_id} exactly once"
-    literal = v.replace("{agent_id}", "")
-    if literal and not _LOCALPART_RE.match(literal):
-        return "may only contain lowercase a-z 0-9 ._=/- around {agent_id}"
-    return ""
-
-
-def _permissions(raw: Mapping[str, Any]) -> Mapping[str, str]:
-    out: dict[str, str] = {}
-    for who, level in raw.items():
-        key = f'bridge.permissions["{who}"]'
-        if level not in PERMISSION_LEVELS:
-            raise ConfigError(key, f"must be user or admin, got {level!r}")
-        who = str(who)
-        if who != "*" and not (who.startswith("@") and ":" in who) and _domain(who):
-            raise ConfigError(key, "must be a full mxid (@user:server), a server name or *")
-        out[who] = level
-    return out
-
-
-# --- writing ---------------------------------------------------------------------------------
-
-
-def write_example(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(example_text(), encoding="utf-8")
-
-
-def store_tokens(path: Path) -> tuple[str, str]:
-    """Put fresh as/hs tokens into the config file, keeping its comments; return them."""
-    yaml = yaml_rt()
-    data = read_yaml(path)
-    section = data.setdefault("appservice", {})
-    as_token, hs_token = secrets.token_urlsafe(48), secrets.token_urlsafe(48)
-    section["as_token"], section["hs_token"] = as_token, hs_token
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        yaml.dump(data, f)
-    tmp.replace(path)
-    return as_token, hs_token

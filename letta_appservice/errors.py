@@ -7,12 +7,24 @@ from mautrix.errors import MatrixConnectionError, MatrixRequestError
 
 
 class ConfigError(Exception):
-    """A configuration problem, reported as one line naming the key."""
+    """A configuration problem, reported as one line naming the key. ``source`` says where the
+    bad value came from when it is not the config file (e.g. "the environment")."""
 
-    def __init__(self, key: str, message: str) -> None:
+    def __init__(self, key: str, message: str, *, source: str = "") -> None:
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
         self.message = message
+        self.source = source
+
+
+class UsageError(Exception):
+    """A problem outside the config file's contents (a path, a missing file, a server that
+    cannot be reached), reported as one line; ``exit_code`` 2 for the operator's input, 1 for
+    a service that is down."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def describe(e: BaseException) -> str:

@@ -2,79 +2,176 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
 
-from letta_appservice.__main__ import main
-from letta_appservice.config import ENV_OVERRIDES, example_text, load_config, parse_config
+from letta_appservice.__main__ import main, parser
+from letta_appservice.config import (
+    ENV_OVERRIDES,
+    REQUIRED,
+    example_text,
+    parse_config,
+)
 from letta_appservice.errors import ConfigError
 
+REPO = Path(__file__).resolve().parent.parent
+# What an operator writes over the example's placeholders.
+OWN_VALUES: dict[str, dict[str, Any]] = {
+    "homeserver": {"address": "http://localhost:8008", "domain": "test.local"},
+    "appservice": {"address": "http://localhost:29330"},
+    "letta": {"base_url": "http://localhost:8283"},
+    "bridge": {"permissions": {"test.local": "user", "@admin:test.local": "admin"}},
+}
+TOKENS = {"as_token": "a" * 32, "hs_token": "b" * 32}
 
-def _configured(tmp_path: Path, edits: dict[str, dict[str, object]] | None = None) -> Path:
-    """An example config written by the first run, then edited like an operator would."""
+
+def cli(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """The program in its own process, with no LETTA_* variables but those given."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LETTA_")}
+    return subprocess.run(
+        [sys.executable, "-m", "letta_appservice", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=clean | env,
+    )
+
+
+def configured(tmp_path: Path, edits: dict[str, dict[str, Any]] | None = None) -> Path:
+    """The example written by the first run, then edited like an operator would."""
     path = tmp_path / "config.yaml"
     assert main(["-c", str(path)]) == 0
     yaml = YAML()
     data = yaml.load(path)
-    data["homeserver"]["domain"] = "test.local"
-    for section, values in (edits or {}).items():
-        data.setdefault(section, {}).update(values)
+    for values in (OWN_VALUES, edits or {}):
+        for section, keys in values.items():
+            data.setdefault(section, {}).update(keys)
     yaml.dump(data, path)
     return path
 
 
-def test_first_run_writes_the_commented_example_and_exits_0(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+def test_first_run_writes_the_commented_example_owner_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "sub" / "config.yaml"
-    assert main(["-c", str(path)]) == 0
+    monkeypatch.setenv("LETTA_APPSERVICE_COMMAND", "./run.sh")
+    old = os.umask(0)  # a lax umask must not make the file readable by others
+    try:
+        path = tmp_path / "config.yaml"
+        assert main(["-c", str(path), "-r", "reg.yaml"]) == 0
+    finally:
+        os.umask(old)
     assert path.read_text() == example_text()
+    assert path.stat().st_mode & 0o777 == 0o600
     out = capsys.readouterr().out
-    assert str(path) in out and "-g" in out and "homeserver.address" in out
+    assert str(path) in out and ", ".join(REQUIRED) in out
+    # The next command is the one that works from here, with the -c and -r given.
+    assert out.strip().endswith(f"./run.sh -c {path} -r reg.yaml -g")
 
 
-def test_generate_registration_keeps_comments_and_shares_tokens(tmp_path: Path) -> None:
-    config_path = _configured(tmp_path)
-    reg_path = tmp_path / "registration.yaml"
-    assert main(["-c", str(config_path), "-r", str(reg_path), "-g"]) == 0
-    text = config_path.read_text()
-    assert "# Tokens shared with the homeserver." in text  # comments survive the rewrite
-    config = load_config(config_path, env={})
-    reg = YAML(typ="safe").load(reg_path)
-    assert reg["as_token"] == config.appservice.as_token != "generate"
-    assert reg["hs_token"] == config.appservice.hs_token
-    assert reg["url"] == "http://localhost:29330"
-    assert reg["sender_localpart"] == "letta" and reg["rate_limited"] is False
-    assert reg["namespaces"]["users"][0] == {
-        "exclusive": True,
-        "regex": r"^@agent_[a-z0-9_]+:test\.local$",
-    }
-    assert oct(reg_path.stat().st_mode & 0o777) == "0o600"
-    # Running -g again rotates the tokens in both files.
-    assert main(["-c", str(config_path), "-r", str(reg_path), "-g"]) == 0
-    assert YAML(typ="safe").load(reg_path)["as_token"] != reg["as_token"]
-    assert load_config(config_path, env={}).appservice.as_token != reg["as_token"]
+# --- 1. and 2.: unknown keys, missing required keys, example values ---------------------------
 
 
-def test_tuwunel_toml_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config_path = _configured(tmp_path)
-    main(["-c", str(config_path), "-r", str(tmp_path / "r.yaml"), "-g"])
-    capsys.readouterr()
-    assert main(["-c", str(config_path), "--tuwunel-toml"]) == 0
-    toml = capsys.readouterr().out
-    import tomllib
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (["lettta"], {"base_url": "http://x"}, "unknown key lettta; did you mean letta?"),
+        (["bridge", "permision"], {}, "unknown key bridge.permision; did you mean"),
+        (["appservice", "prot"], 1, "unknown key appservice.prot; did you mean appservice.port?"),
+        (["letta"], 5, "letta: must be a mapping"),
+    ],
+)
+def test_unknown_keys_are_refused_with_a_suggestion(
+    tmp_path: Path, path: list[str], value: Any, expected: str
+) -> None:
+    config = configured(tmp_path, {"appservice": TOKENS})
+    yaml = YAML()
+    data = yaml.load(config)
+    (data[path[0]] if len(path) == 2 else data)[path[-1]] = value
+    yaml.dump(data, config)
+    proc = cli("-c", str(config))
+    assert proc.returncode == 2
+    assert expected in one_line(proc.stderr)
 
-    parsed = tomllib.loads(toml)["global"]["appservice"]["letta"]
-    assert parsed["users"][0]["regex"] == r"^@agent_[a-z0-9_]+:test\.local$"
-    assert parsed["sender_localpart"] == "letta" and "namespaces" not in parsed
+
+@pytest.mark.parametrize("key", REQUIRED)
+def test_every_required_key_must_come_from_the_operator(tmp_path: Path, key: str) -> None:
+    path = configured(tmp_path, {"appservice": TOKENS})
+    yaml = YAML()
+    data = yaml.load(path)
+    section, name = key.split(".")
+    del data[section][name]
+    yaml.dump(data, path)
+    proc = cli("-c", str(path))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr).endswith(f"{key}: is required (see the example config for "
+                                          "what to put there)")  # fmt: skip
+
+
+def test_a_missing_section_is_not_filled_from_the_example(tmp_path: Path) -> None:
+    path = configured(tmp_path, {"appservice": TOKENS})
+    data = YAML().load(path)
+    del data["letta"]
+    YAML().dump(data, path)
+    proc = cli("-c", str(path))
+    assert proc.returncode == 2 and "letta.base_url: is required" in proc.stderr
+
+
+def test_the_untouched_example_is_refused_key_by_key(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    assert cli("-c", str(path)).returncode == 0
+    proc = cli("-c", str(path), "-g")
+    assert proc.returncode == 2
+    assert "homeserver.address: 'https://matrix.example.org' is the example's value" in (
+        one_line(proc.stderr)
+    )
+    assert not (tmp_path / "registration.yaml").exists()
+    assert "generate" in path.read_text()  # nothing written before everything checked out
+    # With everything else set, the example's permissions are still refused.
+    yaml = YAML()
+    data = yaml.load(path)
+    for section, keys in OWN_VALUES.items():
+        data[section].update({k: v for k, v in keys.items() if k != "permissions"})
+    yaml.dump(data, path)
+    proc = cli("-c", str(path), "-g")
+    assert proc.returncode == 2
+    assert 'bridge.permissions["example.org"]: is the example\'s entry' in one_line(proc.stderr)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("homeserver", "domain", "chat.example.com"),
+        ("appservice", "address", "http://as.example.net:1"),
+        ("letta", "base_url", "https://letta.example.org"),
+    ],
+)
+def test_any_example_domain_is_refused(tmp_path: Path, section: str, key: str, value: str) -> None:
+    edits: dict[str, dict[str, Any]] = {"appservice": dict(TOKENS)}
+    edits.setdefault(section, {})[key] = value
+    path = configured(tmp_path, edits)
+    proc = cli("-c", str(path))
+    assert proc.returncode == 2 and f"{section}.{key}: " in one_line(proc.stderr)
+
+
+# --- 5.: errors say where and why, and never show a secret -----------------------------------
 
 
 BAD_INPUTS = [
-    ({"appservice": {"as_token": "generate"}}, "appservice.as_token", "letta-appservice -g"),
+    ({"appservice": {"as_token": "generate"}}, "appservice.as_token", "with -g first"),
     ({"homeserver": {"address": "not a url"}}, "homeserver.address", "http(s) URL"),
     ({"homeserver": {"address": "http://host:99999"}}, "homeserver.address", "not a valid URL"),
     ({"homeserver": {"domain": "bad domain!"}}, "homeserver.domain", "server name"),
@@ -86,11 +183,16 @@ BAD_INPUTS = [
     ({"letta": {"filter_name": "(["}}, "letta.filter_name", "regular expression"),
     ({"bridge": {"username_template": "agent_x"}}, "bridge.username_template", "{agent_id}"),
     ({"bridge": {"username_template": "Agent_{agent_id}"}}, "bridge.username_template", "lower"),
-    ({"bridge": {"room_name_template": "{nme}"}}, "bridge.room_name_template", "fields"),
+    ({"bridge": {"room_name_template": "{nam}"}}, "bridge.room_name_template", "{nam} is not"),
+    ({"bridge": {"room_name_template": "{}"}}, "bridge.room_name_template", "by name"),
+    ({"bridge": {"room_name_template": "{name"}}, "bridge.room_name_template", "{{ and }}"),
     ({"bridge": {"show_tools": "loud"}}, "bridge.show_tools", "one of off, notice"),
     ({"bridge": {"permissions": {"@a:b": "owner"}}}, 'bridge.permissions["@a:b"]', "user or"),
     ({"bridge": {"permissions": {"not a domain": "user"}}}, "bridge.permissions", "mxid"),
     ({"logging": {"level": "LOUD"}}, "logging.level", "one of"),
+    ({"logging": {"loggers": {"mautrix": "chatty"}}}, 'logging.loggers["mautrix"]', "one of"),
+    ({"logging": {"format": "xml"}}, "logging.format", "text, json"),
+    ({"logging": {"file": "/nonexistent/dir/x.log"}}, "logging.file", "does not exist"),
 ]
 
 
@@ -98,49 +200,82 @@ BAD_INPUTS = [
 def test_bad_config_names_the_key_and_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], edits: dict, key: str, hint: str
 ) -> None:
-    tokens = {"as_token": "a" * 32, "hs_token": "b" * 32}
-    merged = {"appservice": {**tokens, **edits.get("appservice", {})}}
-    path = _configured(tmp_path, {**edits, **merged})
+    merged = {"appservice": {**TOKENS, **edits.get("appservice", {})}}
+    path = configured(tmp_path, {**edits, **merged})
+    capsys.readouterr()
     assert main(["-c", str(path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    err = one_line(capsys.readouterr().err)
     assert key in err and hint in err
+    assert "KeyError" not in err and "IndexError" not in err  # no Python reprs
 
 
-def test_missing_required_key_and_unreadable_files(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_an_environment_variable_is_blamed_for_its_own_value(tmp_path: Path) -> None:
+    path = configured(tmp_path, {"appservice": TOKENS})
+    proc = cli("-c", str(path), LETTA_APPSERVICE_PORT="abc")
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == (
+        "letta-appservice: config error in the environment: LETTA_APPSERVICE_PORT "
+        "(for appservice.port): must be a number, got 'abc'"
+    )
+
+
+def test_yaml_errors_say_why(tmp_path: Path) -> None:
+    path = configured(tmp_path)
+    text = re.sub(r"^ +verify_ssl", "\tverify_ssl", path.read_text(), flags=re.M)
+    path.write_text(text)
+    proc = cli("-c", str(path))
+    assert proc.returncode == 2
+    err = one_line(proc.stderr)
+    assert "not valid YAML (line " in err and "a tab" in err
+
+
+def test_log_level_is_case_insensitive() -> None:
+    data = {**OWN_VALUES, "appservice": {**OWN_VALUES["appservice"], **TOKENS}}
+    config = parse_config({**data, "logging": {"level": "info"}}, env={})
+    assert config.logging.level == "INFO"
+    assert parse_config(data, {"LETTA_APPSERVICE_LOG_LEVEL": "debug"}).logging.level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("edits", "secret"),
+    [
+        ({"appservice": {"as_token": 12345678901234567890}}, "12345678901234567890"),
+        ({"letta": {"api_key": ["sk-let-me-in"]}}, "sk-let-me-in"),
+        ({"letta": {"base_url": "ftp://user:hunter2@letta"}}, "hunter2"),
+        ({"homeserver": {"address": "http://u:hunter2@host:99999"}}, "hunter2"),
+        ({"appservice": {"database": "mysql://u:hunter2@db/x"}}, "hunter2"),
+    ],
+)
+def test_errors_never_show_secret_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edits: dict, secret: str
 ) -> None:
-    path = tmp_path / "config.yaml"
-    path.write_text("homeserver:\n    address: http://localhost:8008\n")
+    path = configured(tmp_path, {"appservice": TOKENS})
+    yaml = YAML()
+    data = yaml.load(path)
+    for section, keys in edits.items():
+        data[section].update(keys)
+    yaml.dump(data, path)
+    capsys.readouterr()
     assert main(["-c", str(path)]) == 2
-    assert "homeserver.domain: is required" in capsys.readouterr().err
-    path.write_text("homeserver: [unclosed\n")
-    assert main(["-c", str(path)]) == 2
-    assert "not valid YAML (line" in capsys.readouterr().err
+    err = one_line(capsys.readouterr().err)
+    assert secret not in err
+
+
+def test_missing_files_and_directories(tmp_path: Path) -> None:
+    proc = cli("-c", str(tmp_path / "nonexistent" / "config.yaml"))
+    assert proc.returncode == 2 and "directory" in one_line(proc.stderr)
+    assert not (tmp_path / "nonexistent").exists()
+    proc = cli("-c", str(tmp_path / "config.yaml"), "--tuwunel-toml")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "config.yaml does not exist" in one_line(proc.stderr)
+    assert not (tmp_path / "config.yaml").exists()
     directory = tmp_path / "adir"
     directory.mkdir()
-    assert main(["-c", str(directory)]) == 2
-    assert "cannot read" in capsys.readouterr().err
-
-
-def test_exit_code_and_message_from_a_real_process(tmp_path: Path) -> None:
-    path = tmp_path / "config.yaml"
-    path.write_text("homeserver: {address: 'http://x', domain: 'd.org'}\nappservice: {}\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "letta_appservice", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().endswith("appservice.address: is required")
+    assert cli("-c", str(directory)).returncode == 2
 
 
 def test_environment_overrides_secrets() -> None:
-    data = {
-        "homeserver": {"address": "http://hs:8008", "domain": "example.org"},
-        "appservice": {"address": "http://as:29330", "as_token": "x" * 20, "hs_token": "y" * 20},
-    }
+    data = {**OWN_VALUES, "appservice": {"address": "http://as:29330", **TOKENS}}
     env = {
         "LETTA_APPSERVICE_AS_TOKEN": "env-as-token-0123456789",
         "LETTA_APPSERVICE_HS_TOKEN": "env-hs-token-0123456789",
@@ -158,21 +293,39 @@ def test_environment_overrides_secrets() -> None:
         if secret != "8081":
             assert secret not in repr(config)
     assert set(env) <= set(ENV_OVERRIDES)
+    # A required key may come from the environment instead of the file.
+    without = {**data, "letta": {}}
+    assert parse_config(without, {"LETTA_BASE_URL": "http://l:1"}).letta.base_url == "http://l:1"
 
 
 def test_permissions_replace_the_example_instead_of_merging() -> None:
-    data = {
-        "homeserver": {"address": "http://hs:8008", "domain": "mine.org"},
-        "appservice": {"address": "http://as:1", "as_token": "x" * 20, "hs_token": "y" * 20},
-        "bridge": {"permissions": {"mine.org": "user"}},
-    }
+    data = {**OWN_VALUES, "appservice": {"address": "http://as:1", **TOKENS}}
+    data["bridge"] = {"permissions": {"mine.org": "user"}}
     assert dict(parse_config(data, {}).bridge.permissions) == {"mine.org": "user"}
 
 
 def test_same_tokens_are_rejected() -> None:
-    data = {
-        "homeserver": {"address": "http://hs:8008", "domain": "mine.org"},
-        "appservice": {"address": "http://as:1", "as_token": "x" * 20, "hs_token": "x" * 20},
-    }
+    data = {**OWN_VALUES, "appservice": {"address": "http://as:1", "as_token": "x" * 20}}
+    data["appservice"]["hs_token"] = "x" * 20
     with pytest.raises(ConfigError, match=r"appservice\.hs_token"):
         parse_config(data, {})
+
+
+# --- 8.: help and README -----------------------------------------------------------------------
+
+
+def test_help_says_that_no_command_runs_the_bridge() -> None:
+    proc = cli("--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert "Without a COMMAND it runs the bridge" in text and "--rotate-tokens" in text
+
+
+def test_readme_lists_every_option_and_endpoint() -> None:
+    readme = (REPO / "README.md").read_text()
+    for action in parser()._actions:
+        for option in action.option_strings:
+            if option.startswith("--"):
+                assert re.search(f"`[^`]*{option}[^`]*`", readme), option
+    for route in ("/_matrix/app/v1/rooms/{roomAlias}", "/_matrix/app/v1/users/{userId}"):
+        assert route in readme

@@ -110,7 +110,9 @@ async def test_old_rooms_and_space_are_adopted_without_duplicates(
 
     dry = cli(config, *files, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "Dry run" in dry.stdout and "adopted: 3" in dry.stdout
+    assert "Dry run" in dry.stdout and "adopted: 2" in dry.stdout
+    assert "to be provisioned: 1" in dry.stdout and f"not in {stranger_room}" in dry.stdout
+    assert not Path(sqlite_url.removeprefix("sqlite:")).exists()  # not even created
 
     first = cli(config, *files)
     assert first.returncode == 0, first.stderr

@@ -20,7 +20,7 @@ def registration(template: str = "agent_{agent_id}", bot: str = "letta", rid: st
     return build_registration(
         parse_config(
             {
-                "homeserver": {"address": "http://hs:8008", "domain": "example.org"},
+                "homeserver": {"address": "http://hs:8008", "domain": "test.local"},
                 "appservice": {
                     "id": rid,
                     "address": "http://as:29330",
@@ -28,7 +28,8 @@ def registration(template: str = "agent_{agent_id}", bot: str = "letta", rid: st
                     "as_token": "a" * 32,
                     "hs_token": "b" * 32,
                 },
-                "bridge": {"username_template": template},
+                "letta": {"base_url": "http://letta:8283"},
+                "bridge": {"username_template": template, "permissions": {"test.local": "user"}},
             },
             env={},
         )
@@ -70,17 +71,17 @@ def test_regexes_are_anchored_and_accepted_by_rust_regex() -> None:
     aliases = rust_regex(registration()["namespaces"]["aliases"][0]["regex"])
     for pattern in all_regexes(registration()):
         assert pattern.startswith("^") and pattern.endswith("$")
-    puppet = agent_mxid("agent_{agent_id}", "example.org", AGENT)
-    assert matches(users, puppet) and matches(bot, "@letta:example.org")
-    assert matches(aliases, agent_alias("agent_{agent_id}", "example.org", AGENT))
+    puppet = agent_mxid("agent_{agent_id}", "test.local", AGENT)
+    assert matches(users, puppet) and matches(bot, "@letta:test.local")
+    assert matches(aliases, agent_alias("agent_{agent_id}", "test.local", AGENT))
     # Anchors and escaping: no look-alikes slip in.
     for impostor in (
-        "@alice:example.org",
+        "@alice:test.local",
         puppet + ".evil.com",
         "@x" + puppet[1:],
-        puppet.replace("example.org", "exampleXorg"),
-        "@letta:example.org.evil",
-        "@letta2:example.org",
+        puppet.replace("test.local", "testXlocal"),
+        "@letta:test.local.evil",
+        "@letta2:test.local",
     ):
         assert not matches(users, impostor) and not matches(bot, impostor), impostor
 
@@ -94,16 +95,16 @@ def test_rust_engine_really_rejects_look_arounds() -> None:
 def test_any_valid_template_gives_a_rust_regex_matching_its_puppets(template: str) -> None:
     reg = registration(template)
     users = rust_regex(reg["namespaces"]["users"][0]["regex"])
-    assert matches(users, agent_mxid(template, "example.org", AGENT))
-    assert re.fullmatch(reg["namespaces"]["users"][0]["regex"][1:-1], "@x:example.org") is None
+    assert matches(users, agent_mxid(template, "test.local", AGENT))
+    assert re.fullmatch(reg["namespaces"]["users"][0]["regex"][1:-1], "@x:test.local") is None
 
 
 def test_two_bridges_namespaces_do_not_overlap() -> None:
     first = registration("agent_{agent_id}", "letta", "letta")
     second = registration("lab_agent_{agent_id}", "lab", "lab")
     ids = {
-        "first": [agent_mxid("agent_{agent_id}", "example.org", AGENT), "@letta:example.org"],
-        "second": [agent_mxid("lab_agent_{agent_id}", "example.org", AGENT), "@lab:example.org"],
+        "first": [agent_mxid("agent_{agent_id}", "test.local", AGENT), "@letta:test.local"],
+        "second": [agent_mxid("lab_agent_{agent_id}", "test.local", AGENT), "@lab:test.local"],
     }
     for reg, own, other in ((first, "first", "second"), (second, "second", "first")):
         adapters = [rust_regex(ns["regex"]) for ns in reg["namespaces"]["users"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path as FsPath
 from typing import Any
 
 import attrs
@@ -15,6 +16,7 @@ from mautrix.errors import MatrixRequestError
 from ..db.agent import AgentRow, AgentStore
 from ..db.bridge_state import BridgeState
 from ..db.room import AGENT, RoomRow, RoomStore
+from ..legacy_checks import ImportAborted, check_homeserver, import_database, refuse_if_running
 from ..matrix import rooms
 from ..matrix.puppets import Puppets
 from ..reconcile.space import SPACE_KEY, SPACE_NAME_KEY
@@ -81,7 +83,7 @@ class LegacyImporter:
             report.problems.append(f"{label}: already bridged to {existing.room_id}; left as is")
             return
         if dry_run:
-            (report.adopted if agent.room_id else report.to_provision).append(label)
+            await self._check_room(agent, label, report)
             return
         room_id = agent.room_id
         if room_id is not None:
@@ -104,6 +106,24 @@ class LegacyImporter:
         await self.rooms.upsert(RoomRow(room_id=room_id, kind=AGENT, agent_id=agent.agent_id))
         report.adopted.append(label)
         log.info("Adopted %s for %s", room_id, label)
+
+    async def _check_room(self, agent: LegacyAgent, label: str, report: ImportReport) -> None:
+        """Dry run: would the old puppet still get the bot into its room?"""
+        if agent.room_id is None:
+            report.to_provision.append(label)
+            return
+        try:
+            await self.puppets.api(agent.mxid).request(
+                Method.GET, Path.v3.rooms[agent.room_id].joined_members
+            )
+        except MatrixRequestError as e:
+            report.to_provision.append(label)
+            report.problems.append(
+                f"{label}: the old puppet is not in {agent.room_id} ({e.errcode}); the import "
+                "will try to join it, else a new room will be provisioned"
+            )
+            return
+        report.adopted.append(label)
 
     async def _take_over(self, mxid: str, room_id: str) -> None:
         """Act as the old puppet (now in our namespace), bring the bot in with admin power."""
@@ -185,26 +205,28 @@ class LegacyImporter:
 async def run_import(
     config: Any, mappings: str, space_file: str | None, dry_run: bool
 ) -> ImportReport:
-    """Parse both files completely (nothing is imported if either is malformed), then adopt
-    what they describe, acting as the bot and the old puppets through the appservice."""
-    from pathlib import Path as FsPath
-
+    """Parse both files completely (nothing is imported if either is malformed), check that the
+    appservice is stopped and the homeserver accepts our token, then adopt what the files
+    describe, acting as the bot and the old puppets through the appservice. A dry run writes
+    nothing: without a database yet it reads from an empty temporary one."""
     import aiohttp
     from mautrix.appservice.state_store.asyncpg import PgASStateStore
 
-    from ..db.database import DatabaseURL, open_database
+    from ..db.database import DatabaseURL
     from ..identity import Identity
     from .files import parse_mappings, parse_space
 
     identity = Identity.from_config(config)
     legacy = parse_mappings(FsPath(mappings), config.homeserver.domain, identity.is_puppet)
     space = parse_space(FsPath(space_file)) if space_file else None
-    db = await open_database(DatabaseURL.parse(config.appservice.database), in_child=False)
-    try:
-        state_store = PgASStateStore(db)
-        await PgASStateStore.upgrade_table.upgrade(db)
-        async with aiohttp.ClientSession(middlewares=(rooms.RateLimitMiddleware(),)) as http:
+    async with aiohttp.ClientSession(middlewares=(rooms.RateLimitMiddleware(),)) as http:
+        await refuse_if_running(http, config)
+        async with import_database(DatabaseURL.parse(config.appservice.database), dry_run) as db:
+            state_store = PgASStateStore(db)
+            if not dry_run:
+                await PgASStateStore.upgrade_table.upgrade(db)
             api = rooms.appservice_api(config, state_store, http, retries=0)
+            await check_homeserver(api, config.homeserver.address)
             if not dry_run:
                 await api.bot_intent().ensure_registered()
             importer = LegacyImporter(
@@ -216,5 +238,6 @@ async def run_import(
                 state=BridgeState(db),
             )
             return await importer.run(legacy, space, dry_run)
-    finally:
-        await db.stop()
+
+
+__all__ = ["ImportAborted", "ImportReport", "LegacyImporter", "run_import"]

@@ -113,16 +113,9 @@ def _render_image(tokens: Sequence[Token], idx: int, options: Any, env: Any, ren
 
 def _build_markdown() -> MarkdownIt:
     # breaks=True: agents (like people typing in Element) mean a single newline as a line break.
-    options: dict[str, Any] = {"breaks": True}
-    try:
-        import linkify_it  # noqa: F401  # optional: bare URLs become links when it is installed
-
-        options["linkify"] = True
-    except ImportError:
-        pass
-    md = MarkdownIt("commonmark", options).enable("table").enable("strikethrough")
-    if options.get("linkify"):
-        md.enable("linkify")
+    # linkify (bare URLs become links) needs linkify-it-py, a declared dependency.
+    options: dict[str, Any] = {"breaks": True, "linkify": True}
+    md = MarkdownIt("commonmark", options).enable(["table", "strikethrough", "linkify"])
 
     def image_rule(self: Any, tokens: Sequence[Token], idx: int, opts: Any, env: Any) -> str:
         return _render_image(tokens, idx, opts, env, self)

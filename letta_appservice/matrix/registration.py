@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 from ruamel.yaml import YAML
 
 from ..config import Config
+from ..config_files import write_private
 from .ids import exact_regex, namespace_regex
 
 
@@ -38,41 +40,18 @@ def build_registration(config: Config) -> dict[str, Any]:
 
 
 def write_registration(registration: dict[str, Any], path: Path) -> None:
+    """Write the registration owner-only (it holds both tokens)."""
     yaml = YAML()
     yaml.default_flow_style = False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        yaml.dump(registration, f)
-    tmp.chmod(0o600)  # it holds both tokens
-    tmp.replace(path)
-
-
-def _toml_str(value: str) -> str:
-    # A JSON string is a valid TOML basic string for the characters we produce.
-    return json.dumps(value)
+    out = io.StringIO()
+    yaml.dump(registration, out)
+    write_private(path, out.getvalue())
 
 
 def tuwunel_toml(registration: dict[str, Any]) -> str:
     """The equivalent ``[global.appservice.<id>]`` block for tuwunel.toml (flat namespace
-    arrays, not under a ``namespaces`` key)."""
-    rid = registration["id"]
-    lines = [
-        f"[global.appservice.{rid}]",
-        f"url = {_toml_str(registration['url'])}",
-        f"as_token = {_toml_str(registration['as_token'])}",
-        f"hs_token = {_toml_str(registration['hs_token'])}",
-        f"sender_localpart = {_toml_str(registration['sender_localpart'])}",
-        f"rate_limited = {str(registration['rate_limited']).lower()}",
-        f"receive_ephemeral = {str(registration['receive_ephemeral']).lower()}",
-    ]
-    for kind in ("users", "aliases", "rooms"):
-        for ns in registration["namespaces"][kind]:
-            lines += [
-                "",
-                f"[[global.appservice.{rid}.{kind}]]",
-                f"exclusive = {str(ns['exclusive']).lower()}",
-                # Literal string: backslashes in the regex stay as they are.
-                f"regex = '{ns['regex']}'",
-            ]
-    return "\n".join(lines) + "\n"
+    arrays, not under a ``namespaces`` key), written by a TOML writer so every string is
+    escaped the way TOML wants."""
+    block = {k: v for k, v in registration.items() if k not in ("id", "namespaces")}
+    block.update(registration["namespaces"])
+    return tomli_w.dumps({"global": {"appservice": {registration["id"]: block}}})

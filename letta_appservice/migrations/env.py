@@ -26,7 +26,7 @@ def _url() -> str:
     from letta_appservice.db.database import DatabaseURL
 
     value = os.environ.get("LETTA_APPSERVICE_DATABASE") or (
-        load_config(Path("config.yaml")).appservice.database
+        load_config(Path("config.yaml"), need_tokens=False).appservice.database
     )
     return DatabaseURL.parse(value).sqlalchemy
 
