@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from . import __version__
+from .cli.logs import setup_logging
+from .cli.setup import DEFAULT_CONFIG, DEFAULT_REGISTRATION, Invocation, first_run, generate
 from .config import Config, load_config
 from .errors import ConfigError, UsageError
-from .logs import setup_logging
 from .matrix.registration import build_registration, tuwunel_toml
-from .setup_steps import DEFAULT_CONFIG, DEFAULT_REGISTRATION, Invocation, first_run, generate
 
 if TYPE_CHECKING:
     from .db.database import DatabaseURL

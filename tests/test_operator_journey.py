@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
+from letta_appservice.cli.logs import setup_logging
 from letta_appservice.config import LoggingConfig
-from letta_appservice.logs import setup_logging
 from letta_appservice.matrix.registration import tuwunel_toml
 from tests.test_cli_config import REPO, TOKENS, cli, configured, one_line
 

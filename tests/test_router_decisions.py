@@ -30,10 +30,10 @@ from letta_appservice.db.user_notice import UserNoticeStore
 from letta_appservice.identity import Identity
 from letta_appservice.permissions import Permissions
 
-DOMAIN = "example.org"
+DOMAIN = "bridge.test"
 BOT = f"@letta:{DOMAIN}"
 ALICE, BOB, STRANGER = f"@alice:{DOMAIN}", f"@bob:{DOMAIN}", "@eve:elsewhere.net"
-ROOM, GROUP = "!own:example.org", "!group:example.org"
+ROOM, GROUP = "!own:bridge.test", "!group:bridge.test"
 
 
 class MemoryASStateStore(ASStateStore, MemoryStateStore):
@@ -114,13 +114,13 @@ class Setup:
 def config() -> Config:
     return parse_config(
         {
-            "homeserver": {"address": "http://hs.invalid", "domain": DOMAIN},
+            "homeserver": {"address": "http://hs.bridge.test", "domain": DOMAIN},
             "appservice": {
-                "address": "http://as.invalid",
+                "address": "http://as.bridge.test",
                 "as_token": "a" * 32,
                 "hs_token": "h" * 32,
             },
-            "letta": {"base_url": "http://letta.invalid"},
+            "letta": {"base_url": "http://letta.bridge.test"},
             "bridge": {"permissions": {DOMAIN: "user", ALICE: "admin"}},
         }
     )
@@ -159,10 +159,10 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         conversations=turn, memberships=memberships, commands=commands, before=nothing,  # type: ignore[arg-type]
     )  # fmt: skip
     for n in (1, 2):
-        await agents.upsert(agent(n, room_id=f"!own{n}:example.org" if n > 1 else ROOM))
+        await agents.upsert(agent(n, room_id=f"!own{n}:bridge.test" if n > 1 else ROOM))
     await rooms.upsert(RoomRow(ROOM, AGENT, "agent-1", bridged_at=0))
     s = Setup(router, turn, agents, rooms, invited, state_store)
-    await s.join(ROOM, ALICE, BOB, STRANGER, BOT, "@agent_1:example.org")
+    await s.join(ROOM, ALICE, BOB, STRANGER, BOT, "@agent_1:bridge.test")
     try:
         yield s
     finally:
@@ -175,11 +175,11 @@ async def test_a_permitted_person_in_an_agents_room_reaches_it_with_attribution(
     await setup.router.handle(setup.event(BOB, ROOM, "hello there"))
     [job] = setup.turn.jobs
     assert job.agent.agent_id == "agent-1" and job.sender == BOB and job.expects_reply
-    assert job.content.endswith("\nhello there") and "@bob:example.org" in job.content
+    assert job.content.endswith("\nhello there") and "@bob:bridge.test" in job.content
 
 
 async def test_the_bridges_own_users_are_never_answered(setup: Setup) -> None:
-    for sender in (BOT, "@agent_2:example.org", "@AGENT_2:example.org"):
+    for sender in (BOT, "@agent_2:bridge.test", "@AGENT_2:bridge.test"):
         await setup.router.handle(setup.event(sender, ROOM, "hello Helper1"))
     assert setup.turn.jobs == [] and setup.turn.notices == []
 
@@ -230,7 +230,7 @@ async def test_in_a_group_room_only_the_agent_that_is_named_answers(setup: Setup
     await setup.rooms.upsert(RoomRow(GROUP, INVITED, "agent-1", owner=BOB, bridged_at=0))
     await setup.invited.add(GROUP, "agent-1")
     await setup.invited.add(GROUP, "agent-2")
-    await setup.join(GROUP, ALICE, BOB, "@agent_1:example.org", "@agent_2:example.org")
+    await setup.join(GROUP, ALICE, BOB, "@agent_1:bridge.test", "@agent_2:bridge.test")
     await setup.router.handle(setup.event(BOB, GROUP, "morning all"))
     assert setup.turn.jobs == []
     named = setup.event(BOB, GROUP, "Helper2, what's up?")
@@ -241,23 +241,23 @@ async def test_in_a_group_room_only_the_agent_that_is_named_answers(setup: Setup
 
 
 async def test_messages_for_one_agent_share_its_lane_from_every_room(setup: Setup) -> None:
-    await setup.rooms.upsert(RoomRow("!dm:example.org", INVITED, "agent-1", owner=BOB))
-    await setup.invited.add("!dm:example.org", "agent-1")
+    await setup.rooms.upsert(RoomRow("!dm:bridge.test", INVITED, "agent-1", owner=BOB))
+    await setup.invited.add("!dm:bridge.test", "agent-1")
     own = await setup.router.lane_key(setup.event(BOB, ROOM, "hi"))
-    dm = await setup.router.lane_key(setup.event(BOB, "!dm:example.org", "hi"))
+    dm = await setup.router.lane_key(setup.event(BOB, "!dm:bridge.test", "hi"))
     assert own == dm == "agent:agent-1"
     # Commands never wait behind a turn; unknown rooms and the bridge's own users neither.
     assert await setup.router.lane_key(setup.event(BOB, ROOM, "!letta cancel x")) == ROOM
     assert (
-        await setup.router.lane_key(setup.event(BOB, "!x:example.org", "hi")) == "!x:example.org"
+        await setup.router.lane_key(setup.event(BOB, "!x:bridge.test", "hi")) == "!x:bridge.test"
     )
     assert await setup.router.lane_key(setup.event(BOT, ROOM, "hi")) == ROOM
 
 
 async def test_messages_in_rooms_the_bridge_does_not_serve_are_ignored(setup: Setup) -> None:
-    await setup.rooms.upsert(RoomRow("!m:example.org", MANAGEMENT, owner=BOB))
-    await setup.router.handle(setup.event(BOB, "!m:example.org", "Helper1 hello"))
-    await setup.router.handle(setup.event(BOB, "!unknown:example.org", "Helper1 hello"))
+    await setup.rooms.upsert(RoomRow("!m:bridge.test", MANAGEMENT, owner=BOB))
+    await setup.router.handle(setup.event(BOB, "!m:bridge.test", "Helper1 hello"))
+    await setup.router.handle(setup.event(BOB, "!unknown:bridge.test", "Helper1 hello"))
     assert setup.turn.jobs == []
 
 
@@ -273,5 +273,5 @@ async def test_messages_in_rooms_the_bridge_does_not_serve_are_ignored(setup: Se
     ],
 )
 def test_who_a_puppet_joins(state: str, permitted: bool, kind: str | None, refused: bool) -> None:
-    room = RoomRow("!r:example.org", kind) if kind else None
+    room = RoomRow("!r:bridge.test", kind) if kind else None
     assert (join_refusal(agent(1, state=state), room, permitted) is not None) == refused

@@ -16,10 +16,10 @@ from mautrix.errors import MatrixRequestError
 from ..db.agent import AgentRow, AgentStore
 from ..db.bridge_state import BridgeState
 from ..db.room import AGENT, RoomRow, RoomStore
-from ..legacy_checks import ImportAborted, check_homeserver, import_database, refuse_if_running
 from ..matrix import rooms
 from ..matrix.puppets import Puppets
 from ..reconcile.space import SPACE_KEY, SPACE_NAME_KEY
+from .checks import ImportAborted, check_homeserver, import_database, refuse_if_running
 from .files import LegacyAgent, LegacySpace
 
 log = logging.getLogger("letta_appservice.import")

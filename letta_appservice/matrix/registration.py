@@ -10,7 +10,7 @@ import tomli_w
 from ruamel.yaml import YAML
 
 from ..config import Config
-from ..config_files import write_private
+from ..config.files import write_private
 from .ids import exact_regex, namespace_regex
 
 

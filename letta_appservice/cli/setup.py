@@ -12,10 +12,10 @@ from pathlib import Path
 
 import attrs
 
-from .config import ENV_OVERRIDES, REQUIRED, parse_config, read_yaml
-from .config_files import TOKEN_KEYS, dump_yaml, fill_tokens, write_example, write_private
-from .errors import ConfigError
-from .matrix.registration import build_registration, write_registration
+from ..config import ENV_OVERRIDES, REQUIRED, parse_config, read_yaml
+from ..config.files import TOKEN_KEYS, dump_yaml, fill_tokens, write_example, write_private
+from ..errors import ConfigError
+from ..matrix.registration import build_registration, write_registration
 
 DEFAULT_CONFIG = Path("config.yaml")
 DEFAULT_REGISTRATION = Path("registration.yaml")

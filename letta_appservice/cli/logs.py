@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import LoggingConfig
+from ..config import LoggingConfig
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Quieter than the root level unless the operator names them: alembic announces every plugin at

@@ -15,7 +15,7 @@ from mautrix.appservice import AppServiceAPI
 from mautrix.errors import MatrixConnectionError, MatrixRequestError
 from mautrix.util.async_db import Database
 
-from .db.database import (
+from ..db.database import (
     DatabaseURL,
     create_database,
     current_revision,

@@ -17,7 +17,8 @@ import attrs
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from .config_checks import (
+from ..errors import ConfigError
+from .checks import (
     DISPLAY_MODES,
     LOG_FORMATS,
     _choice,
@@ -42,7 +43,6 @@ from .config_checks import (
     _token,
     _username_template,
 )
-from .errors import ConfigError
 
 # Environment variables that override a config key (secrets and container-specific addresses).
 ENV_OVERRIDES: dict[str, str] = {
@@ -73,7 +73,7 @@ FREE_MAPPINGS = ("bridge.permissions", "logging.loggers")
 
 def example_text() -> str:
     """The commented example config shipped in the package (the single source of defaults)."""
-    return resources.files(__package__).joinpath("example-config.yaml").read_text("utf-8")
+    return resources.files("letta_appservice").joinpath("example-config.yaml").read_text("utf-8")
 
 
 @attrs.frozen

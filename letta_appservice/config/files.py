@@ -13,8 +13,8 @@ from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from .config import example_text, yaml_rt
-from .errors import ConfigError, UsageError
+from ..errors import ConfigError, UsageError
+from . import example_text, yaml_rt
 
 TOKEN_KEYS = {"as_token": "LETTA_APPSERVICE_AS_TOKEN", "hs_token": "LETTA_APPSERVICE_HS_TOKEN"}
 
