@@ -53,6 +53,7 @@ from .reconcile.space import Space
 
 log = logging.getLogger("letta_appservice")
 USER_AGENT = f"letta-appservice/{__version__}"
+LANES_IN_FLIGHT = 64  # inbox lanes handled at once (a lane waiting for a Letta slot is cheap)
 
 
 class App:
@@ -132,7 +133,7 @@ class App:
         self.inbox, self.agents = InboxStore(db), AgentStore(db)
         rooms, state, notices = RoomStore(db), BridgeState(db), UserNoticeStore(db)
         self._turns, self._sent = TurnStore(db), SentEventStore(db)
-        permissions = Permissions(cfg.bridge.permissions)
+        permissions = Permissions.from_config(cfg)
         # timer -> reconciler -> Matrix
         settings = ReconcileSettings.from_config(cfg)
         self.reconciler = Reconciler(
@@ -215,11 +216,13 @@ class App:
             before=self.handle_event,
         )
         # Lanes: one Letta request at a time per agent, in order; other events per room.
+        # Letta's own cap (letta.max_concurrency) is held by turns only (Conversations): the
+        # lanes' cap is far larger, so commands and housekeeping never wait behind turns.
         self.worker = InboxWorker(
             self.inbox,
             self.router.handle,
             lane_key=self.router.lane_key,
-            max_concurrency=cfg.letta.max_concurrency,
+            max_concurrency=max(LANES_IN_FLIGHT, 4 * cfg.letta.max_concurrency),
         )
         self.web = WebServer(
             hs_token=cfg.appservice.hs_token,

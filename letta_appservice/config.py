@@ -94,12 +94,20 @@ class BridgeConfig:
 
 
 @attrs.frozen
+class GuardConfig:  # issue #12: letta.turn_deadline, bridge.remote_rooms, bridge.bot_users
+    turn_deadline: float = 900.0  # seconds a whole Letta turn may take, streamed or not
+    remote_rooms: str = "admins"  # who may bring agents into other servers' rooms (or "users")
+    bot_users: tuple[str, ...] = ()  # regexes of other bots' and bridges' users
+
+
+@attrs.frozen
 class Config:
     homeserver: HomeserverConfig
     appservice: AppserviceConfig
     letta: LettaConfig
     bridge: BridgeConfig
     log_level: str
+    guards: GuardConfig = GuardConfig()
 
     @property
     def bot_mxid(self) -> str:
@@ -255,6 +263,11 @@ class _Validator:
                 permissions=_permissions(g("bridge.permissions", Mapping)),
             ),
             log_level=g("logging.level", str, _choice(("DEBUG", "INFO", "WARNING", "ERROR"))),
+            guards=GuardConfig(
+                g("letta.turn_deadline", float, _positive),
+                g("bridge.remote_rooms", str, _choice(("admins", "users"))),
+                tuple(g("bridge.bot_users", list, lambda x: _str_list(x) or _regexes(x))),
+            ),
         )
 
 
@@ -319,6 +332,9 @@ def _regex(v: str) -> str:
     except re.error as e:
         return f"is not a valid regular expression: {e}"
     return ""
+
+
+_regexes = lambda v: next(filter(None, map(_regex, v)), "")  # noqa: E731 - bridge.bot_users
 
 
 def _str_list(v: list[Any]) -> str:

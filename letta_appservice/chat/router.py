@@ -31,6 +31,7 @@ from .content import (
 )
 from .incoming import incoming_text, letta_content, media_kind, sender_name
 from .memberships import Memberships, agent_ids
+from .poster import homeserver_retry, homeserver_trouble
 from .turn import Conversations, Job
 
 log = logging.getLogger("letta_appservice.router")
@@ -121,6 +122,13 @@ class Router:
     # --- events --------------------------------------------------------------------------------
 
     async def handle(self, event: InboxEvent) -> None:
+        """Handle one event; the homeserver failing for a while (5xx, 429, unreachable) makes
+        the whole event retried with backoff, every step being safe to repeat. Only its
+        definitive answers (403, 404, …) are final."""
+        async with homeserver_retry(event.attempts):
+            await self._handle(event)
+
+    async def _handle(self, event: InboxEvent) -> None:
         await self.before(event)
         if event.event_type == "m.room.message":
             await self._message(event)
@@ -274,7 +282,9 @@ class Router:
                 )
                 member = Member.deserialize(raw)
                 await self.state_store.set_member(RoomID(room_id), UserID(user_id), member)
-            except MatrixRequestError:
+            except MatrixRequestError as e:
+                if homeserver_trouble(e):
+                    raise
                 member = None
         if member is not None and member.displayname:
             return member.displayname
@@ -290,7 +300,9 @@ class Router:
                     Method.GET, Path.v3.rooms[room.room_id].state["m.room.name"]
                 )
                 name = raw.get("name") if isinstance(raw.get("name"), str) else ""
-            except MatrixRequestError:
+            except MatrixRequestError as e:
+                if homeserver_trouble(e):
+                    raise
                 name = ""
             self._room_names[room.room_id] = name
         return name or "a direct chat"
