@@ -19,6 +19,7 @@ from mautrix.types import Event
 from mautrix.util.async_db import Database
 
 from . import __version__
+from .chat.loops import LoopGuard
 from .chat.memberships import Memberships
 from .chat.router import Router
 from .chat.turn import Conversations, TurnSettings
@@ -214,6 +215,7 @@ class App:
             memberships=memberships,
             commands=self.commands,
             before=self.handle_event,
+            loops=LoopGuard(bot_users=cfg.guards.bot_users, state=state),
         )
         # Lanes: one Letta request at a time per agent, in order; other events per room.
         # Letta's own cap (letta.max_concurrency) is held by turns only (Conversations): the

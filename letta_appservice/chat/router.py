@@ -24,12 +24,14 @@ from . import encryption as e2ee
 from .addressing import MENTION, OPEN, addressed, default_mode, is_command
 from .content import (
     GONE_NOTICE_PART,
+    LOOP_NOTICE_PART,
     MEDIA_NOTICE_PART,
     PAUSED_NOTICE_PART,
     REFUSED_NOTICE_PART,
     reply_relation,
 )
 from .incoming import incoming_text, letta_content, media_kind, sender_name
+from .loops import LOOP_NOTICE, ROUTE, TELL, LoopGuard, answers_bridge
 from .memberships import Memberships, agent_ids
 from .poster import homeserver_retry, homeserver_trouble
 from .turn import Conversations, Job
@@ -83,6 +85,7 @@ class Router:
         memberships: Memberships,
         commands: Commands,
         before: Callable[[InboxEvent], Awaitable[None]],
+        loops: LoopGuard | None = None,
     ) -> None:
         self.identity = identity
         self.prefix = config.bridge.command_prefix
@@ -98,6 +101,7 @@ class Router:
         self.memberships = memberships
         self.commands = commands
         self.before = before
+        self.loops = loops or LoopGuard(bot_users=config.guards.bot_users)
         self._room_names: dict[str, str] = {}
         # Messages deleted (redacted) before their turn came: not passed on. The redaction is
         # handled in the room's lane, so it overtakes a message waiting behind a slow answer.
@@ -167,6 +171,10 @@ class Router:
             evt = Event.deserialize(raw)
             if isinstance(evt, MessageEvent) and await self.commands.maybe_handle(evt):
                 return
+        bot = self.loops.is_bot(sender, content)
+        if bot and not await self.loops.bots_allowed(room_id):
+            log.debug("%s in %s is a bot; bots are not allowed there", sender, room_id)
+            return
         room = await self.rooms.get(room_id)
         if room is None or room.kind not in (AGENT, INVITED):
             return
@@ -188,6 +196,15 @@ class Router:
         if media:  # agents read text: the first one is answered, later ones pass silently
             text = TEXT_ONLY.format(kind=media)
             await self._once(event, targets[0], MEDIA, MEDIA_NOTICE_PART, text)
+            return
+        chained = bot or answers_bridge(content, self.identity.is_bridge)
+        verdict, why = self.loops.admit(room_id, event.event_id, chained=chained)
+        if verdict != ROUTE:
+            if verdict == TELL:
+                text = LOOP_NOTICE.format(why=why, prefix=self.prefix)
+                await self.conversations.notify(
+                    targets[0], room_id, event.event_id, LOOP_NOTICE_PART, text, relation
+                )
             return
         for agent in targets:
             if agent.paused:

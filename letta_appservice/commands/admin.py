@@ -6,6 +6,7 @@ import re
 
 from mautrix.errors import MatrixRequestError
 
+from ..chat.loops import bots_key
 from ..db.agent import ACTIVE, AgentRow
 from ..db.room import AGENT, INVITED
 from ..permissions import ADMIN
@@ -134,6 +135,29 @@ async def cmd_mode(ctx: CommandContext) -> CommandResult:
     room.mode = mode
     await services.rooms.upsert(room)
     return CommandResult(f"Mode of this room: **{mode}** (was {before}): {MODES[mode]}.")
+
+
+@command(
+    "bots",
+    args="<on|off>",
+    level=ADMIN,
+    help="Let other bots and bridges' users talk to the agents in this room, or not (default).",
+)
+async def cmd_bots(ctx: CommandContext) -> CommandResult:
+    switch = (ctx.args.get(0) or "").lower()
+    if switch not in ("on", "off"):
+        return CommandResult.error(f"Unknown switch {md_code(switch)}: use on or off.")
+    room = await ctx.services.rooms.get(ctx.room_id)
+    if room is None or room.kind not in (AGENT, INVITED):
+        return CommandResult.error("This room is not bridged to an agent; type `bots` there.")
+    if switch == "on":
+        await ctx.services.state.set(bots_key(ctx.room_id), True)
+        return CommandResult(
+            "Bots may talk to the agents in this room now. The loop guard still stops "
+            "exchanges that run on without people."
+        )
+    await ctx.services.state.delete(bots_key(ctx.room_id))
+    return CommandResult("Bots are ignored in this room again (the default).")
 
 
 @command(
