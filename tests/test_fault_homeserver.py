@@ -98,7 +98,7 @@ def bot_notice(bot: str, event_id: str) -> Any:
     return reply_to(bot, event_id, "m.notice")
 
 
-# --- item 2: a homeserver failing for a moment loses nothing
+# --- item 2: a homeserver failing for a moment loses nothing -------------------------------------
 
 
 async def test_a_homeserver_failing_for_a_moment_loses_no_invite_notice_or_reply(
@@ -134,7 +134,7 @@ async def test_a_homeserver_failing_for_a_moment_loses_no_invite_notice_or_reply
     await alice.close()
 
 
-# --- item 3: a part over the size limit
+# --- item 3: a part over the size limit ----------------------------------------------------------
 
 
 async def test_a_tool_result_of_control_characters_does_not_lose_the_answer(
@@ -158,7 +158,7 @@ async def test_a_tool_result_of_control_characters_does_not_lose_the_answer(
     assert "more characters not shown" in tool["content"]["body"]
 
 
-# --- item 6: cancel while every Letta slot is busy
+# --- item 6: cancel while every Letta slot is busy -----------------------------------------------
 
 
 async def test_cancel_is_answered_while_every_letta_slot_is_busy(
@@ -180,7 +180,7 @@ async def test_cancel_is_answered_while_every_letta_slot_is_busy(
     await admin_user.wait_for_event(slower.room, bot_notice(bot, asked), TIMEOUT)
 
 
-# --- item 8: a streamed turn kept alive by pings
+# --- item 8: a streamed turn kept alive by pings -------------------------------------------------
 
 
 async def test_a_streamed_turn_kept_alive_by_pings_ends_at_its_deadline(
@@ -198,7 +198,7 @@ async def test_a_streamed_turn_kept_alive_by_pings_ends_at_its_deadline(
     assert fake_letta.requests_to(f"/v1/agents/{helper.fake.id}/messages/cancel")
 
 
-# --- item 10: two bridges in one room
+# --- item 10: two bridges in one room ------------------------------------------------------------
 
 
 async def test_two_bridges_in_one_room_do_not_answer_each_other(
@@ -238,7 +238,7 @@ async def test_two_bridges_in_one_room_do_not_answer_each_other(
         await lab_letta.stop()
 
 
-# --- item 15: what status tells a user
+# --- item 15: what status tells a user -----------------------------------------------------------
 
 
 async def test_status_shows_users_no_internal_hosts(
