@@ -19,6 +19,7 @@ from mautrix.types import Event
 from mautrix.util.async_db import Database
 
 from . import __version__
+from .chat.loops import LoopGuard
 from .chat.memberships import Memberships
 from .chat.router import Router
 from .chat.turn import Conversations, TurnSettings
@@ -53,6 +54,7 @@ from .reconcile.space import Space
 
 log = logging.getLogger("letta_appservice")
 USER_AGENT = f"letta-appservice/{__version__}"
+LANES_IN_FLIGHT = 64  # inbox lanes handled at once (a lane waiting for a Letta slot is cheap)
 
 
 class App:
@@ -132,7 +134,7 @@ class App:
         self.inbox, self.agents = InboxStore(db), AgentStore(db)
         rooms, state, notices = RoomStore(db), BridgeState(db), UserNoticeStore(db)
         self._turns, self._sent = TurnStore(db), SentEventStore(db)
-        permissions = Permissions(cfg.bridge.permissions)
+        permissions = Permissions.from_config(cfg)
         # timer -> reconciler -> Matrix
         settings = ReconcileSettings.from_config(cfg)
         self.reconciler = Reconciler(
@@ -213,13 +215,16 @@ class App:
             memberships=memberships,
             commands=self.commands,
             before=self.handle_event,
+            loops=LoopGuard(bot_users=cfg.guards.bot_users, state=state),
         )
         # Lanes: one Letta request at a time per agent, in order; other events per room.
+        # Letta's own cap (letta.max_concurrency) is held by turns only (Conversations): the
+        # lanes' cap is far larger, so commands and housekeeping never wait behind turns.
         self.worker = InboxWorker(
             self.inbox,
             self.router.handle,
             lane_key=self.router.lane_key,
-            max_concurrency=cfg.letta.max_concurrency,
+            max_concurrency=max(LANES_IN_FLIGHT, 4 * cfg.letta.max_concurrency),
         )
         self.web = WebServer(
             hs_token=cfg.appservice.hs_token,

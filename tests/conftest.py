@@ -19,6 +19,7 @@ from letta_appservice.matrix.registration import build_registration, write_regis
 from tests.harness.docker_engine import CommandError, Containers, engine_problem, in_ci
 from tests.harness.docker_images import ImageError, build_appservice_image, ensure_base_image
 from tests.harness.postgres import pg_database
+from tests.harness.routing import Routing, routing_setup
 from tests.harness.synapse import SynapseServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -217,3 +218,10 @@ async def containers(docker_engine: None) -> AsyncIterator[Containers]:
         yield tracked
     finally:
         await tracked.remove_all()
+
+
+@pytest_asyncio.fixture
+async def routing(tmp_path: Path) -> AsyncIterator[Routing]:
+    """A router and memberships on SQLite with no homeserver (tests/harness/routing.py)."""
+    async with routing_setup(tmp_path) as r:
+        yield r

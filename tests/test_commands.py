@@ -260,12 +260,12 @@ async def test_admin_commands(
 
     # invite <mxid> <agent|all>
     reply = await say(admin_user, dm, f"invite {user.mxid} gam")
-    assert reply["body"].startswith(f"Invited {user.mxid} to [the room of **Gamma**")
+    assert reply["body"].startswith(f"Invited `{user.mxid}` to [the room of **Gamma**")
     assert await user.wait_for_invite(alpha_room, timeout=TIMEOUT)
     await user.join(alpha_room)
     reply = await say(admin_user, dm, f"invite {user.mxid} all")
     assert reply["body"] == (
-        f"Invited {user.mxid} to 1 agent room and the space; already in 1 agent room."
+        f"Invited `{user.mxid}` to 1 agent room and the space; already in 1 agent room."
     )
     reply = await say(admin_user, dm, "invite pat all")
     assert reply["body"] == "`pat` is not a Matrix ID like `@name:server`."

@@ -228,6 +228,7 @@ def test_message_and_edit_content() -> None:
         "formatted_body": "<p><strong>hi</strong></p>",
         "m.relates_to": relation,
         "m.mentions": {"user_ids": ["@al:x"]},
+        "org.letta.appservice": {"bot": True},
     }
     edit = edit_content(part, "$first")
     assert edit["body"] == "* **hi**"

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..matrix.format import HTML
 from ..matrix.size import EVENT_BYTES, event_bytes, without_html
+from .loops import MARKER
 from .parts import Part
 
 EDIT_FALLBACK_CHARS = 1_000
@@ -19,6 +20,7 @@ PAUSED_NOTICE_PART = 10_001
 REFUSED_NOTICE_PART = 10_002
 MEDIA_NOTICE_PART = 10_003
 GONE_NOTICE_PART = 10_004
+LOOP_NOTICE_PART = 10_005
 _OTID_NAMESPACE = uuid.UUID("6f1c1a44-3c57-4d43-9a0b-7f3c5a0e9b21")
 
 
@@ -64,6 +66,7 @@ def message_content(
     if relation:
         content["m.relates_to"] = dict(relation)
     content["m.mentions"] = {"user_ids": list(mentions)} if mentions else {}
+    content[MARKER] = {"bot": True}  # other bridges (another instance of this one) see a bot
     return _fit(content)
 
 
@@ -80,6 +83,7 @@ def edit_content(part: Part, original_event_id: str) -> dict[str, Any]:
     content["m.new_content"] = new
     content["m.relates_to"] = {"rel_type": "m.replace", "event_id": original_event_id}
     content["m.mentions"] = {}
+    content[MARKER] = {"bot": True}
     return _fit(content)
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
 from ..matrix.format import EMOTE, TEXT
 
+NAME_CHARS = 80  # display and room names in the attribution line, at most
+# Control, format (bidi overrides, zero-width), separator and unassigned characters.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp"})
+# Brackets and parentheses become single angle quotes, "@" a fullwidth at sign.
+_FORGERS = str.maketrans(
+    {"[": "\u2039", "(": "\u2039", "]": "\u203a", ")": "\u203a", '"': "'", "@": "\uff20"}
+)
 _MEDIA = {"m.image": "image", "m.file": "file", "m.audio": "audio message", "m.video": "video"}
 
 
@@ -47,7 +55,18 @@ def media_kind(content: Mapping[str, Any]) -> str | None:
 
 
 def attribution(template: str, *, displayname: str, sender: str, room_name: str) -> str:
-    return template.format(displayname=displayname, sender=sender, room_name=room_name)
+    return template.format(
+        displayname=inert(displayname), sender=sender, room_name=inert(room_name)
+    )
+
+
+def inert(text: str, limit: int = NAME_CHARS) -> str:
+    """A display or room name made unable to forge the attribution line around it: one line
+    (line breaks and control characters become spaces), no brackets, parentheses or quotes
+    that could close it or fake a ``(@admin:…)``, no ``@`` that could look like a Matrix id."""
+    text = "".join(" " if unicodedata.category(c) in _INVISIBLE else c for c in text)
+    text = " ".join(text.split()).translate(_FORGERS)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def letta_content(

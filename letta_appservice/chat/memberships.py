@@ -19,12 +19,15 @@ from ..db.room import AGENT, ARCHIVED, INVITED, MANAGEMENT, RoomRow, RoomStore
 from ..db.user_notice import UserNoticeStore
 from ..identity import Identity
 from ..matrix import rooms as mx
+from ..matrix.ids import room_origin
 from ..matrix.puppets import Puppets
 from ..permissions import Permissions
 from . import encryption as e2ee
+from .poster import homeserver_trouble
 
 log = logging.getLogger("letta_appservice.memberships")
 ENCRYPTED_NOTICE = "encrypted"
+REMOTE_REFUSAL = "Only bridge admins may bring agents into rooms of other servers."
 
 
 class BotInvites(Protocol):
@@ -87,7 +90,12 @@ class Memberships:
             return
         agent = await self.agents.get_by_mxid(mxid)
         room = await self.rooms.get(room_id)
-        refusal = join_refusal(agent, room, self.permissions.is_user(inviter))
+        refusal = join_refusal(
+            agent,
+            room,
+            self.permissions.is_user(inviter),
+            self.permissions.may_bring_into(inviter, room_origin(evt)),
+        )
         # Its own room is the reconciler's, encrypted or not; elsewhere it would be deaf.
         own = room is not None and room.kind == AGENT and agent is not None
         own = own and room.agent_id == agent.agent_id
@@ -111,6 +119,8 @@ class Memberships:
         try:
             await mx.join(api, room_id)
         except MatrixRequestError as e:
+            if homeserver_trouble(e):
+                raise  # the homeserver is having a bad moment: the invite is tried again
             log.info("%s could not join %s (%s): invite withdrawn?", mxid, room_id, e.errcode)
             await self._puppet_left(room_id, mxid)
             return
@@ -161,6 +171,8 @@ class Memberships:
             try:
                 await mx.leave(self.puppets.api(mxid), room_id)
             except MatrixRequestError as e:
+                if homeserver_trouble(e):
+                    raise
                 log.info("%s could not leave %s (%s)", mxid, room_id, e.errcode)
             await self.state_store.left(RoomID(room_id), UserID(mxid))
             if self.identity.is_puppet(mxid):
@@ -240,12 +252,17 @@ class Memberships:
             await self.rooms.upsert(room)
 
 
-def join_refusal(agent: AgentRow | None, room: RoomRow | None, permitted: bool) -> str | None:
-    """Why a puppet declines a person's invite, or None when it joins."""
+def join_refusal(
+    agent: AgentRow | None, room: RoomRow | None, permitted: bool, may_enter: bool = True
+) -> str | None:
+    """Why a puppet declines a person's invite, or None when it joins (``may_enter``: the
+    inviter may bring agents into a room of this room's server)."""
     if agent is None or agent.state != ACTIVE:
         return "This agent is not bridged any more."
     if not permitted:
         return "You may not talk to agents on this bridge; ask a bridge admin for access."
+    if not may_enter:
+        return REMOTE_REFUSAL
     if room is not None and room.kind in (MANAGEMENT, ARCHIVED):
         return "Agents do not join this room."
     return None

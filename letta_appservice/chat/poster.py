@@ -17,7 +17,7 @@ from mautrix.errors import MatrixConnectionError, MatrixRequestError
 from ..db.agent import AgentRow
 from ..db.sent_event import SentEventStore
 from ..inbox.worker import Retry
-from ..matrix.format import TEXT
+from ..matrix.format import NOTICE, TEXT
 from .content import edit_content, edit_suffix, message_content, txn_id
 from .parts import Part
 
@@ -25,6 +25,11 @@ log = logging.getLogger("letta_appservice.poster")
 TYPING_GRACE = 0.25  # a Letta answer quicker than this shows no typing at all
 TYPING_REFRESH = 20.0  # seconds between typing renewals (each lasts TYPING_TIMEOUT_MS)
 TYPING_TIMEOUT_MS = 30_000
+MAX_HOMESERVER_BACKOFF = 60.0
+REJECTED = (
+    "A part of this answer could not be posted: the homeserver refused it ({reason}). "
+    "The rest of the answer follows."
+)
 
 
 @attrs.frozen
@@ -46,21 +51,27 @@ class Job:
 
 
 def homeserver_trouble(e: BaseException) -> bool:
-    """Worth retrying the whole event later (its Letta answer is stored by then)."""
+    """Worth retrying later: only a definitive answer (a 4xx such as 403 or 404) is final."""
     if isinstance(e, MatrixRequestError):
-        return e.http_status >= 500 or e.http_status == 429
+        return e.http_status >= 500 or e.http_status in (0, 408, 429)
     return isinstance(e, MatrixConnectionError | aiohttp.ClientError | TimeoutError)
 
 
+def homeserver_backoff(attempts: int) -> float:
+    """Seconds before the next try of an event the homeserver failed: 2, 4, 8 … 60."""
+    return min(2.0 ** (attempts + 1), MAX_HOMESERVER_BACKOFF)
+
+
 @contextlib.asynccontextmanager
-async def homeserver_retry() -> AsyncIterator[None]:
+async def homeserver_retry(attempts: int = 0) -> AsyncIterator[None]:
     """The homeserver failing for a while (5xx, 429, unreachable) makes the event retried
-    later; a stored answer is then posted without asking Letta again."""
+    later with backoff (``attempts``: the event's tries so far); a stored answer is then
+    posted without asking Letta again."""
     try:
         yield
     except (MatrixRequestError, MatrixConnectionError, aiohttp.ClientError, TimeoutError) as e:
         if homeserver_trouble(e):
-            raise Retry(5.0, f"homeserver: {e}") from e
+            raise Retry(homeserver_backoff(attempts), f"homeserver: {e}") from e
         raise
 
 
@@ -79,6 +90,7 @@ class Poster:
     ) -> None:
         self.api, self.store, self.job = api, store, job
         self.sent = sent
+        self.posted: dict[int, Part] = {}  # by this poster (edits included)
         self._first_text: int | None = None
 
     def _mentions(self, index: int, part: Part) -> list[str]:
@@ -96,9 +108,21 @@ class Poster:
         job = self.job
         content = message_content(part, job.relation, mentions)
         txn = txn_id(job.event_id, job.agent.agent_id, index)
-        event_id = await _send(self.api, job.room_id, content, txn)
+        try:
+            event_id = await _send(self.api, job.room_id, content, txn)
+        except MatrixRequestError as e:
+            if homeserver_trouble(e):
+                raise
+            # A part the homeserver will never take (too large, malformed) must not hold back
+            # the parts after it: a short notice stands in for it.
+            log.warning("Part %d of the answer to %s refused: %s", index, job.event_id, e)
+            reason = e.errcode or f"HTTP {e.http_status}"
+            stand_in = message_content(Part(NOTICE, REJECTED.format(reason=reason)), job.relation)
+            txn = txn_id(job.event_id, job.agent.agent_id, index, ".refused")
+            event_id = await _send(self.api, job.room_id, stand_in, txn)
         await self.store.add(job.event_id, job.agent.agent_id, index, job.room_id, event_id)
         self.sent[index] = event_id
+        self.posted[index] = part
         return event_id
 
     async def edit(self, index: int, part: Part) -> None:
@@ -107,6 +131,16 @@ class Poster:
         suffix = edit_suffix(part.body)
         txn = txn_id(job.event_id, job.agent.agent_id, index, suffix)
         await _send(self.api, job.room_id, edit_content(part, self.sent[index]), txn)
+        self.posted[index] = part
+
+    def so_far(self) -> list[Part]:
+        """The answer's parts posted so far, in order (those of an earlier attempt, unknown
+        here, as placeholders: they are posted already and never sent again). What a turn cut
+        short stores, so that a closing notice comes after them instead of in their place."""
+        count = 0
+        while count in self.sent:
+            count += 1
+        return [self.posted.get(i, Part(NOTICE, "")) for i in range(count)]
 
     async def post_all(self, parts: Sequence[Part]) -> None:
         for index, part in enumerate(parts):

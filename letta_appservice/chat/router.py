@@ -24,13 +24,16 @@ from . import encryption as e2ee
 from .addressing import MENTION, OPEN, addressed, default_mode, is_command
 from .content import (
     GONE_NOTICE_PART,
+    LOOP_NOTICE_PART,
     MEDIA_NOTICE_PART,
     PAUSED_NOTICE_PART,
     REFUSED_NOTICE_PART,
     reply_relation,
 )
 from .incoming import incoming_text, letta_content, media_kind, sender_name
+from .loops import LOOP_NOTICE, ROUTE, TELL, LoopGuard, answers_bridge
 from .memberships import Memberships, agent_ids
+from .poster import homeserver_retry, homeserver_trouble
 from .turn import Conversations, Job
 
 log = logging.getLogger("letta_appservice.router")
@@ -82,6 +85,7 @@ class Router:
         memberships: Memberships,
         commands: Commands,
         before: Callable[[InboxEvent], Awaitable[None]],
+        loops: LoopGuard,
     ) -> None:
         self.identity = identity
         self.prefix = config.bridge.command_prefix
@@ -97,6 +101,7 @@ class Router:
         self.memberships = memberships
         self.commands = commands
         self.before = before
+        self.loops = loops
         self._room_names: dict[str, str] = {}
         # Messages deleted (redacted) before their turn came: not passed on. The redaction is
         # handled in the room's lane, so it overtakes a message waiting behind a slow answer.
@@ -121,6 +126,13 @@ class Router:
     # --- events --------------------------------------------------------------------------------
 
     async def handle(self, event: InboxEvent) -> None:
+        """Handle one event; the homeserver failing for a while (5xx, 429, unreachable) makes
+        the whole event retried with backoff, every step being safe to repeat. Only its
+        definitive answers (403, 404, …) are final."""
+        async with homeserver_retry(event.attempts):
+            await self._handle(event)
+
+    async def _handle(self, event: InboxEvent) -> None:
         await self.before(event)
         if event.event_type == "m.room.message":
             await self._message(event)
@@ -159,6 +171,10 @@ class Router:
             evt = Event.deserialize(raw)
             if isinstance(evt, MessageEvent) and await self.commands.maybe_handle(evt):
                 return
+        bot = self.loops.is_bot(sender, content)
+        if bot and not await self.loops.bots_allowed(room_id):
+            log.debug("%s in %s is a bot; bots are not allowed there", sender, room_id)
+            return
         room = await self.rooms.get(room_id)
         if room is None or room.kind not in (AGENT, INVITED):
             return
@@ -180,6 +196,15 @@ class Router:
         if media:  # agents read text: the first one is answered, later ones pass silently
             text = TEXT_ONLY.format(kind=media)
             await self._once(event, targets[0], MEDIA, MEDIA_NOTICE_PART, text)
+            return
+        chained = bot or answers_bridge(content, self.identity.is_bridge)
+        verdict, why = self.loops.admit(room_id, event.event_id, chained=chained)
+        if verdict != ROUTE:
+            if verdict == TELL:
+                text = LOOP_NOTICE.format(why=why, prefix=self.prefix)
+                await self.conversations.notify(
+                    targets[0], room_id, event.event_id, LOOP_NOTICE_PART, text, relation
+                )
             return
         for agent in targets:
             if agent.paused:
@@ -274,7 +299,9 @@ class Router:
                 )
                 member = Member.deserialize(raw)
                 await self.state_store.set_member(RoomID(room_id), UserID(user_id), member)
-            except MatrixRequestError:
+            except MatrixRequestError as e:
+                if homeserver_trouble(e):
+                    raise
                 member = None
         if member is not None and member.displayname:
             return member.displayname
@@ -290,7 +317,9 @@ class Router:
                     Method.GET, Path.v3.rooms[room.room_id].state["m.room.name"]
                 )
                 name = raw.get("name") if isinstance(raw.get("name"), str) else ""
-            except MatrixRequestError:
+            except MatrixRequestError as e:
+                if homeserver_trouble(e):
+                    raise
                 name = ""
             self._room_names[room.room_id] = name
         return name or "a direct chat"

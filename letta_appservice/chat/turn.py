@@ -22,7 +22,7 @@ from ..matrix.format import NOTICE
 from ..matrix.puppets import Puppets
 from ..metrics import Metrics
 from .content import DELAY_NOTICE_PART, otid
-from .parts import Part, build_parts, error_text, gave_up_text, waiting_text
+from .parts import Part, build_parts, duration, error_text, gave_up_text, waiting_text
 from .poster import Job, Poster, Typing, homeserver_retry
 from .streaming import relay
 
@@ -30,6 +30,10 @@ __all__ = ["Conversations", "Job", "TurnSettings"]
 
 log = logging.getLogger("letta_appservice.conversation")
 CANCELLED = "Cancelled by a bridge admin; the agent's answer to this message was not waited for."
+DEADLINE = (
+    "The agent did not finish within {limit}; the bridge stopped waiting and asked Letta to "
+    "cancel the run. Anything above is all there is of this answer."
+)
 MAX_BACKOFF = 60.0
 
 
@@ -43,6 +47,8 @@ class TurnSettings:
     timeout: float = 180.0
     retry_window: float = 600.0
     delay_notice: float = 30.0
+    max_concurrency: int = 8  # Letta turns at once, across agents
+    deadline: float = 900.0  # seconds a whole turn may take (pings do not extend it)
 
     @classmethod
     def from_config(cls, config: Config) -> TurnSettings:
@@ -54,6 +60,8 @@ class TurnSettings:
             timeout=letta.timeout,
             retry_window=letta.retry_window,
             delay_notice=letta.delay_notice,
+            max_concurrency=letta.max_concurrency,
+            deadline=config.guards.turn_deadline,
         )
 
 
@@ -82,6 +90,9 @@ class Conversations:
         self.sent = sent
         self.metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}
+        # Held only for the Letta request of a turn: commands, memberships and posting stored
+        # answers never wait behind agents that are thinking.
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._running: dict[str, asyncio.Task[list[Part]]] = {}
         self._cancelled: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
@@ -151,16 +162,22 @@ class Conversations:
     async def _turn(self, job: Job, poster: Poster) -> list[Part]:
         agent_id = job.agent.agent_id
         lock = self._locks.setdefault(agent_id, asyncio.Lock())
-        async with lock:
+        async with lock, self._slots:
             task = asyncio.create_task(self._ask_posting(job, poster), name=f"letta-{agent_id}")
             self._running[agent_id] = task
             started = time.monotonic()
             try:
-                parts = await task
+                # asyncio.wait, not a timeout around the await: the deadline must not be
+                # mistaken for a homeserver timeout inside the task.
+                done, _ = await asyncio.wait({task}, timeout=self.settings.deadline)
+                if not done:
+                    return await self._past_deadline(job, poster, task)
+                parts = task.result()
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if agent_id in self._cancelled and not (current and current.cancelling()):
-                    return [Part(NOTICE, CANCELLED)]
+                    return [*poster.so_far(), Part(NOTICE, CANCELLED)]
+                task.cancel()
                 raise
             except LettaError as e:
                 # Failed requests are counted by the Letta client's observer.
@@ -172,8 +189,25 @@ class Conversations:
             self.metrics.letta_latency.labels("turn").observe(time.monotonic() - started)
             return parts
 
+    async def _past_deadline(
+        self, job: Job, poster: Poster, task: asyncio.Task[list[Part]]
+    ) -> list[Part]:
+        """A turn over its deadline (a stream kept alive by pings, a hung run): stop waiting,
+        cancel the run in Letta, and say so after whatever was posted already."""
+        agent_id = job.agent.agent_id
+        log.warning("Turn of %s for %s passed its deadline", agent_id, job.event_id)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        try:
+            await self.letta.cancel(agent_id)
+        except LettaError as e:
+            log.warning("Letta could not cancel the run of %s: %s", agent_id, e)
+        text = DEADLINE.format(limit=duration(self.settings.deadline))
+        return [*poster.so_far(), Part(NOTICE, text)]
+
     async def _ask_posting(self, job: Job, poster: Poster) -> list[Part]:
-        async with homeserver_retry():  # a streamed answer posts while Letta is still talking
+        # A streamed answer posts while Letta is still talking.
+        async with homeserver_retry(job.attempts):
             return await self._ask(job, poster)
 
     async def _ask(self, job: Job, poster: Poster) -> list[Part]:
@@ -220,7 +254,7 @@ class Conversations:
         return [Part(NOTICE, gave_up_text(error, s.retry_window))]
 
     async def _post(self, poster: Poster, parts: Sequence[Part]) -> None:
-        async with homeserver_retry():
+        async with homeserver_retry(poster.job.attempts):
             await poster.post_all(parts)
 
     def _spawn(self, coro: Awaitable[Any], what: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 import aiohttp
 from mautrix.errors import MatrixRequestError
@@ -10,19 +11,21 @@ from mautrix.types import MessageEvent, MessageType, RelationType, StateEvent, U
 
 from ..db.room import MANAGEMENT, RoomRow
 from ..db.user_notice import UserNoticeStore
-from ..errors import describe
 from ..identity import Identity
 from ..letta.errors import LettaError
+from ..permissions import ADMIN
 from . import admin, info  # noqa: F401 - importing them declares their commands
 from .args import CommandResult
 from .context import CommandContext, Services
 from .info import help_text
 from .management import Management, send_markdown
+from .reasons import failure
 from .registry import REGISTRY, Invocation, command_text, dispatch
 
 __all__ = ["REGISTRY", "CommandProcessor", "CommandResult", "Management", "Services", "dispatch"]
 log = logging.getLogger("letta_appservice.commands")
 REFUSED = "command_refused"  # user_notice kind
+UNSENT_KEPT = 1_000  # command replies waiting for the homeserver
 
 
 class CommandProcessor:
@@ -42,6 +45,7 @@ class CommandProcessor:
         # One refusal per room for someone without access, not one per message.
         self.notices = notices
         self.prefix = services.config.bridge.command_prefix
+        self._unsent: OrderedDict[str, CommandResult] = OrderedDict()
 
     async def on_bot_invite(self, evt: StateEvent) -> None:
         """The bot was invited: a permitted user's DM becomes their management room (greeted
@@ -81,7 +85,14 @@ class CommandProcessor:
         if refused and await self.notices.given(evt.room_id, sender, REFUSED):
             return True  # told once already in this room
         prefix = "" if in_management else self.prefix
-        result = await self.run(text, sender, evt.room_id, prefix, evt.event_id)
+        # Kept until the reply is posted: when the homeserver fails to take it, the event is
+        # retried later and posts this reply without running the command a second time.
+        result = self._unsent.get(evt.event_id)
+        if result is None:
+            result = await self.run(text, sender, evt.room_id, prefix, evt.event_id)
+            self._unsent[evt.event_id] = result
+            while len(self._unsent) > UNSENT_KEPT:
+                self._unsent.popitem(last=False)
         reply_to = None if in_management else evt.event_id
         txn_id = f"cmd-{evt.event_id}"
         try:
@@ -95,6 +106,7 @@ class CommandProcessor:
                 raise
             api = self.services.bot_api.user(UserID(puppet))
             await send_markdown(api, evt.room_id, result.text, txn_id, reply_to=reply_to)
+        self._unsent.pop(evt.event_id, None)
         if refused:
             await self.notices.record(evt.room_id, sender, REFUSED)
         return True
@@ -121,4 +133,5 @@ class CommandProcessor:
             return await found.command.handler(ctx)
         except (MatrixRequestError, LettaError, aiohttp.ClientError, TimeoutError) as e:
             log.warning("Command %r of %s failed: %s", name, sender, e)
-            return CommandResult.error(f"`{name}` failed: {describe(e)}")
+            reason = failure(e, admin=level == ADMIN)
+            return CommandResult.error(f"`{name}` failed: {reason}")

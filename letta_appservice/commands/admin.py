@@ -6,10 +6,11 @@ import re
 
 from mautrix.errors import MatrixRequestError
 
+from ..chat.loops import bots_key
 from ..db.agent import ACTIVE, AgentRow
 from ..db.room import AGENT, INVITED
 from ..permissions import ADMIN
-from .args import CommandResult, bold_name, md_escape, resolve_agent
+from .args import CommandResult, bold_name, md_code, resolve_agent
 from .context import CommandContext, room_link
 from .info import invite_user
 from .registry import command
@@ -42,7 +43,7 @@ async def cmd_sync(ctx: CommandContext) -> CommandResult:
 async def cmd_invite(ctx: CommandContext) -> CommandResult:
     mxid, target = ctx.args.words[0], ctx.args.words[1]
     if not _MXID.match(mxid):
-        return CommandResult.error(f"`{md_escape(mxid)}` is not a Matrix ID like `@name:server`.")
+        return CommandResult.error(f"{md_code(mxid)} is not a Matrix ID like `@name:server`.")
     if target.lower() != "all":
         agent = await ctx.agent(1)
         if isinstance(agent, CommandResult):
@@ -51,8 +52,8 @@ async def cmd_invite(ctx: CommandContext) -> CommandResult:
             return CommandResult.error(f"{bold_name(agent)} has no room yet.")
         room = f"[the room of {bold_name(agent)}]({room_link(agent.room_id, ctx.services.domain)})"
         if await invite_user(ctx, agent.room_id, mxid) == "already":
-            return CommandResult(f"{mxid} is already in {room}; nothing changed.")
-        return CommandResult(f"Invited {mxid} to {room}.")
+            return CommandResult(f"{md_code(mxid)} is already in {room}; nothing changed.")
+        return CommandResult(f"Invited {md_code(mxid)} to {room}.")
     rooms = [a.room_id for a in await ctx.services.agents.all() if a.state == ACTIVE and a.room_id]
     space = await space_id(ctx.services)
     outcome: dict[str, list[str]] = {"invited": [], "already": []}
@@ -63,7 +64,7 @@ async def cmd_invite(ctx: CommandContext) -> CommandResult:
             outcome[await invite_user(ctx, room_id, mxid)].append(label)
         except MatrixRequestError as e:
             failed.append(f"{room_id} ({e.errcode or e.http_status})")
-    text = f"Invited {mxid} to {_count_rooms(outcome['invited'])}"
+    text = f"Invited {md_code(mxid)} to {_count_rooms(outcome['invited'])}"
     if outcome["already"]:
         text += f"; already in {_count_rooms(outcome['already'])}"
     if not space:
@@ -121,7 +122,7 @@ async def _set_paused(ctx: CommandContext, paused: bool) -> CommandResult:
 async def cmd_mode(ctx: CommandContext) -> CommandResult:
     mode = (ctx.args.get(0) or "").lower()
     if mode not in MODES:
-        return CommandResult.error(f"Unknown mode `{md_escape(mode)}`: use open, mention or off.")
+        return CommandResult.error(f"Unknown mode {md_code(mode)}: use open, mention or off.")
     services = ctx.services
     room = await services.rooms.get(ctx.room_id)
     if room is None or room.kind not in (AGENT, INVITED):
@@ -134,6 +135,29 @@ async def cmd_mode(ctx: CommandContext) -> CommandResult:
     room.mode = mode
     await services.rooms.upsert(room)
     return CommandResult(f"Mode of this room: **{mode}** (was {before}): {MODES[mode]}.")
+
+
+@command(
+    "bots",
+    args="<on|off>",
+    level=ADMIN,
+    help="Let other bots and bridges' users talk to the agents in this room, or not (default).",
+)
+async def cmd_bots(ctx: CommandContext) -> CommandResult:
+    switch = (ctx.args.get(0) or "").lower()
+    if switch not in ("on", "off"):
+        return CommandResult.error(f"Unknown switch {md_code(switch)}: use on or off.")
+    room = await ctx.services.rooms.get(ctx.room_id)
+    if room is None or room.kind not in (AGENT, INVITED):
+        return CommandResult.error("This room is not bridged to an agent; type `bots` there.")
+    if switch == "on":
+        await ctx.services.state.set(bots_key(ctx.room_id), True)
+        return CommandResult(
+            "Bots may talk to the agents in this room now. The loop guard still stops "
+            "exchanges that run on without people."
+        )
+    await ctx.services.state.delete(bots_key(ctx.room_id))
+    return CommandResult("Bots are ignored in this room again (the default).")
 
 
 @command(

@@ -4,6 +4,7 @@ against the stored agents, and the Markdown result (pure)."""
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 
 import attrs
@@ -71,7 +72,7 @@ def resolve_agent(query: str, agents: Sequence[AgentRow]) -> AgentRow | CommandR
         return _ambiguous(q, candidates)
     close = close_agents(q, agents)
     hint = f" Close matches: {', '.join(agent_label(a) for a in close)}." if close else ""
-    return CommandResult.error(f"No agent matches `{q}`.{hint} Type `agents` to list them.")
+    return CommandResult.error(f"No agent matches {md_code(q)}.{hint} Type `agents` to list them.")
 
 
 def close_agents(query: str, agents: Sequence[AgentRow]) -> list[AgentRow]:
@@ -89,7 +90,7 @@ def _ambiguous(query: str, matches: Sequence[AgentRow]) -> CommandResult:
     listed = ", ".join(agent_label(a) for a in matches[:MAX_MATCHES])
     more = f" and {len(matches) - MAX_MATCHES} more" if len(matches) > MAX_MATCHES else ""
     return CommandResult.error(
-        f"`{query}` matches {len(matches)} agents: {listed}{more}. "
+        f"{md_code(query)} matches {len(matches)} agents: {listed}{more}. "
         "Type more of the name, or use the agent id. Nothing changed."
     )
 
@@ -102,6 +103,17 @@ def agent_label(agent: AgentRow) -> str:
 def bold_name(agent: AgentRow) -> str:
     """``**Name**``: how an agent is named in replies about it."""
     return f"**{md_escape(agent.name or agent.agent_id)}**"
+
+
+def md_code(text: str, limit: int = 100) -> str:
+    """User input echoed literally: on one line, shortened, in an inline code span that no
+    backtick inside it can close (a crafted argument must not become bold text or a link
+    in the bot's reply)."""
+    text = " ".join(text.split())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if not text or text[0] == "`" or text[-1] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def md_escape(text: str) -> str:

@@ -16,7 +16,7 @@ from ..db.room import RoomStore
 from ..letta.client import LettaClient
 from ..matrix.puppets import Puppets
 from ..permissions import Permissions
-from .args import Args, CommandResult, resolve_agent
+from .args import Args, CommandResult, md_code, resolve_agent
 
 if TYPE_CHECKING:
     from ..reconcile.reconciler import Reconciler
@@ -75,7 +75,7 @@ class CommandContext:
 
     def code(self, name: str) -> str:
         """A command as the user would type it here, in backticks."""
-        return f"`{self.prefix} {name}`" if self.prefix else f"`{name}`"
+        return md_code(f"{self.prefix} {name}" if self.prefix else name)
 
 
 def room_link(room_id_or_alias: str, domain: str) -> str:

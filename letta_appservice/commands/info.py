@@ -14,8 +14,10 @@ from .. import __version__
 from ..db.agent import ACTIVE, AgentRow
 from ..letta.errors import LettaError
 from ..matrix import rooms as mx
-from .args import CommandResult, bold_name, md_escape
+from ..permissions import ADMIN
+from .args import CommandResult, bold_name, md_code, md_escape
 from .context import CommandContext, room_link
+from .reasons import failure, scrub
 from .registry import REGISTRY, command
 from .state import last_reconcile, space_id
 
@@ -30,7 +32,7 @@ async def cmd_help(ctx: CommandContext) -> CommandResult:
         if cmd is None:
             hints = REGISTRY.close_names(name)
             hint = f" Did you mean {', '.join(ctx.code(h) for h in hints)}?" if hints else ""
-            return CommandResult.error(f"No command `{name}`.{hint}")
+            return CommandResult.error(f"No command {md_code(name)}.{hint}")
         level = " (admins only)" if cmd.level == "admin" else ""
         return CommandResult(f"{cmd.usage(ctx.prefix)}{level}\n\n{cmd.help}")
     return CommandResult(help_text(ctx.level, ctx.prefix))
@@ -71,19 +73,20 @@ async def cmd_version(ctx: CommandContext) -> CommandResult:
 )
 async def cmd_status(ctx: CommandContext) -> CommandResult:
     s = ctx.services
+    admin = ctx.level == ADMIN  # others get short reasons: errors name internal hosts
     lines = [f"**letta-appservice {__version__}**, up {_duration(time.time() - s.started_at)}"]
     started = time.monotonic()
     try:
         await s.bot_intent.whoami()
         lines.append(f"- Homeserver: reachable ({_ms(started)})")
     except (MatrixRequestError, aiohttp.ClientError, TimeoutError) as e:
-        lines.append(f"- Homeserver: **unreachable** ({md_escape(str(e) or type(e).__name__)})")
+        lines.append(f"- Homeserver: **unreachable** ({md_escape(failure(e, admin=admin))})")
     started = time.monotonic()
     try:
         version = await s.letta.health()
         lines.append(f"- Letta: reachable, version {md_escape(version)} ({_ms(started)})")
     except LettaError as e:
-        lines.append(f"- Letta: **unreachable** ({md_escape(str(e))})")
+        lines.append(f"- Letta: **unreachable** ({md_escape(failure(e, admin=admin))})")
     agents = await s.agents.all()
     active = [a for a in agents if a.state == ACTIVE]
     paused = sum(1 for a in active if a.paused)
@@ -95,18 +98,20 @@ async def cmd_status(ctx: CommandContext) -> CommandResult:
     working = max(inbox["processing"] - 1, 0)
     failed = f", {inbox['failed']} failed" if inbox.get("failed") else ""
     lines.append(f"- Inbox: {inbox['pending']} pending, {working} in progress{failed}")
-    lines.append(f"- Last reconcile: {_reconcile_line(await last_reconcile(s))}")
+    lines.append(f"- Last reconcile: {_reconcile_line(await last_reconcile(s), admin)}")
     return CommandResult("\n".join(lines))
 
 
-def _reconcile_line(last: dict[str, Any] | None) -> str:
+def _reconcile_line(last: dict[str, Any] | None, admin: bool) -> str:
     if not last:
         return "none yet"
     started, duration = last.get("started_at"), last.get("duration") or 0.0
     ago = f"{_duration(time.time() - started - duration)} ago" if started else "at an unknown time"
     took = f", took {duration:.1f} s"
     if last.get("result") == "error" or last.get("error"):
-        return f"{ago}{took}, **failed**: {md_escape(str(last.get('error')))}"
+        if not admin:
+            return f"{ago}{took}, **failed** (admins see why)"
+        return f"{ago}{took}, **failed**: {md_escape(scrub(str(last.get('error'))))}"
     changes = last.get("changes") or {}
     done = ", ".join(f"{n} {k}" for k, n in sorted(changes.items())) or "no changes"
     return f"{ago}{took}, ok ({done})"
@@ -121,7 +126,7 @@ async def cmd_agents(ctx: CommandContext) -> CommandResult:
         if needle in a.name.lower() or needle in a.agent_id.lower()
     ]
     if not agents:
-        what = f" matching `{md_escape(needle)}`" if needle else ""
+        what = f" matching {md_code(needle)}" if needle else ""
         return CommandResult(f"No agents{what}.")
     # Active agents first, by name: the list people scan for a room to open.
     agents.sort(key=lambda a: (a.state != ACTIVE, a.name.lower()))

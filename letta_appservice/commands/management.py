@@ -12,11 +12,13 @@ from ..chat import encryption as e2ee
 from ..db.room import MANAGEMENT, RoomRow, RoomStore
 from ..matrix import rooms as mx
 from ..matrix.format import render_markdown
+from ..matrix.ids import room_origin
 from ..permissions import Permissions
 
 log = logging.getLogger("letta_appservice.management")
 OTHER = "other"  # a group room the bot was invited to: commands there need the prefix
 REFUSAL = "You are not allowed to use this bridge; ask its admin for access."
+REMOTE_REFUSAL = "Only bridge admins may bring the bridge into rooms of other servers."
 
 
 async def send_markdown(
@@ -61,6 +63,8 @@ class Management:
             return None
         inviter, room_id = evt.sender, evt.room_id
         refusal = REFUSAL if not self.permissions.is_user(inviter) else None
+        if refusal is None and not self.permissions.may_bring_into(inviter, room_origin(evt)):
+            refusal = REMOTE_REFUSAL
         refusal = refusal or (e2ee.DECLINED if e2ee.invite_says_encrypted(evt) else None)
         if refusal is not None:
             log.info("Refusing the invite of %s to %s: %s", inviter, room_id, refusal)

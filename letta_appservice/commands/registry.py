@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ..permissions import USER, at_least
-from .args import Args, CommandResult
+from .args import Args, CommandResult, md_code
 
 if TYPE_CHECKING:
     from .context import CommandContext
@@ -119,9 +119,8 @@ def dispatch(
     if cmd is None:
         hints = registry.close_names(name)
         hint = f" Did you mean {_or_list(_code(prefix, h) for h in hints)}?" if hints else ""
-        return CommandResult.error(
-            f"Unknown command `{words[0]}`.{hint} Type {_code(prefix, 'help')} for the list."
-        )
+        unknown = f"Unknown command {md_code(words[0])}."
+        return CommandResult.error(f"{unknown}{hint} Type {_code(prefix, 'help')} for the list.")
     if not at_least(level, cmd.level):
         return CommandResult.error(
             f"`{cmd.name}` is for bridge admins only; your level is **{level}**."
@@ -130,7 +129,7 @@ def dispatch(
     positional = [w for w in rest if not w.startswith("--")]
     usage = f"Usage: {cmd.usage(prefix)}"
     if unknown := sorted(flags - cmd.flags):
-        return CommandResult.error(f"Unknown option `{unknown[0]}`. {usage}")
+        return CommandResult.error(f"Unknown option {md_code(unknown[0])}. {usage}")
     if len(positional) < cmd.required:
         return CommandResult.error(f"Missing argument. {usage}")
     limit = cmd.required + cmd.optional
@@ -143,7 +142,7 @@ def dispatch(
 
 
 def _code(prefix: str, name: str) -> str:
-    return f"`{prefix} {name}`" if prefix else f"`{name}`"
+    return md_code(f"{prefix} {name}" if prefix else name)
 
 
 def _or_list(items: Iterable[str]) -> str:

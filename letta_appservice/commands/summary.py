@@ -7,6 +7,7 @@ from typing import Any
 
 from ..db.agent import ACTIVE, AgentRow
 from .args import md_escape
+from .reasons import scrub
 
 MAX_NAMED = 10  # agents named per kind of change before "and N more"
 _PAST = {
@@ -35,7 +36,7 @@ def describe_pass(summary: Any, before: Sequence[AgentRow], after: Sequence[Agen
     if data.get("result") == "error":
         done = f"; done before it stopped: {counts}" if counts else ""
         left = f"; {data['failed']} agent(s) left for the next pass" if data.get("failed") else ""
-        head = f"**Sync failed**: {md_escape(str(data.get('error')))}{done}{left}."
+        head = f"**Sync failed**: {md_escape(scrub(str(data.get('error'))))}{done}{left}."
     elif counts:
         head = f"**Sync done**: {counts} ({bridged})." if bridged else f"**Sync done**: {counts}."
     else:

@@ -39,6 +39,7 @@ from .checks import (
     _port,
     _positive,
     _regex,
+    _regex_list,
     _str_list,
     _token,
     _username_template,
@@ -137,12 +138,22 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class GuardConfig:
+    """Limits against loops and abuse (letta.turn_deadline, bridge.remote_rooms/bot_users)."""
+
+    turn_deadline: float = 900.0  # seconds a whole Letta turn may take, streamed or not
+    remote_rooms: str = "admins"  # who may bring agents into other servers' rooms (or "users")
+    bot_users: tuple[str, ...] = ()  # regexes of other bots' and bridges' users
+
+
+@attrs.frozen
 class Config:
     homeserver: HomeserverConfig
     appservice: AppserviceConfig
     letta: LettaConfig
     bridge: BridgeConfig
     logging: LoggingConfig
+    guards: GuardConfig = GuardConfig()
 
     @property
     def bot_mxid(self) -> str:
@@ -350,5 +361,10 @@ class _Validator:
                 file=g("logging.file", str, _log_file),
                 file_max_bytes=g("logging.file_max_bytes", int, _positive),
                 file_backups=g("logging.file_backups", int, _positive),
+            ),
+            guards=GuardConfig(
+                g("letta.turn_deadline", float, _positive),
+                g("bridge.remote_rooms", str, _choice(("admins", "users"))),
+                tuple(g("bridge.bot_users", list, _regex_list)),
             ),
         )

@@ -120,6 +120,11 @@ def _regex(v: str) -> str:
     return ""
 
 
+def _regex_list(v: list[Any]) -> str:
+    """A list of valid regular expressions (bridge.bot_users)."""
+    return _str_list(v) or next(filter(None, map(_regex, v)), "")
+
+
 def _str_list(v: list[Any]) -> str:
     return "" if all(isinstance(x, str) for x in v) else "must be a list of strings"
 

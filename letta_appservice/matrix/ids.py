@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 # Characters a Letta id may contain that are not valid in our localparts become '_'.
 _UNSAFE = re.compile(r"[^a-z0-9]")
@@ -44,3 +45,19 @@ def namespace_regex(template: str, domain: str, sigil: str = "@") -> str:
 
 def exact_regex(sigil: str, localpart: str, domain: str) -> str:
     return f"^{regex_escape(f'{sigil}{localpart}:{domain}')}$"
+
+
+def server_name(identifier: str) -> str | None:
+    """The server part of a user or room id (None when it has none, as v12 room ids)."""
+    _, colon, server = identifier.partition(":")
+    return server if colon and server else None
+
+
+def room_origin(invite: Any) -> str | None:
+    """The server a room was created on, as an invite (a member event) tells: its stripped
+    state's creator, else the room id's server, else the inviter's."""
+    unsigned = getattr(invite, "unsigned", None)
+    for ev in getattr(unsigned, "invite_room_state", None) or []:
+        if str(ev.type) == "m.room.create" and getattr(ev, "sender", None):
+            return server_name(str(ev.sender))
+    return server_name(str(invite.room_id)) or server_name(str(invite.sender))

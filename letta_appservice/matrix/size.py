@@ -1,5 +1,9 @@
 """Keeping messages under the homeserver's event size limit (64 KiB of canonical JSON): long
-Markdown is cut into several messages, long notices are clipped (pure, no I/O)."""
+Markdown is cut into several messages, long notices are clipped (pure, no I/O).
+
+Sizes are measured as the homeserver measures them: UTF-8 *after JSON escaping*. A control
+character is one byte of text but six in the event (``\u0001``), so 16 kB of them in a tool
+result would make a 96 kB event."""
 
 from __future__ import annotations
 
@@ -16,12 +20,33 @@ _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 
 
 def utf8_len(text: str) -> int:
-    return len(text.encode())
+    return len(text.encode(errors="surrogatepass"))
+
+
+def escaped_len(text: str) -> int:
+    """Bytes ``text`` takes inside a JSON event (UTF-8, quotes and control characters escaped,
+    as canonical JSON does)."""
+    return utf8_len(json.dumps(text, ensure_ascii=False)) - 2
+
+
+def _char_bytes(c: str) -> int:
+    if c in '"\\\b\f\n\r\t':
+        return 2
+    return 6 if ord(c) < 0x20 else utf8_len(c)
 
 
 def _prefix_within(text: str, limit: int) -> str:
-    """The longest prefix of ``text`` of at most ``limit`` UTF-8 bytes (whole characters)."""
-    return text.encode()[:limit].decode(errors="ignore")
+    """The longest prefix of ``text`` of at most ``limit`` escaped bytes (whole characters)."""
+    # Escaping never shrinks text: the raw UTF-8 prefix is an upper bound, usually the answer.
+    head = text.encode(errors="surrogatepass")[:limit].decode(errors="ignore")
+    if escaped_len(head) <= limit:
+        return head
+    total = 0
+    for index, c in enumerate(head):
+        total += _char_bytes(c)
+        if total > limit:
+            return head[:index]
+    return head
 
 
 def _open_fence(text: str) -> tuple[str, str] | None:
@@ -44,13 +69,13 @@ def _open_fence(text: str) -> tuple[str, str] | None:
 
 
 def split_markdown(text: str, limit: int = PIECE_BYTES) -> list[str]:
-    """``text`` in pieces of at most ``limit`` UTF-8 bytes, each to be a message of its own:
+    """``text`` in pieces of at most ``limit`` escaped bytes, each to be a message of its own:
     cut at the last paragraph break that fits (in the second half of the piece), else the
     last line break, else between two characters. A code fence open at a cut is closed
     there and opened again in the next piece, so every piece renders on its own."""
     pieces: list[str] = []
     rest = text.strip()
-    while utf8_len(rest) > limit:
+    while escaped_len(rest) > limit:
         head = _prefix_within(rest, limit - 64)  # room for a closing fence
         cut = head.rfind("\n\n")
         if cut < len(head) // 2:  # no paragraph break in the second half: a line break
@@ -69,8 +94,8 @@ def split_markdown(text: str, limit: int = PIECE_BYTES) -> list[str]:
 
 
 def clip(text: str, limit: int = PIECE_BYTES) -> str:
-    """``text`` cut to about ``limit`` UTF-8 bytes, saying how much was left out."""
-    if utf8_len(text) <= limit:
+    """``text`` cut to about ``limit`` escaped bytes, saying how much was left out."""
+    if escaped_len(text) <= limit:
         return text
     head = _prefix_within(text, limit)
     return f"{head}\n… ({len(text) - len(head)} more characters not shown)"
