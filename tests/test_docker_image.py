@@ -60,6 +60,8 @@ def edit_config(path: Path, port: int, letta_url: str) -> None:
     yaml = YAML()
     config = yaml.load(path.read_text())
     config["homeserver"]["domain"] = SERVER_NAME
+    # Replaced at run time by LETTA_APPSERVICE_HOMESERVER_ADDRESS; -g refuses the example's.
+    config["homeserver"]["address"] = "http://127.0.0.1:8008"
     config["appservice"]["address"] = f"http://127.0.0.1:{port}"
     config["appservice"]["hostname"] = "127.0.0.1"
     config["appservice"]["port"] = port
@@ -118,7 +120,7 @@ async def test_first_run_registration_health_and_sigterm(
     # 1. First run: the commented example config, and what to do next.
     _, first = await containers.run("--rm", "-v", volume, appservice_image)
     assert first.returncode == 0, first.describe()
-    assert "bridge.permissions" in first.stdout and "start this container again" in first.stdout
+    assert "bridge.permissions" in first.stdout and "run this container again" in first.stdout
     config_path = data / "config.yaml"
     assert config_path.stat().st_uid == IMAGE_UID
     assert not (data / "registration.yaml").exists()
@@ -130,7 +132,7 @@ async def test_first_run_registration_health_and_sigterm(
     # 2. Second run: -g writes the registration and stores its tokens in the config.
     _, second = await containers.run("--rm", "-v", volume, appservice_image)
     assert second.returncode == 0, second.describe()
-    assert "registration was written to /data/registration.yaml" in second.stdout
+    assert "Wrote /data/registration.yaml with new tokens" in second.stdout
     registration = load_yaml(data / "registration.yaml")
     tokens = load_yaml(config_path)["appservice"]
     assert registration["url"] == f"http://127.0.0.1:{port}"
