@@ -43,12 +43,12 @@ class Apps:
 
     def __init__(
         self,
-        homeserver: str,
+        homeserver_url: str,
         letta_url: str,
         database: str | None = None,
         ready_timeout: float = 60,
     ) -> None:
-        self.homeserver = homeserver
+        self.homeserver_url = homeserver_url
         self.letta_url = letta_url
         self.database = database
         self.ready_timeout = ready_timeout
@@ -74,7 +74,7 @@ class Apps:
             over["bridge"] = namespace.overrides(**over.get("bridge", {}))
         database = database or self.database
         assert database is not None, "no database given and no default"
-        app = App(make_config(self.homeserver, database, self.letta_url, instance, **over))
+        app = App(make_config(self.homeserver_url, database, self.letta_url, instance, **over))
         self.running.append(app)
         await app.start()
         if ready or first_pass:

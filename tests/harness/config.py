@@ -81,8 +81,9 @@ def write_registrations(workdir: Path) -> list[Path]:
 
 
 def make_config(
-    homeserver: str, database: str, letta_url: str, instance: str = "letta", **over: Any
+    homeserver_url: str, database: str, letta_url: str, instance: str = "letta", **over: Any
 ) -> Config:
-    """The config of one test instance; ``over`` holds sections merged on top."""
-    data = INSTANCES[instance].config_data(homeserver, database, letta_url)
+    """The config of one test instance; ``over`` holds sections merged on top (its keyword
+    names are config sections: ``homeserver={...}`` overrides ``homeserver_url``)."""
+    data = INSTANCES[instance].config_data(homeserver_url, database, letta_url)
     return parse_config(merge_sections(data, over), env={})
