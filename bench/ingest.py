@@ -31,7 +31,7 @@ from letta_appservice.db.inbox import InboxStore
 from letta_appservice.inbox.web import WebServer
 from letta_appservice.inbox.worker import InboxWorker
 from letta_appservice.metrics import Metrics
-from tests.conftest import free_port
+from tests.harness.config import free_port
 from tests.harness.postgres import admin_dsn, database_url
 
 WORKER = "--no-worker" not in sys.argv

@@ -33,15 +33,9 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from letta_appservice.app import App
-from tests.conftest import (
-    ADMIN,
-    INSTANCES,
-    SERVER_NAME,
-    make_config,
-    write_registrations,
-)
 from tests.harness import letta_replies as lr
+from tests.harness.apps import Apps
+from tests.harness.config import ADMIN, INSTANCES, SERVER_NAME, write_registrations
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.postgres import pg_database
@@ -190,17 +184,13 @@ async def run(args: argparse.Namespace, synapse: SynapseServer, database: str) -
     letta = FakeLetta()
     letta.responder = lambda _agent, text: [lr.assistant("ok: " + text.rsplit("\n", 1)[-1])]
     await letta.start()
-    app = App(
-        make_config(
-            synapse, database, letta.url, "letta", letta={"max_concurrency": args.concurrency}
-        )
-    )
+    apps = Apps(synapse.url, letta.url, ready_timeout=120)
     echo = EchoAppservice(synapse)
     stored: dict[str, float] = {}
-    await app.start()
     try:
-        await app.wait_ready(timeout=120)
-        await app.scheduler.wait_for_passes(1)
+        app = await apps.start(
+            database, first_pass=True, letta={"max_concurrency": args.concurrency}
+        )
         original = app.inbox.store_transaction
 
         async def timed_store(txn_id: str, events: Any) -> Any:
@@ -256,7 +246,7 @@ async def run(args: argparse.Namespace, synapse: SynapseServer, database: str) -
         await user.close()
     finally:
         await echo.stop()
-        await app.stop()
+        await apps.close()
         await letta.stop()
 
 

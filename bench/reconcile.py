@@ -36,15 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.reconcile_floor import NoopAppservice, provision_floor
 from letta_appservice.app import App
-from letta_appservice.config import merge_sections, parse_config
+from letta_appservice.config import merge_sections
 from letta_appservice.db.bridge_state import BridgeState
 from letta_appservice.db.database import DatabaseURL, create_database
-from letta_appservice.matrix.registration import build_registration, write_registration
-from tests.conftest import INSTANCES, make_config
+from letta_appservice.matrix.registration import write_registration
+from tests.harness.apps import Apps, Bridge
+from tests.harness.config import INSTANCES
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.postgres import admin_dsn
 from tests.harness.postgres import database_url as pg_url
-from tests.harness.reconcile_support import Bridge
 from tests.harness.synapse import SynapseServer
 
 
@@ -64,16 +64,6 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def start_app(synapse: SynapseServer, letta: FakeLetta, database: str, **over: Any) -> App:
-    bridge = Bridge()
-    over["bridge"] = bridge.overrides()
-    app = App(make_config(synapse, database, letta.url, "letta", **over))
-    await app.start()
-    await app.wait_ready(timeout=120)
-    await app.scheduler.wait_for_passes(1)
-    return app
-
-
 def paths(app: App, suffix: str) -> int:
     return sum(1 for _m, p in app.recent_matrix_requests if p.endswith(suffix))
 
@@ -83,8 +73,10 @@ async def provision(
 ) -> dict[str, Any]:
     letta = FakeLetta()
     await letta.start()
-    app = await start_app(synapse, letta, database)  # the space exists; no agents yet
+    apps = Apps(synapse.url, letta.url, ready_timeout=120)
     try:
+        # The space exists; no agents yet.
+        app = await apps.start(database, namespace=Bridge(), first_pass=True)
         app.reconciler._concurrency = concurrency
         for n in range(count):
             letta.add_agent(f"Agent {n:05}", description=f"Benchmark agent {n}")
@@ -104,7 +96,7 @@ async def provision(
             "synapse_cpu_s": synapse_cpu,
         }
     finally:
-        await app.stop()
+        await apps.close()
         await letta.stop()
 
 
@@ -113,8 +105,9 @@ async def steady(synapse: SynapseServer, database: str, count: int) -> dict[str,
     straight into the database (provisioning 10,000 rooms would take Synapse an hour)."""
     letta = FakeLetta()
     await letta.start()
-    app = await start_app(synapse, letta, database)
+    apps = Apps(synapse.url, letta.url, ready_timeout=120)
     try:
+        app = await apps.start(database, namespace=Bridge(), first_pass=True)
         settings = app.reconciler.settings
         rows = []
         for n in range(count):
@@ -140,7 +133,7 @@ async def steady(synapse: SynapseServer, database: str, count: int) -> dict[str,
             assert summary.matrix_requests == 0, summary
         return {"agents": count, "wall_s": min(times), "requests": summary.matrix_requests}
     finally:
-        await app.stop()
+        await apps.close()
         await letta.stop()
 
 
@@ -286,10 +279,7 @@ async def main() -> None:
     noop = NoopAppservice()
     await noop.start()
     with tempfile.TemporaryDirectory() as tmp:
-        registration = Path(tmp) / "registration.yaml"
-        inst = INSTANCES["letta"]
-        config = parse_config(inst.config_data("http://unused", "sqlite:unused.db", "http://x"))
-        write_registration(build_registration(config), registration)
+        registration = INSTANCES["letta"].write_registration(Path(tmp) / "registration.yaml")
         floor_registration = Path(tmp) / "registration-floor.yaml"
         write_registration(noop.registration, floor_registration)
         began = time.perf_counter()

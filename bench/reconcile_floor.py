@@ -21,7 +21,7 @@ from letta_appservice.config import parse_config
 from letta_appservice.matrix import rooms
 from letta_appservice.matrix.ids import agent_localpart, agent_mxid
 from letta_appservice.matrix.registration import build_registration
-from tests.conftest import ADMIN, SERVER_NAME, free_port
+from tests.harness.config import ADMIN, SERVER_NAME, free_port
 
 BOT = "floor_bot"
 

@@ -6,22 +6,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import pytest_asyncio
 
-from letta_appservice.app import App
-from tests.conftest import ADMIN, AppFactory
+from tests.harness.apps import Apps, Bridge
+from tests.harness.config import ADMIN
 from tests.harness.matrix_user import MatrixUser
-from tests.harness.reconcile_support import Bridge, eventually, space_children, wait_until_left
+from tests.harness.observe import eventually, space_children, wait_until_left
 from tests.harness.synapse import SynapseServer, fresh_localpart
 
 BOT = "@letta:test.local"
 TIMEOUT = 60
-
-
-@pytest.fixture
-def bridge() -> Bridge:
-    return Bridge()
 
 
 @pytest_asyncio.fixture
@@ -30,16 +24,6 @@ async def user(synapse: SynapseServer) -> AsyncIterator[MatrixUser]:
     person = await synapse.register_user(fresh_localpart(), displayname="Pat")
     yield person
     await person.close()
-
-
-async def start(
-    start_app: AppFactory, namespace: Bridge, database: str | None = None, **bridge: Any
-) -> App:
-    """An app in the test's own puppet namespace (``bridge`` config overrides on top), after
-    its first reconcile pass."""
-    app = await start_app(database=database, bridge=namespace.overrides(**bridge))
-    await app.scheduler.wait_for_passes(1)
-    return app
 
 
 def is_bot_notice(event: dict[str, Any]) -> bool:
@@ -74,12 +58,12 @@ def html(content: dict[str, Any]) -> str:
 
 
 async def test_user_commands_in_the_management_room(
-    start_app: AppFactory, bridge: Bridge, fake_letta: Any, user: MatrixUser
+    apps: Apps, bridge: Bridge, fake_letta: Any, user: MatrixUser
 ) -> None:
     alpha = fake_letta.add_agent("Alpha", description="Answers questions")
     fake_letta.add_agent("Aleph")
     beta = fake_letta.add_agent("Beta")
-    app = await start(start_app, bridge)
+    app = await apps.start(namespace=bridge, first_pass=True)
 
     dm, greeting = await open_dm(user)
     assert "management room" in greeting["body"] and "Your level: **user**" in greeting["body"]
@@ -149,9 +133,9 @@ async def test_user_commands_in_the_management_room(
 
 
 async def test_group_room_commands_need_the_prefix(
-    start_app: AppFactory, bridge: Bridge, user: MatrixUser, admin_user: MatrixUser
+    apps: Apps, bridge: Bridge, user: MatrixUser, admin_user: MatrixUser
 ) -> None:
-    await start(start_app, bridge)
+    await apps.start(namespace=bridge, first_pass=True)
     room = await user.create_room(invite=[admin_user.mxid], preset="private_chat")
     await admin_user.join(room)
     await user.mark()
@@ -171,9 +155,9 @@ async def test_group_room_commands_need_the_prefix(
 
 
 async def test_the_bot_leaves_a_management_room_its_owner_left(
-    start_app: AppFactory, bridge: Bridge, user: MatrixUser
+    apps: Apps, bridge: Bridge, user: MatrixUser
 ) -> None:
-    app = await start(start_app, bridge)
+    app = await apps.start(namespace=bridge, first_pass=True)
     rooms = app.commands.services.rooms
     room, _ = await open_dm(user)
     assert (await rooms.management_room(user.mxid)).room_id == room
@@ -187,9 +171,11 @@ async def test_the_bot_leaves_a_management_room_its_owner_left(
 
 
 async def test_invite_from_a_user_without_permission_is_rejected(
-    start_app: AppFactory, bridge: Bridge, user: MatrixUser
+    apps: Apps, bridge: Bridge, user: MatrixUser
 ) -> None:
-    app = await start(start_app, bridge, permissions={ADMIN: "admin"})
+    app = await apps.start(
+        namespace=bridge, first_pass=True, bridge={"permissions": {ADMIN: "admin"}}
+    )
     await user.mark()
     room = await user.create_room(invite=[BOT], is_direct=True, preset="trusted_private_chat")
 
@@ -207,9 +193,9 @@ async def test_invite_from_a_user_without_permission_is_rejected(
 
 
 async def test_a_user_without_permission_is_refused_once_per_room(
-    start_app: AppFactory, bridge: Bridge, user: MatrixUser, admin_user: MatrixUser
+    apps: Apps, bridge: Bridge, user: MatrixUser, admin_user: MatrixUser
 ) -> None:
-    await start(start_app, bridge, permissions={ADMIN: "admin"})
+    await apps.start(namespace=bridge, first_pass=True, bridge={"permissions": {ADMIN: "admin"}})
     room = await admin_user.create_room(invite=[BOT, user.mxid], preset="private_chat")
     await admin_user.wait_for_event(room, is_bot_notice, timeout=TIMEOUT)  # the bot's greeting
     await user.join(room)
@@ -235,7 +221,7 @@ async def test_a_user_without_permission_is_refused_once_per_room(
 
 async def test_admin_commands(
     database_url: str,
-    start_app: AppFactory,
+    apps: Apps,
     bridge: Bridge,
     fake_letta: Any,
     admin_user: MatrixUser,
@@ -243,7 +229,7 @@ async def test_admin_commands(
 ) -> None:
     alpha = fake_letta.add_agent("Alpha")
     beta = fake_letta.add_agent("Beta")
-    app = await start(start_app, bridge, database_url)
+    app = await apps.start(database_url, namespace=bridge, first_pass=True)
     rows = {a.agent_id: a for a in await app.agents.all()}
     alpha_room, beta_room = rows[alpha.id].room_id, rows[beta.id].room_id
     for room in (alpha_room, beta_room):

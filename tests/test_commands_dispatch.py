@@ -111,7 +111,7 @@ def test_last_optional_argument_takes_the_rest_of_the_line() -> None:
 def test_a_command_cannot_be_declared_twice() -> None:
     registry = Registry()
 
-    async def handler(ctx):  # pragma: no cover - never run
+    async def handler(_ctx: object) -> None:  # pragma: no cover - never run
         raise AssertionError
 
     registry.command("x", help="x")(handler)

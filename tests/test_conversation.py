@@ -3,155 +3,42 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import attrs
 import pytest
 
-from letta_appservice.app import App
 from letta_appservice.chat.content import otid
-from letta_appservice.db.agent import AgentRow
 from letta_appservice.db.invited_agent import InvitedAgentStore
 from letta_appservice.db.room import RoomStore
-from letta_appservice.matrix import rooms as mx
-from tests.conftest import ADMIN, AppFactory
 from tests.harness import letta_replies as lr
+from tests.harness.apps import Apps
+from tests.harness.config import ADMIN
+from tests.harness.conversation import (
+    dm_with,
+    enter,
+    handled,
+    new_user,
+    provision,
+    read_receipt,
+    replies_seen,
+    said_by,
+    text_of,
+)
+from tests.harness.events import Event, by, joined, matches, reply_to
 from tests.harness.fake_letta import FakeAgent, FakeLetta
 from tests.harness.matrix_user import MatrixUser
-from tests.harness.reconcile_support import joined_rooms_of, wait_until_left
-from tests.harness.synapse import SynapseServer, fresh_localpart
-
-Event = dict[str, Any]
-
-
-@attrs.frozen(eq=False)  # hashed by identity (dict keys in tests)
-class Bridged:
-    fake: FakeAgent
-    row: AgentRow
-
-    @property
-    def room(self) -> str:
-        assert self.row.room_id is not None
-        return self.row.room_id
-
-    @property
-    def mxid(self) -> str:
-        return self.row.mxid
-
-
-async def provision(app: App, letta: FakeLetta, *names: str, **fields: Any) -> list[Bridged]:
-    """Agents in the fake Letta, bridged by a reconcile pass (room, puppet, admins invited)."""
-    fakes = [letta.add_agent(name, **fields) for name in names]
-    await app.scheduler.run_now()
-    out = []
-    for fake in fakes:
-        row = await app.agents.get(fake.id)
-        assert row is not None and row.room_id is not None
-        out.append(Bridged(fake, row))
-    return out
-
-
-async def enter(app: App, user: MatrixUser, room_id: str) -> None:
-    if user.mxid != ADMIN:  # admins are invited by the reconciler
-        await mx.invite(app.bot_api, room_id, user.mxid)
-    await user.join(room_id)
-
-
-def by(sender: str, msgtype: str | None = None) -> Callable[[Event], bool]:
-    def match(e: Event) -> bool:
-        return (
-            e["type"] == "m.room.message"
-            and e["sender"] == sender
-            and msgtype in (None, e["content"]["msgtype"])
-        )
-
-    return match
-
-
-def reply_to(sender: str, event_id: str, msgtype: str = "m.text") -> Callable[[Event], bool]:
-    def match(e: Event) -> bool:
-        relates = e["content"].get("m.relates_to") or {}
-        return by(sender, msgtype)(e) and relates["m.in_reply_to"]["event_id"] == event_id
-
-    return match
-
-
-def matches(predicate: Callable[[Event], bool], e: Event) -> bool:
-    try:
-        return predicate(e)
-    except (KeyError, IndexError, TypeError):
-        return False
-
-
-def said_by(user: MatrixUser, room: str, sender: str, msgtype: str | None = None) -> list[Event]:
-    """Messages of ``sender`` the user has seen in the room, oldest first."""
-    return [e for e in user.events_seen(room) if matches(by(sender, msgtype), e)]
-
-
-def text_of(logged: Any) -> str:
-    """The person's text of a message Letta got (without the attribution line)."""
-    return logged.text.rsplit("\n", 1)[1]
-
-
-def replies_seen(user: MatrixUser, room: str, sender: str, event_id: str) -> list[Event]:
-    seen = []
-    for e in user.events_seen(room):
-        relates = e.get("content", {}).get("m.relates_to") or {}
-        in_reply = (relates.get("m.in_reply_to") or {}).get("event_id")
-        if e["type"] == "m.room.message" and e["sender"] == sender and in_reply == event_id:
-            seen.append(e)
-    return seen
-
-
-async def dm_with(user: MatrixUser, puppet: str) -> str:
-    """A DM the user opens with an agent's puppet, once the puppet has joined it."""
-    dm = await user.create_room(preset="trusted_private_chat", is_direct=True, invite=[puppet])
-    await user.wait_for_event(dm, joined(puppet))
-    return dm
-
-
-async def handled(app: App, event_id: str, timeout: float = 30) -> None:
-    """Waits until the bridge has finished with a pushed event (whatever it did with it)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            stored = await app.inbox.get(event_id)
-            if stored is not None and stored.state == "done":
-                return
-            await asyncio.sleep(0.05)
-
-
-async def new_user(synapse: SynapseServer, name: str = "user") -> MatrixUser:
-    return await synapse.register_user(fresh_localpart(name), displayname=name.title())
-
-
-async def read_receipt(user: MatrixUser, room: str, reader: str, timeout: float = 20) -> str:
-    """The event ``reader`` marked read, as the user's client learns it (initial sync)."""
-    query = {"filter": json.dumps({"room": {"rooms": [room], "timeline": {"limit": 1}}})}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        data = await user.request("GET", "/_matrix/client/v3/sync", query=query)
-        room_data = data.get("rooms", {}).get("join", {}).get(room, {})
-        for ev in room_data.get("ephemeral", {}).get("events", []):
-            if ev.get("type") != "m.receipt":
-                continue
-            for event_id, receipts in ev.get("content", {}).items():
-                if reader in receipts.get("m.read", {}):
-                    return event_id
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"no read receipt of {reader}")
-
+from tests.harness.observe import joined_rooms_of, wait_until_left
+from tests.harness.synapse import SynapseServer
 
 # --- replies -------------------------------------------------------------------------------------
 
 
 async def test_round_trip_markdown_reply_and_thread(
-    database_url: str, start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    database_url: str, apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app(database=database_url)
+    app = await apps.start(database_url)
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
 
@@ -182,11 +69,11 @@ async def test_round_trip_markdown_reply_and_thread(
 
 
 async def test_letta_older_than_0_6_15_is_sent_the_text_field(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser, caplog: Any
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser, caplog: Any
 ) -> None:
     caplog.set_level("INFO", logger="letta_appservice")
     fake_letta.version, fake_letta.inline_streaming = "0.6.5", "ignored"
-    app = await start_app(letta={"streaming": True})
+    app = await apps.start(letta={"streaming": True})
     [old] = await provision(app, fake_letta, "Old Timer")
     await enter(app, admin_user, old.room)
     asked = await admin_user.send_text(old.room, "still there?")
@@ -201,9 +88,9 @@ async def test_letta_older_than_0_6_15_is_sent_the_text_field(
 
 
 async def test_reasoning_tools_and_stop_reason_notices(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app(bridge={"show_reasoning": "notice", "show_tools": "notice"})
+    app = await apps.start(bridge={"show_reasoning": "notice", "show_tools": "notice"})
 
     def thinker(_agent: object, _text: str) -> list[dict[str, Any]]:
         return [
@@ -252,9 +139,9 @@ async def test_reasoning_tools_and_stop_reason_notices(
 
 
 async def test_burst_to_one_agent_keeps_order_while_others_answer_concurrently(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app()
+    app = await apps.start()
     busy, *others = await provision(app, fake_letta, "Busy", "O1", "O2", "O3", "O4", "O5")
     busy.fake.delay = 0.05
     other_ids = {o.fake.id for o in others}
@@ -291,9 +178,9 @@ async def test_burst_to_one_agent_keeps_order_while_others_answer_concurrently(
 
 
 async def test_letta_500_and_409_are_retried_with_a_notice_when_it_takes_long(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app(letta={"delay_notice": 1})
+    app = await apps.start(letta={"delay_notice": 1})
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
     path = f"/v1/agents/{helper.fake.id}/messages"
@@ -320,9 +207,9 @@ async def test_letta_500_and_409_are_retried_with_a_notice_when_it_takes_long(
 
 
 async def test_errors_that_are_not_retried_and_the_retry_window(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app(letta={"timeout": 1, "retry_window": 2, "delay_notice": 1})
+    app = await apps.start(letta={"timeout": 1, "retry_window": 2, "delay_notice": 1})
     down, bad, slow = await provision(app, fake_letta, "Down", "Bad", "Slow")
     slow.fake.delay = 5
     fake_letta.fail_next(100, 503, f"/v1/agents/{down.fake.id}/messages")
@@ -357,9 +244,9 @@ async def test_errors_that_are_not_retried_and_the_retry_window(
 
 
 async def test_slow_letta_marks_read_and_types_until_the_reply(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app()
+    app = await apps.start()
     [slow] = await provision(app, fake_letta, "Slow", delay=3)
     await enter(app, admin_user, slow.room)
     asked = await admin_user.send_text(slow.room, "take your time")
@@ -374,9 +261,9 @@ async def test_slow_letta_marks_read_and_types_until_the_reply(
 
 
 async def test_streaming_posts_the_first_words_then_edits(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app(letta={"streaming": True})
+    app = await apps.start(letta={"streaming": True})
     text = "Streaming **works**: this answer arrives in many small pieces."
     streamer, broken = await provision(app, fake_letta, "Streamer", "Broken")
     streamer.fake.responder = lambda _a, _t: [lr.reasoning("hmm"), lr.assistant(text)]
@@ -412,11 +299,11 @@ async def test_streaming_posts_the_first_words_then_edits(
 
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_a_long_answer_arrives_whole_in_several_messages(
-    streaming: bool, start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    streaming: bool, apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
     """Far more than one event may hold: cut into messages, nothing lost, also when streamed
     (each message edited until it is complete)."""
-    app = await start_app(letta={"streaming": streaming})
+    app = await apps.start(letta={"streaming": streaming})
     [writer] = await provision(app, fake_letta, "Writer")
     text = lr.long_text()
     writer.fake.responder = lambda _a, _t: [lr.assistant(text)]
@@ -446,9 +333,9 @@ async def test_a_long_answer_arrives_whole_in_several_messages(
 
 
 async def test_media_gets_one_notice_that_agents_read_text_only(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app()
+    app = await apps.start()
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
     image = {"msgtype": "m.image", "body": "cat.png", "url": "mxc://test.local/cat"}
@@ -465,10 +352,10 @@ async def test_media_gets_one_notice_that_agents_read_text_only(
 
 
 async def test_a_dm_whose_agent_was_deleted_says_so_once(
-    start_app: AppFactory, fake_letta: FakeLetta, synapse: SynapseServer
+    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer
 ) -> None:
     alice = await new_user(synapse, "alice")
-    app = await start_app()
+    app = await apps.start()
     [alpha] = await provision(app, fake_letta, "Alpha")
     dm = await dm_with(alice, alpha.mxid)
     del fake_letta.agents[alpha.fake.id]
@@ -491,10 +378,10 @@ async def test_a_dm_whose_agent_was_deleted_says_so_once(
 
 
 async def test_silence_is_told_where_a_reply_was_expected(
-    start_app: AppFactory, fake_letta: FakeLetta, synapse: SynapseServer
+    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer
 ) -> None:
     alice, bob = await new_user(synapse, "alice"), await new_user(synapse, "bob")
-    app = await start_app()
+    app = await apps.start()
     [alpha] = await provision(app, fake_letta, "Alpha")
     alpha.fake.responder = lambda _a, text: (
         [lr.assistant("noted")] if "answer" in text else [lr.reasoning("nothing to add")]
@@ -530,9 +417,9 @@ async def test_silence_is_told_where_a_reply_was_expected(
 
 
 async def test_a_message_deleted_while_it_waits_is_not_passed_on(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app()
+    app = await apps.start()
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
     helper.fake.delay = 2
@@ -550,10 +437,10 @@ async def test_a_message_deleted_while_it_waits_is_not_passed_on(
 
 
 async def test_non_permitted_user_is_told_once_and_nothing_is_routed(
-    start_app: AppFactory, fake_letta: FakeLetta, synapse: SynapseServer, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer, admin_user: MatrixUser
 ) -> None:
     stranger = await new_user(synapse, "stranger")
-    app = await start_app(bridge={"permissions": {ADMIN: "admin"}})
+    app = await apps.start(bridge={"permissions": {ADMIN: "admin"}})
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
     await enter(app, stranger, helper.room)
@@ -579,10 +466,10 @@ async def test_non_permitted_user_is_told_once_and_nothing_is_routed(
 
 
 async def test_dm_group_room_mentions_and_puppets_never_answer_each_other(
-    start_app: AppFactory, fake_letta: FakeLetta, synapse: SynapseServer
+    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer
 ) -> None:
     alice, bob = await new_user(synapse, "alice"), await new_user(synapse, "bob")
-    app = await start_app()
+    app = await apps.start()
     alpha, beta = await provision(app, fake_letta, "Alpha", "Beta")
     # Each names the other: were puppets' messages routed, they would answer each other.
     alpha.fake.responder = lambda _a, t: [lr.assistant(f"Beta, over to you ({t[-8:]})")]
@@ -626,10 +513,10 @@ async def test_dm_group_room_mentions_and_puppets_never_answer_each_other(
 
 
 async def test_agents_leave_rooms_once_everyone_else_has(
-    start_app: AppFactory, fake_letta: FakeLetta, synapse: SynapseServer, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer, admin_user: MatrixUser
 ) -> None:
     alice, bob = await new_user(synapse, "alice"), await new_user(synapse, "bob")
-    app = await start_app()
+    app = await apps.start()
     [alpha] = await provision(app, fake_letta, "Alpha")
     dm = await alice.create_room(
         preset="trusted_private_chat", is_direct=True, invite=[alpha.mxid]
@@ -667,20 +554,10 @@ async def test_agents_leave_rooms_once_everyone_else_has(
         await user.close()
 
 
-def joined(mxid: str) -> Callable[[Event], bool]:
-    """``mxid``'s join to the room."""
-
-    def match(e: Event) -> bool:
-        membership = e["content"]["membership"]
-        return e["type"] == "m.room.member" and e["state_key"] == mxid and membership == "join"
-
-    return match
-
-
 async def test_paused_agent_gets_a_notice_and_cancel_stops_a_running_request(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app()
+    app = await apps.start()
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
     bot = app.config.bot_mxid
@@ -716,9 +593,9 @@ async def test_paused_agent_gets_a_notice_and_cancel_stops_a_running_request(
 
 
 async def test_same_transaction_twice_and_a_handled_event_run_again_give_one_reply(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app()
+    app = await apps.start()
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
     event = {

@@ -20,11 +20,12 @@ import pytest_asyncio
 
 from letta_appservice.chat.content import otid
 from letta_appservice.matrix.ids import agent_alias, agent_mxid
-from tests.conftest import INSTANCES, SERVER_NAME
+from tests.harness.config import INSTANCES, SERVER_NAME
+from tests.harness.conversation import replies_seen, text_of
+from tests.harness.events import reply_to
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.matrix_user import MatrixError, MatrixUser
 from tests.harness.synapse import SynapseServer
-from tests.test_conversation import replies_seen, reply_to, text_of
 
 TEMPLATE = INSTANCES["letta"].username_template
 

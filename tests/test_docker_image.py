@@ -17,7 +17,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from letta_appservice.matrix.ids import agent_alias, agent_mxid
-from tests.conftest import ADMIN, SERVER_NAME, free_port
+from tests.harness.config import ADMIN, SERVER_NAME, free_port
 from tests.harness.docker_engine import Containers, docker, logs, state, wait_healthy
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.synapse import SynapseServer

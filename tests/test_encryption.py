@@ -9,15 +9,15 @@ from typing import Any
 
 from letta_appservice.app import App
 from letta_appservice.chat import encryption as e2ee
-from letta_appservice.config import merge_sections, parse_config
 from letta_appservice.db.room import RoomStore
-from letta_appservice.matrix.registration import build_registration, write_registration
-from tests.conftest import INSTANCES, SERVER_NAME, AppFactory
+from tests.harness.apps import Apps
+from tests.harness.config import INSTANCES, SERVER_NAME
+from tests.harness.conversation import dm_with, enter, new_user, provision
+from tests.harness.events import Event, by, member_is
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.matrix_user import MatrixUser
-from tests.harness.reconcile_support import joined_rooms_of, wait_until_left
+from tests.harness.observe import eventually, joined_rooms_of, wait_until_left
 from tests.harness.synapse import SynapseServer, fresh_localpart
-from tests.test_conversation import Event, by, dm_with, enter, new_user, provision
 
 ALGORITHM = {"algorithm": "m.megolm.v1.aes-sha2"}
 ENCRYPTION = {"type": "m.room.encryption", "state_key": "", "content": ALGORITHM}
@@ -30,17 +30,6 @@ CIPHERTEXT = {
 }
 
 
-def left(mxid: str) -> Any:
-    def match(e: Event) -> bool:
-        return (
-            e["type"] == "m.room.member"
-            and e["state_key"] == mxid
-            and e["content"]["membership"] == "leave"
-        )
-
-    return match
-
-
 def notice_from(mxid: str, text: str) -> Any:
     def match(e: Event) -> bool:
         return by(mxid, "m.notice")(e) and text in e["content"]["body"]
@@ -49,10 +38,10 @@ def notice_from(mxid: str, text: str) -> Any:
 
 
 async def test_invites_into_encrypted_rooms_are_declined_with_the_reason(
-    start_app: AppFactory, fake_letta: FakeLetta, synapse: SynapseServer
+    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer
 ) -> None:
     alice = await new_user(synapse, "alice")
-    app = await start_app()
+    app = await apps.start()
     [alpha] = await provision(app, fake_letta, "Alpha")
     bot = app.config.bot_mxid
     group = await alice.create_room(
@@ -62,7 +51,7 @@ async def test_invites_into_encrypted_rooms_are_declined_with_the_reason(
         preset="trusted_private_chat", is_direct=True, invite=[bot], initial_state=[ENCRYPTION]
     )
     for room, mxid in ((group, alpha.mxid), (dm, bot)):
-        declined = await alice.wait_for_event(room, left(mxid))
+        declined = await alice.wait_for_event(room, member_is(mxid, "leave"))
         assert declined["content"]["reason"] == e2ee.DECLINED  # never joined
     assert await RoomStore(app.db).get(group) is None
     assert await app.commands.services.rooms.management_room(alice.mxid) is None
@@ -70,10 +59,10 @@ async def test_invites_into_encrypted_rooms_are_declined_with_the_reason(
 
 
 async def test_encryption_turned_on_later(
-    start_app: AppFactory, fake_letta: FakeLetta, synapse: SynapseServer, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer, admin_user: MatrixUser
 ) -> None:
     alice = await new_user(synapse, "alice")
-    app = await start_app()
+    app = await apps.start()
     [alpha] = await provision(app, fake_letta, "Alpha")
 
     # In a DM the puppet says why and leaves; the bridge forgets the room.
@@ -81,7 +70,7 @@ async def test_encryption_turned_on_later(
     await alice.send_state(dm, "m.room.encryption", "", ALGORITHM)
     await alice.wait_for_event(dm, notice_from(alpha.mxid, e2ee.LEAVING))
     await wait_until_left(app, alpha.mxid, dm)
-    assert await RoomStore(app.db).get(dm) is None
+    await eventually(lambda: _forgotten(app, dm))  # the bookkeeping follows the leave
 
     # In its own room the agent stays, and says how to get a readable room back.
     await enter(app, admin_user, alpha.room)
@@ -110,14 +99,12 @@ async def test_encryption_turned_on_later(
 
 
 async def test_a_homeserver_that_encrypts_everything(
-    tmp_path: Path, fake_letta: FakeLetta, caplog: Any
+    tmp_path: Path, apps: Apps, fake_letta: FakeLetta, caplog: Any
 ) -> None:
     """This Synapse encrypts every new room and sends invites without encryption in their
     stripped state (a homeserver may send none at all): the operator is told that agent rooms
     came out encrypted, and an invited agent finds out after joining, says why and leaves."""
-    inst = INSTANCES["lab"]
-    data = inst.config_data("http://unused", f"sqlite:{tmp_path / 'e2ee.db'}", fake_letta.url)
-    write_registration(build_registration(parse_config(data, env={})), tmp_path / "reg.yaml")
+    INSTANCES["lab"].write_registration(tmp_path / "reg.yaml")
     hs = await SynapseServer.start(
         tmp_path / "hs",
         [tmp_path / "reg.yaml"],
@@ -127,11 +114,11 @@ async def test_a_homeserver_that_encrypts_everything(
             "encryption_enabled_by_default_for_room_type": "all",
         },
     )
-    app = App(parse_config(merge_sections(data, {"homeserver": {"address": hs.url}}), env={}))
     alice: MatrixUser | None = None
     try:
-        await app.start()
-        await app.wait_ready()
+        app = await apps.start(
+            f"sqlite:{tmp_path / 'e2ee.db'}", instance="lab", homeserver={"address": hs.url}
+        )
         [alpha] = await provision(app, fake_letta, "Alpha")
         async with asyncio.timeout(30):  # the room's encryption event reaches the bridge
             while True:
@@ -144,11 +131,15 @@ async def test_a_homeserver_that_encrypts_everything(
         room = await alice.create_room(preset="private_chat", invite=[alpha.mxid, bot])
         for mxid in (alpha.mxid, bot):
             await alice.wait_for_event(room, notice_from(mxid, e2ee.DECLINED))
-            await alice.wait_for_event(room, left(mxid))
+            await alice.wait_for_event(room, member_is(mxid, "leave"))
         assert await RoomStore(app.db).get(room) is None
         assert await app.commands.services.rooms.management_room(alice.mxid) is None
     finally:
         if alice is not None:
             await alice.close()
-        await app.stop()
+        await apps.close()  # before its homeserver goes
         await hs.stop()
+
+
+async def _forgotten(app: App, room_id: str) -> bool:
+    return await RoomStore(app.db).get(room_id) is None

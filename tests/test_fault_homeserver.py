@@ -13,21 +13,14 @@ import pytest_asyncio
 from aiohttp import web
 
 from letta_appservice.db.room import RoomStore
-from tests.conftest import ADMIN, AppFactory
 from tests.harness import letta_replies as lr
+from tests.harness.apps import Apps
+from tests.harness.config import ADMIN
+from tests.harness.conversation import dm_with, enter, new_user, provision, text_of
+from tests.harness.events import by, joined, reply_to
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.synapse import SynapseServer
-from tests.test_conversation import (
-    by,
-    dm_with,
-    enter,
-    joined,
-    new_user,
-    provision,
-    reply_to,
-    text_of,
-)
 
 TIMEOUT = 60
 
@@ -102,13 +95,13 @@ def bot_notice(bot: str, event_id: str) -> Any:
 
 
 async def test_a_homeserver_failing_for_a_moment_loses_no_invite_notice_or_reply(
-    start_app: AppFactory,
+    apps: Apps,
     fake_letta: FakeLetta,
     synapse: SynapseServer,
     admin_user: MatrixUser,
     proxy: FlakyProxy,
 ) -> None:
-    app = await start_app(homeserver={"address": proxy.url})
+    app = await apps.start(homeserver={"address": proxy.url})
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
     bot = app.config.bot_mxid
@@ -138,9 +131,9 @@ async def test_a_homeserver_failing_for_a_moment_loses_no_invite_notice_or_reply
 
 
 async def test_a_tool_result_of_control_characters_does_not_lose_the_answer(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app(bridge={"show_tools": "notice"})
+    app = await apps.start(bridge={"show_tools": "notice"})
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
     helper.fake.responder = lambda _a, _t: [
@@ -162,9 +155,9 @@ async def test_a_tool_result_of_control_characters_does_not_lose_the_answer(
 
 
 async def test_cancel_is_answered_while_every_letta_slot_is_busy(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app(letta={"max_concurrency": 2})
+    app = await apps.start(letta={"max_concurrency": 2})
     slow, slower = await provision(app, fake_letta, "Slow", "Slower")
     bot = app.config.bot_mxid
     for agent in (slow, slower):
@@ -184,9 +177,9 @@ async def test_cancel_is_answered_while_every_letta_slot_is_busy(
 
 
 async def test_a_streamed_turn_kept_alive_by_pings_ends_at_its_deadline(
-    start_app: AppFactory, fake_letta: FakeLetta, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await start_app(letta={"streaming": True, "timeout": 5, "turn_deadline": 4})
+    app = await apps.start(letta={"streaming": True, "timeout": 5, "turn_deadline": 4})
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
     helper.fake.delay, fake_letta.pings = 3_600, 3_600  # a ping a second for an hour
@@ -203,7 +196,7 @@ async def test_a_streamed_turn_kept_alive_by_pings_ends_at_its_deadline(
 
 async def test_two_bridges_in_one_room_do_not_answer_each_other(
     tmp_path: Any,
-    start_app: AppFactory,
+    apps: Apps,
     fake_letta: FakeLetta,
     synapse: SynapseServer,
 ) -> None:
@@ -211,8 +204,8 @@ async def test_two_bridges_in_one_room_do_not_answer_each_other(
     lab_url = await lab_letta.start()
     alice = await new_user(synapse, "alice")
     try:
-        main = await start_app(database=f"sqlite:{tmp_path / 'main.db'}")
-        lab = await start_app(
+        main = await apps.start(f"sqlite:{tmp_path / 'main.db'}")
+        lab = await apps.start(
             database=f"sqlite:{tmp_path / 'lab.db'}", instance="lab", letta={"base_url": lab_url}
         )
         [alpha] = await provision(main, fake_letta, "Alpha")
@@ -242,10 +235,10 @@ async def test_two_bridges_in_one_room_do_not_answer_each_other(
 
 
 async def test_status_shows_users_no_internal_hosts(
-    start_app: AppFactory, synapse: SynapseServer, admin_user: MatrixUser
+    apps: Apps, synapse: SynapseServer, admin_user: MatrixUser
 ) -> None:
     url = "http://svc:hunter2@127.0.0.1:9"  # nothing listens on the discard port
-    app = await start_app(letta={"base_url": url})
+    app = await apps.start(letta={"base_url": url})
     bot = app.config.bot_mxid
     user = await new_user(synapse, "pat")
     replies = {}

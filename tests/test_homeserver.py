@@ -9,14 +9,15 @@ import aiohttp
 import pytest
 
 from letta_appservice.db.agent import AgentRow
-from tests.conftest import SERVER_NAME, AppFactory, free_port
+from tests.harness.apps import Apps
+from tests.harness.config import SERVER_NAME, free_port
 from tests.harness.synapse import SynapseServer, fresh_localpart
 
 
 async def test_bot_registers_answers_whoami_and_the_ping_round_trip_works(
-    start_app: AppFactory, synapse: SynapseServer
+    apps: Apps, synapse: SynapseServer
 ) -> None:
-    app = await start_app()
+    app = await apps.start()
     assert (await app.bot_intent.whoami()).user_id == f"@letta:{SERVER_NAME}"
     assert app.ping_ms is not None and app.ping_ms >= 0
     user = await synapse.register_user(fresh_localpart())
@@ -29,10 +30,8 @@ async def test_bot_registers_answers_whoami_and_the_ping_round_trip_works(
     await user.close()
 
 
-async def test_user_query_registers_known_puppets_only(
-    start_app: AppFactory, synapse: SynapseServer
-) -> None:
-    app = await start_app()
+async def test_user_query_registers_known_puppets_only(apps: Apps, synapse: SynapseServer) -> None:
+    app = await apps.start()
     agent_id = "agent-0b7f5a52-1c11-4b0e-9a43-55f5d1f0c001"
     mxid = f"@agent_0b7f5a52_1c11_4b0e_9a43_55f5d1f0c001:{SERVER_NAME}"
     await app.agents.upsert(AgentRow(agent_id=agent_id, mxid=mxid, name="Helper"))
@@ -78,9 +77,9 @@ async def _status(coro) -> int:
 
 
 async def test_pushed_events_land_in_the_inbox_exactly_once(
-    database_url: str, start_app: AppFactory, synapse: SynapseServer
+    database_url: str, apps: Apps, synapse: SynapseServer
 ) -> None:
-    app = await start_app(database=database_url)
+    app = await apps.start(database_url)
     user = await synapse.register_user(fresh_localpart())
     room = await user.create_room(preset="private_chat", invite=[app.config.bot_mxid])
     await app.bot_intent.join_room(room)
@@ -111,31 +110,31 @@ async def test_pushed_events_land_in_the_inbox_exactly_once(
 
 
 async def test_unreachable_links_are_logged_clearly_and_retried(
-    start_app: AppFactory, caplog: pytest.LogCaptureFixture
+    apps: Apps, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="letta_appservice")
     # The homeserver is not where the config says: a clear error, no crash, /ready says 503.
-    lost = await start_app(homeserver={"address": f"http://127.0.0.1:{free_port()}"}, ready=False)
+    lost = await apps.start(homeserver={"address": f"http://127.0.0.1:{free_port()}"}, ready=False)
     line = await _log_line(caplog, "Cannot use the homeserver at")
     assert "Check homeserver.address" in line and "Retrying in" in line
     assert lost.config.appservice.as_token not in caplog.text
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{lost.config.appservice.address}/ready") as resp:
             assert resp.status == 503 and (await resp.json())["homeserver"] is False
-    await lost.stop()
+    await apps.stop(lost)
 
 
 async def test_homeserver_that_cannot_reach_us_is_reported(
-    start_app: AppFactory, caplog: pytest.LogCaptureFixture
+    apps: Apps, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="letta_appservice")
     # Listen somewhere other than the registration's url: the homeserver's ping fails.
-    app = await start_app(instance="lab", appservice={"port": free_port()}, ready=False)
+    app = await apps.start(instance="lab", appservice={"port": free_port()}, ready=False)
     line = await _log_line(caplog, "The homeserver cannot reach this appservice at")
     assert "appservice.address" in line and "Retrying in" in line
     assert app.homeserver_ok and app.ping_ms is None
     assert app.config.appservice.hs_token not in caplog.text
-    await app.stop()
+    await apps.stop(app)
 
 
 async def _log_line(caplog: pytest.LogCaptureFixture, start: str) -> str:

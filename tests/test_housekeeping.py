@@ -7,7 +7,7 @@ from letta_appservice.db.inbox import InboxStore
 from letta_appservice.db.sent_event import SentEventStore
 from letta_appservice.db.turn import TurnStore
 from letta_appservice.inbox.housekeeping import RETENTION_MS, prune
-from tests.test_transactions import message
+from tests.harness.events import message
 
 
 async def test_prune_keeps_what_exactly_once_still_needs(database_url: str) -> None:

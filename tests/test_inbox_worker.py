@@ -11,7 +11,7 @@ import pytest_asyncio
 from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.inbox import InboxEvent, InboxStore
 from letta_appservice.inbox.worker import InboxWorker, Retry
-from tests.test_transactions import message
+from tests.harness.events import message
 
 
 @pytest_asyncio.fixture

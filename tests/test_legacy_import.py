@@ -14,7 +14,8 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from letta_appservice.matrix.ids import agent_alias, agent_mxid
-from tests.conftest import INSTANCES, SERVER_NAME, AppFactory
+from tests.harness.apps import Apps
+from tests.harness.config import INSTANCES, SERVER_NAME
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.synapse import SynapseServer
 
@@ -72,7 +73,7 @@ def write_config(tmp_path: Path, synapse: SynapseServer, database: str, letta: s
 async def test_old_rooms_and_space_are_adopted_without_duplicates(
     tmp_path: Path,
     sqlite_url: str,
-    start_app: AppFactory,
+    apps: Apps,
     synapse: SynapseServer,
     fake_letta: Any,
     admin_user: MatrixUser,
@@ -128,7 +129,7 @@ async def test_old_rooms_and_space_are_adopted_without_duplicates(
     # The bridge starts on the imported state; Letta knows the same three agents.
     for i, agent_id in enumerate(ids):
         fake_agent(fake_letta, agent_id, f"Agent {i}")
-    app = await start_app(database=sqlite_url)
+    app = await apps.start(sqlite_url)
     await app.scheduler.run_now()
     rows = {row.agent_id: row for row in await app.agents.all()}
     assert [rows[a].room_id for a in ids[:2]] == old_rooms  # adopted, not re-created

@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import AppFactory
+from tests.harness.apps import Apps
 from tests.harness.matrix_user import MatrixUser
 
 
@@ -20,9 +20,9 @@ def sample(text: str, name: str, **labels: str) -> float:
 
 
 async def test_metrics_reflect_reconciles_conversations_and_errors(
-    start_app: AppFactory, fake_letta: Any, admin_user: MatrixUser
+    apps: Apps, fake_letta: Any, admin_user: MatrixUser
 ) -> None:
-    app = await start_app()
+    app = await apps.start()
     agent = fake_letta.add_agent("Metered")
     fake_letta.fail_next(1, status=500, path_contains="/v1/agents")
     failed = await app.scheduler.run_now()  # the client retries the 500 and succeeds
@@ -51,9 +51,9 @@ async def test_metrics_reflect_reconciles_conversations_and_errors(
 
 
 async def test_an_error_in_the_middle_of_a_stream_is_counted(
-    start_app: AppFactory, fake_letta: Any, admin_user: MatrixUser
+    apps: Apps, fake_letta: Any, admin_user: MatrixUser
 ) -> None:
-    app = await start_app(letta={"streaming": True})
+    app = await apps.start(letta={"streaming": True})
     agent = fake_letta.add_agent("Flaky", stream_error="LLM API unavailable")
     await app.scheduler.run_now()
     row = await app.agents.get(agent.id)

@@ -8,7 +8,8 @@ from typing import Any
 from letta_appservice.db.bridge_state import BridgeState
 from letta_appservice.matrix.ids import agent_mxid
 from letta_appservice.reconcile.space import SPACE_KEY
-from tests.conftest import INSTANCES, SERVER_NAME, AppFactory
+from tests.harness.apps import Apps
+from tests.harness.config import INSTANCES, SERVER_NAME
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.synapse import SynapseServer
@@ -16,7 +17,7 @@ from tests.harness.synapse import SynapseServer
 
 async def test_two_instances_keep_to_their_own_agents(
     tmp_path: Any,
-    start_app: AppFactory,
+    apps: Apps,
     synapse: SynapseServer,
     fake_letta: Any,
     admin_user: MatrixUser,
@@ -26,8 +27,8 @@ async def test_two_instances_keep_to_their_own_agents(
     try:
         main_agent = fake_letta.add_agent("Main Helper")
         lab_agent = lab_letta.add_agent("Lab Helper")
-        main = await start_app(database=f"sqlite:{tmp_path / 'main.db'}")
-        lab = await start_app(
+        main = await apps.start(f"sqlite:{tmp_path / 'main.db'}")
+        lab = await apps.start(
             database=f"sqlite:{tmp_path / 'lab.db'}", instance="lab", letta={"base_url": lab_url}
         )
         await main.scheduler.run_now()

@@ -22,7 +22,7 @@ from ruamel.yaml import YAML
 from letta_appservice.cli.logs import setup_logging
 from letta_appservice.config import LoggingConfig
 from letta_appservice.matrix.registration import tuwunel_toml
-from tests.test_cli_config import REPO, TOKENS, cli, configured, one_line
+from tests.harness.cli import REPO, TOKENS, cli, configured, one_line
 
 
 def tokens_of(path: Path) -> tuple[str, str]:

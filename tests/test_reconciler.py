@@ -11,24 +11,19 @@ import pytest
 from mautrix.api import Method, Path
 from mautrix.errors import MatrixConnectionError
 
+from letta_appservice.app import App
 from letta_appservice.db.agent import DELETED
 from letta_appservice.db.bridge_state import BridgeState
 from letta_appservice.matrix import rooms
 from letta_appservice.reconcile.plan import ARCHIVED_NOTICE, RESTORED_NOTICE
-from tests.conftest import ADMIN
-from tests.harness import reconcile_support
+from tests.harness.apps import Apps, Bridge
+from tests.harness.config import ADMIN
+from tests.harness.events import member_is
 from tests.harness.matrix_user import MatrixError, MatrixUser
-from tests.harness.reconcile_support import Apps, Bridge, as_user, space_children
+from tests.harness.observe import as_user, eventually, space_children
 from tests.harness.synapse import SynapseServer, fresh_localpart
 
-apps = reconcile_support.apps  # the fixture, shared with the other reconciler tests
-
 BOT = "@letta:test.local"
-
-
-@pytest.fixture
-def bridge() -> Bridge:
-    return Bridge()
 
 
 async def resolve(user: MatrixUser, alias: str) -> str:
@@ -54,7 +49,7 @@ async def test_zero_to_n_then_restart(
     # (database_url first: it is set up before the apps and dropped after they stopped)
     alpha = fake_letta.add_agent("Alpha", description="Answers questions")
     beta = fake_letta.add_agent("Beta")
-    app = await apps.start(database_url, bridge)
+    app = await apps.start(database_url, namespace=bridge, first_pass=True)
     assert app.scheduler.last.result == "ok"
     assert app.scheduler.last.changes == {"create": 2}
 
@@ -115,7 +110,7 @@ async def test_zero_to_n_then_restart(
 
     # Restart on the same database: nothing is created again, a normal pass calls nothing.
     await apps.stop(app)
-    app = await apps.start(database_url, bridge)
+    app = await apps.start(database_url, namespace=bridge, first_pass=True)
     assert app.scheduler.last.result == "ok" and app.scheduler.last.changes == {}
     summary = await app.scheduler.run_now()
     assert (summary.result, summary.changes, summary.matrix_requests) == ("ok", {}, 0)
@@ -132,7 +127,8 @@ async def test_zero_to_n_then_restart(
 async def test_new_agents_cost_at_most_five_requests_and_steady_state_none(
     apps: Apps, bridge: Bridge, fake_letta: Any, sqlite_url: str
 ) -> None:
-    app = await apps.start(sqlite_url, bridge)  # creates the space; no agents yet
+    # The start-up pass creates the space; no agents yet.
+    app = await apps.start(sqlite_url, namespace=bridge, first_pass=True)
     for n in range(4):
         fake_letta.add_agent(f"Budget {n}", description=f"Agent number {n}")
     app.recent_matrix_requests.clear()
@@ -160,7 +156,7 @@ async def test_rename_delete_and_reappear(
     apps: Apps, bridge: Bridge, fake_letta: Any, admin_user: MatrixUser, sqlite_url: str
 ) -> None:
     agent = fake_letta.add_agent("Gamma", description="Before")
-    app = await apps.start(sqlite_url, bridge)
+    app = await apps.start(sqlite_url, namespace=bridge, first_pass=True)
     space_id = await join_space(admin_user, bridge)
     room = await resolve(admin_user, bridge.alias(agent.id))
     puppet = bridge.mxid(agent.id)
@@ -200,7 +196,7 @@ async def test_120_agents_over_three_pages(
     apps: Apps, bridge: Bridge, fake_letta: Any, admin_user: MatrixUser, sqlite_url: str
 ) -> None:
     agents = [fake_letta.add_agent(f"Paged {n:03}") for n in range(120)]
-    app = await apps.start(sqlite_url, bridge, letta={"page_size": 50})
+    app = await apps.start(sqlite_url, namespace=bridge, first_pass=True, letta={"page_size": 50})
     assert app.scheduler.last.changes == {"create": 120}
     listings = fake_letta.requests_to("/v1/agents/", "GET")
     assert [r.query.get("after") is not None for r in listings] == [False, True, True, True]
@@ -213,19 +209,11 @@ async def test_120_agents_over_three_pages(
     assert (summary.agents, summary.changes, summary.matrix_requests) == (120, {}, 0)
 
 
-def member_is(user_id: str, membership: str) -> Any:
-    return lambda e: (
-        e["type"] == "m.room.member"
-        and e["state_key"] == user_id
-        and e["content"]["membership"] == membership
-    )
-
-
 async def test_drift_reported_by_the_homeserver_is_repaired(
     apps: Apps, bridge: Bridge, fake_letta: Any, admin_user: MatrixUser, sqlite_url: str
 ) -> None:
     kicked, unlisted, left = (fake_letta.add_agent(f"Drift {n}") for n in range(3))
-    app = await apps.start(sqlite_url, bridge)
+    app = await apps.start(sqlite_url, namespace=bridge, first_pass=True)
     space_id = await join_space(admin_user, bridge)
     room = {a.id: await resolve(admin_user, bridge.alias(a.id)) for a in (kicked, unlisted, left)}
     for room_id in room.values():
@@ -255,7 +243,8 @@ async def test_drift_reported_by_the_homeserver_is_repaired(
     )
     assert set(await space_children(admin_user, space_id)) == set(room.values())
     assert await admin_user.wait_for_invite(room[unlisted.id], timeout=60)  # admin left
-    assert app.reconciler.pending_repairs == 0
+    # The marks are cleared once the repairing requests returned.
+    await eventually(lambda: _no_repairs_pending(app))
     summary = await app.scheduler.run_now()
     assert (summary.changes, summary.matrix_requests) == ({}, 0)
 
@@ -264,14 +253,15 @@ async def test_full_check_at_start_repairs_drift_from_while_it_was_down(
     apps: Apps, bridge: Bridge, fake_letta: Any, admin_user: MatrixUser, sqlite_url: str
 ) -> None:
     agent = fake_letta.add_agent("Offline drift")
-    app = await apps.start(sqlite_url, bridge)
+    app = await apps.start(sqlite_url, namespace=bridge, first_pass=True)
     space_id = await join_space(admin_user, bridge)
     room = await resolve(admin_user, bridge.alias(agent.id))
     await apps.stop(app)
 
     await admin_user.send_state(space_id, "m.space.child", room, {})
     assert room not in await space_children(admin_user, space_id)
-    app = await apps.start(sqlite_url, bridge)  # its start-up pass is the full check
+    # Its start-up pass is the full check.
+    app = await apps.start(sqlite_url, namespace=bridge, first_pass=True)
     assert app.scheduler.last.full and app.scheduler.last.result == "ok"
     assert (await space_children(admin_user, space_id))[room] == {"via": ["test.local"]}
 
@@ -280,7 +270,7 @@ async def test_room_gone_from_the_homeserver_is_recreated(
     apps: Apps, bridge: Bridge, fake_letta: Any, admin_user: MatrixUser, sqlite_url: str
 ) -> None:
     agent = fake_letta.add_agent("Phoenix", description="Rises again")
-    app = await apps.start(sqlite_url, bridge)
+    app = await apps.start(sqlite_url, namespace=bridge, first_pass=True)
     space_id = await join_space(admin_user, bridge)
     old = await resolve(admin_user, bridge.alias(agent.id))
     await admin_user.request(
@@ -305,7 +295,7 @@ async def test_space_gone_is_recreated_and_rooms_follow(
     apps: Apps, bridge: Bridge, fake_letta: Any, admin_user: MatrixUser, sqlite_url: str
 ) -> None:
     agent = fake_letta.add_agent("Orphan")
-    app = await apps.start(sqlite_url, bridge)
+    app = await apps.start(sqlite_url, namespace=bridge, first_pass=True)
     old = await resolve(admin_user, bridge.space_alias)
     room = await resolve(admin_user, bridge.alias(agent.id))
     path = f"/_synapse/admin/v1/rooms/{quote(old, safe='')}"
@@ -331,7 +321,7 @@ async def test_letta_down_changes_nothing_and_the_next_pass_recovers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     kept = fake_letta.add_agent("Kept")
-    app = await apps.start(sqlite_url, bridge)
+    app = await apps.start(sqlite_url, namespace=bridge, first_pass=True)
     space_id = await join_space(admin_user, bridge)
     children = await space_children(admin_user, space_id)
     late = fake_letta.add_agent("Late")
@@ -365,7 +355,7 @@ async def test_homeserver_failing_mid_pass_leaves_no_half_done_agent(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app = await apps.start(sqlite_url, bridge)
+    app = await apps.start(sqlite_url, namespace=bridge, first_pass=True)
     agents = [fake_letta.add_agent(f"Midway {n}") for n in range(5)]
     app.reconciler._concurrency = 1  # agents in order, so "the third room" is well defined
     create_room, calls = rooms.create_room, []
@@ -396,3 +386,7 @@ async def test_homeserver_failing_mid_pass_leaves_no_half_done_agent(
         assert room_id in children
         assert (await app.agents.get(agent.id)).room_id == room_id
     assert len(children) == 5
+
+
+async def _no_repairs_pending(app: App) -> bool:
+    return app.reconciler.pending_repairs == 0

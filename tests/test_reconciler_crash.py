@@ -12,13 +12,11 @@ from typing import Any
 from letta_appservice.config import merge_sections
 from letta_appservice.db.agent import AgentStore
 from letta_appservice.db.database import DatabaseURL, open_database
-from tests.conftest import INSTANCES
-from tests.harness import reconcile_support
+from tests.harness.apps import Apps, Bridge
+from tests.harness.config import INSTANCES
 from tests.harness.crash_launcher import CRASH_EXIT
 from tests.harness.matrix_user import MatrixUser
-from tests.harness.reconcile_support import Apps, Bridge, as_user, space_children
-
-apps = reconcile_support.apps  # the fixture, shared with the other reconciler tests
+from tests.harness.observe import as_user, space_children
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +65,7 @@ async def test_crash_after_create_room_leaves_exactly_one_room(
     assert room_id is not None
     assert await stored_room(sqlite_url, agent.id) is None
 
-    app = await apps.start(sqlite_url, bridge)
+    app = await apps.start(sqlite_url, namespace=bridge, first_pass=True)
     assert app.scheduler.last.result == "ok"
     assert app.scheduler.last.changes == {"create": 1}
     assert await stored_room(sqlite_url, agent.id) == room_id  # adopted, not created again

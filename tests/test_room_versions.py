@@ -8,11 +8,9 @@ from typing import Any
 
 import pytest
 
-from letta_appservice.app import App
-from letta_appservice.config import merge_sections, parse_config
-from letta_appservice.matrix.registration import build_registration, write_registration
 from letta_appservice.matrix.rooms import agent_room_body, creators_have_power, space_body
-from tests.conftest import ADMIN, INSTANCES, SERVER_NAME
+from tests.harness.apps import Apps
+from tests.harness.config import ADMIN, INSTANCES, SERVER_NAME
 from tests.harness.synapse import SynapseServer
 
 
@@ -39,19 +37,16 @@ def test_bodies_list_the_creator_only_when_asked() -> None:
 
 
 async def test_provisioning_on_a_room_version_11_server(
-    tmp_path: Path, fake_letta: Any, synapse: SynapseServer
+    tmp_path: Path, apps: Apps, fake_letta: Any, synapse: SynapseServer
 ) -> None:
-    inst = INSTANCES["lab"]
-    data = inst.config_data("http://unused", f"sqlite:{tmp_path / 'v11.db'}", fake_letta.url)
-    config = parse_config(data, env={})
-    write_registration(build_registration(config), tmp_path / "registration.yaml")
+    INSTANCES["lab"].write_registration(tmp_path / "registration.yaml")
     old = await SynapseServer.start(
         tmp_path / "hs", [tmp_path / "registration.yaml"], SERVER_NAME, default_room_version="11"
     )
-    app = App(parse_config(merge_sections(data, {"homeserver": {"address": old.url}}), env={}))
     try:
-        await app.start()
-        await app.wait_ready()
+        app = await apps.start(
+            f"sqlite:{tmp_path / 'v11.db'}", instance="lab", homeserver={"address": old.url}
+        )
         fake_letta.add_agent("Old Timer")
         summary = await app.scheduler.run_now()
         assert summary.result == "ok" and summary.changes.get("create") == 1
@@ -64,5 +59,5 @@ async def test_provisioning_on_a_room_version_11_server(
         assert levels.users[app.config.bot_mxid] == 100
         assert levels.users[ADMIN] == 100 and levels.users[row.mxid] == 50
     finally:
-        await app.stop()
+        await apps.close()  # before its homeserver goes
         await old.stop()

@@ -15,22 +15,11 @@ from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.inbox import InboxStore
 from letta_appservice.inbox.web import WebServer
 from letta_appservice.metrics import Metrics
-from tests.conftest import free_port
+from tests.harness.config import free_port
+from tests.harness.events import message
 
 HS_TOKEN = "hs-token-for-tests-0123456789"
 MAX_BODY = 64 * 1024
-
-
-def message(n: int, room: str = "!room:test.local") -> dict[str, Any]:
-    return {
-        "event_id": f"$event{n}",
-        "room_id": room,
-        "sender": "@alice:test.local",
-        "type": "m.room.message",
-        "origin_server_ts": 1700000000000 + n,
-        "content": {"msgtype": "m.text", "body": f"hello {n}"},
-        "unsigned": {"age": 5},
-    }
 
 
 @attrs.define

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 
 # Seconds for short CLI calls; builds and runs pass their own. The machine may be busy.
 CLI_TIMEOUT = 120.0
@@ -152,3 +153,13 @@ async def wait_healthy(name: str, timeout: float = 300) -> None:
                 f"{await logs(name)}"
             )
         await asyncio.sleep(1)
+
+
+async def require_docker() -> None:
+    """A reachable Docker Engine. Without one the Docker tests are skipped, except in CI
+    (CI=true), where they must run and fail instead."""
+    problem = await engine_problem()
+    if problem is not None:
+        if in_ci():
+            pytest.fail(f"CI=true but the Docker tests cannot run: {problem}", pytrace=False)
+        pytest.skip(problem)

@@ -203,9 +203,6 @@ class MatrixUser:
         data = await self.request("GET", f"{CS}/rooms/{_q(room_id)}/state")
         return list(data["result"])
 
-    async def joined_rooms(self) -> list[str]:
-        return list((await self.request("GET", f"{CS}/joined_rooms"))["joined_rooms"])
-
     async def joined_members(self, room_id: str) -> dict[str, dict[str, Any]]:
         data = await self.request("GET", f"{CS}/rooms/{_q(room_id)}/joined_members")
         return dict(data["joined"])

@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import aiohttp
 from ruamel.yaml import YAML
 
+from tests.harness.config import free_port
 from tests.harness.matrix_user import MatrixError, MatrixUser
 
 START_TIMEOUT = 90.0
@@ -78,13 +78,6 @@ def fresh_localpart(prefix: str = "user") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
-def _free_port() -> int:
-    # Racy in theory (the port is released before Synapse binds it), fine on a test box.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _die_with_parent() -> None:
     # Runs in the forked child: if the test process is killed outright, the kernel sends
     # SIGTERM to Synapse so that no homeserver outlives the test run. (Tied to the thread that
@@ -135,7 +128,6 @@ class SynapseServer:
         self.log_path = workdir / "homeserver.log"
         self.stdout_path = workdir / "synapse-stdout.log"
         self.registration_shared_secret = ""
-        self.startup_seconds = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -154,8 +146,7 @@ class SynapseServer:
         server) and of Synapse 1.163; pass "11" for servers before that. ``extra``: more
         homeserver.yaml keys.
         """
-        began = time.monotonic()
-        server = cls(_prepare_workdir(workdir), server_name, _free_port())
+        server = cls(_prepare_workdir(workdir), server_name, free_port())
         await server._generate_config()
         server._edit_config([_absolute(p) for p in registrations], default_room_version, extra)
         server._spawn()
@@ -164,7 +155,6 @@ class SynapseServer:
         except BaseException:
             await server.stop()
             raise
-        server.startup_seconds = time.monotonic() - began
         return server
 
     @property
