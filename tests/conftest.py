@@ -4,6 +4,7 @@ server and running appservice instances."""
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import socket
 import subprocess
@@ -164,6 +165,30 @@ async def fake_letta() -> AsyncIterator[Any]:
         yield server
     finally:
         await server.stop()
+
+
+# --- A real Letta server (tests marked real_letta) -------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="session")
+async def real_letta() -> AsyncIterator[Any]:
+    """The real Letta 0.16.8 server (tests/harness/real_letta.py), installed on first use.
+    Outside CI a machine that cannot install it skips these tests; in CI they fail."""
+    from tests.harness.real_letta import RealLetta
+
+    try:
+        server = await RealLetta.start()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"could not start the real Letta server: {exc}")
+        pytest.skip(f"could not start the real Letta server: {exc}")
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+# --- end of the real Letta block ----------------------------------------------------------
 
 
 AppFactory = Callable[..., Awaitable[App]]

@@ -242,9 +242,10 @@ class RealLetta:
         # binaries, with the libraries their rpath ($ORIGIN/../../../pgserver.libs) expects.
         local = self.workdir / "pg"
         skip = shutil.ignore_patterns("include")
-        shutil.copytree(site / "pgserver" / "pginstall", local / "pgserver" / "pginstall", ignore=skip)
+        pginstall = local / "pgserver" / "pginstall"
+        shutil.copytree(site / "pgserver" / "pginstall", pginstall, ignore=skip)
         shutil.copytree(site / "pgserver.libs", local / "pgserver.libs")
-        return local / "pgserver" / "pginstall" / "bin"
+        return pginstall / "bin"
 
     async def _start_postgres(self, template: Path) -> None:
         """A cluster copied from the migrated template, or (first run) a new one that
@@ -401,3 +402,49 @@ def _unprivileged_user() -> str:
         return "postgres"
     except KeyError:
         return "nobody"
+
+
+class LettaAdmin:
+    """What a person does in Letta's own API (ADE, SDK): create, rename, delete agents, give
+    them tools. Sends the header of Letta's v1 SDK, as its current clients do."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._http = aiohttp.ClientSession(
+            headers={"X-Stainless-Package-Version": "1.10.3"},
+            timeout=aiohttp.ClientTimeout(total=120),
+        )
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        async with self._http.request(
+            method, self.url + path, json=body, params=params or None
+        ) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise RuntimeError(f"Letta {method} {path}: {resp.status} {data}")
+            return data
+
+    async def create_agent(self, name: str, tags: list[str] | None = None) -> str:
+        body = {
+            "name": name,
+            "model": MODEL,
+            "embedding": EMBEDDING,
+            # Compaction would otherwise use an OpenAI model (the internet).
+            "compaction_settings": {"model": MODEL},
+            "tags": tags or [],
+            "memory_blocks": [{"label": "persona", "value": "A deterministic test agent."}],
+        }
+        return str((await self.call("POST", "/v1/agents/", body))["id"])
+
+    async def rename(self, agent_id: str, name: str) -> None:
+        await self.call("PATCH", f"/v1/agents/{agent_id}", {"name": name})
+
+    async def delete(self, agent_id: str) -> None:
+        await self.call("DELETE", f"/v1/agents/{agent_id}")
+
+    async def tools(self, agent_id: str) -> list[str]:
+        tools = await self.call("GET", f"/v1/agents/{agent_id}/tools")
+        return [t["name"] for t in tools]
