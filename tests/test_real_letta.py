@@ -382,3 +382,27 @@ async def test_letta_killed_in_the_middle_of_a_turn_answers_once_it_is_back(
     assert after["content"]["body"] == echo_of("Are you all right?", "Survivor")
     # One answer (a notice may have said meanwhile that the message is queued).
     assert replies(scene.admin, room, puppet, asked, "m.text") == [reply]
+
+
+async def test_cancel_stops_a_running_turn_and_the_agent_takes_the_next_message(
+    scene: Scene, sqlite_url: str
+) -> None:
+    agent_id = await scene.agent("Ponderer")
+    app = await scene.start(sqlite_url)
+    room = await scene.room(agent_id)
+    puppet, bot = scene.bridge.mxid(agent_id), app.config.bot_mxid
+
+    async def command(text: str) -> str:
+        sent = await scene.admin.send_text(room, f"!letta {text} {agent_id}")
+        answer = await scene.admin.wait_for_event(room, reply_to(bot, sent, "m.notice"), WAIT)
+        return str(answer["content"]["body"])
+
+    # Nothing running: Letta 0.16.8 answers 409, which is no error (and not worth retrying).
+    assert "had no request running here" in await command("cancel")
+    slow = await scene.admin.send_text(room, "Take your time. SLEEP 60")
+    assert await scene.admin.wait_for_typing(room, puppet, timeout=WAIT)
+    assert (await command("cancel")).startswith("Cancelled")
+    cancelled = await scene.admin.wait_for_event(room, reply_to(puppet, slow, "m.notice"), WAIT)
+    assert cancelled["content"]["body"].startswith("Cancelled")
+    _, reply = await scene.ask(room, agent_id, "Quick one.")
+    assert reply["content"]["body"] == echo_of("Quick one.", "Ponderer")
