@@ -4,7 +4,6 @@ server and running appservice instances."""
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import socket
 import subprocess
@@ -174,6 +173,8 @@ async def fake_letta() -> AsyncIterator[Any]:
 async def real_letta() -> AsyncIterator[Any]:
     """The real Letta 0.16.8 server (tests/harness/real_letta.py), installed on first use.
     Outside CI a machine that cannot install it skips these tests; in CI they fail."""
+    import os
+
     from tests.harness.real_letta import RealLetta
 
     try:
