@@ -11,11 +11,12 @@ import pytest_asyncio
 
 from tests.harness.apps import Apps, Bridge
 from tests.harness.config import SERVER_NAME, write_registrations
-from tests.harness.docker_engine import CommandError, Containers, require_docker
+from tests.harness.docker_engine import CommandError, Containers, in_ci, require_docker
 from tests.harness.docker_images import ImageError, build_appservice_image, ensure_base_image
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.postgres import pg_database
+from tests.harness.real_letta import RealLetta
 from tests.harness.routing import Routing, routing_setup
 from tests.harness.synapse import SynapseServer
 
@@ -83,6 +84,28 @@ async def apps(
     database outlives the apps at teardown."""
     async with Apps(synapse.url, fake_letta.url, sqlite_url) as started:
         yield started
+
+
+# --- A real Letta server (tests marked real_letta) -------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="session")
+async def real_letta() -> AsyncIterator[RealLetta]:
+    """The real Letta 0.16.8 server (tests/harness/real_letta.py), installed on first use.
+    Outside CI a machine that cannot install it skips these tests; in CI they fail."""
+    try:
+        server = await RealLetta.start()
+    except Exception as exc:
+        if in_ci():
+            pytest.fail(f"could not start the real Letta server: {exc}")
+        pytest.skip(f"could not start the real Letta server: {exc}")
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+# --- end of the real Letta block ----------------------------------------------------------
 
 
 @pytest.fixture

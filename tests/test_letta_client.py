@@ -311,7 +311,7 @@ async def test_message_posts_are_not_retried(start_fake: StartFake, client: Make
 
 
 async def test_busy_agent_and_cancel(start_fake: StartFake, client: MakeClient):
-    fake = await start_fake()
+    fake = await start_fake(reject_concurrent=True)
     agent = fake.add_agent("slow", delay=30)
     letta = client(fake)
     first = asyncio.create_task(letta.send_message(agent.id, "first"))
@@ -323,6 +323,16 @@ async def test_busy_agent_and_cancel(start_fake: StartFake, client: MakeClient):
     response = await asyncio.wait_for(first, 10)
     assert (response.messages, response.stop_reason) == ((), "cancelled")
     assert fake.max_in_flight[agent.id] == 1
+
+
+async def test_cancel_with_nothing_running_is_answered_at_once(
+    start_fake: StartFake, client: MakeClient
+):
+    """Letta 0.16.8 answers 409 "No active runs to cancel": not an error, not retried."""
+    fake = await start_fake()
+    agent = fake.add_agent("idle")
+    await client(fake, retries=3).cancel(agent.id)
+    assert len(fake.requests_to(f"{AGENTS}{agent.id}/messages/cancel")) == 1
 
 
 async def test_timeout(start_fake: StartFake, client: MakeClient):
@@ -432,7 +442,7 @@ async def test_silent_stream_times_out(start_fake: StartFake, client: MakeClient
 
 
 async def test_stream_to_a_busy_agent(start_fake: StartFake, client: MakeClient):
-    fake = await start_fake()
+    fake = await start_fake(reject_concurrent=True)
     agent = fake.add_agent("slow", delay=30)
     letta = client(fake)
     first = asyncio.create_task(_collect(letta.stream_message(agent.id, "first")))

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -116,13 +116,16 @@ class LettaClient:
         params: Sequence[tuple[str, str]] = (),
         body: Any = None,
         idempotent: bool,
+        final: Container[int] = (),
     ) -> Any:
+        """One request, retried when idempotent; an answer with a status in ``final`` is
+        never retried (it is the answer, e.g. "nothing to cancel")."""
         attempts = 1 + (self.retries if idempotent else 0)
         for attempt in range(1, attempts + 1):
             try:
                 return await self._call_once(method, path, params, body)
             except LettaError as exc:
-                if attempt >= attempts or not exc.retryable:
+                if attempt >= attempts or not exc.retryable or exc.status in final:
                     raise
                 delay = self.backoff * 2 ** (attempt - 1)
                 log.warning("%s; retry %d/%d in %.1fs", exc, attempt, self.retries, delay)
@@ -326,9 +329,14 @@ class LettaClient:
         return LettaStream(open_stream, self.timeout, on_error=self._stream_failed)
 
     async def cancel(self, agent_id: str) -> None:
-        """Cancel the agent's active runs (a no-op on the server when there are none)."""
+        """Cancel the agent's active runs; nothing to cancel is not an error."""
         path = f"/v1/agents/{quote(agent_id, safe='')}/messages/cancel"
-        await self._call("POST", path, body={"run_ids": None}, idempotent=True)
+        try:
+            await self._call("POST", path, body={"run_ids": None}, idempotent=True, final={409})
+        except LettaError as exc:
+            # 0.16 answers 409 "No active runs to cancel" (older servers: 200 and an empty map).
+            if exc.status != 409:
+                raise
 
     async def _open_stream(
         self, agent_id: str, message: dict[str, Any], stream_tokens: bool

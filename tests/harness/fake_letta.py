@@ -42,6 +42,9 @@ class FakeLetta:
     Modes: `paginate=False` is 0.6.0 (no `limit`/`after`); `honour_after=False` is a broken
     server that ignores cursors; `inline_streaming` is "v1" (0.16.8: by client headers),
     "never" (422 to everyone) or "ignored" (before 0.14: the flag is ignored, JSON comes back).
+    Like 0.16.8, it runs a second turn of a busy agent at once; `reject_concurrent=True` answers
+    409 instead, as servers that lock an agent per request do. Cancelling an agent with no turn
+    running is a 409, as on 0.16.8.
     """
 
     def __init__(
@@ -52,11 +55,13 @@ class FakeLetta:
         paginate: bool = True,
         honour_after: bool = True,
         inline_streaming: Literal["v1", "never", "ignored"] = "v1",
+        reject_concurrent: bool = False,
     ) -> None:
         self.api_key, self.version = api_key, version
         self.paginate = paginate
         self.honour_after = honour_after
         self.inline_streaming = inline_streaming
+        self.reject_concurrent = reject_concurrent
         self.agents: dict[str, FakeAgent] = {}
         self.responder: Responder = replies.echo
         self.delay = 0.0
@@ -170,7 +175,7 @@ class FakeLetta:
     def _agent(self, request: web.Request) -> FakeAgent:
         agent = self.agents.get(request.match_info["agent_id"])
         if agent is None:
-            detail = f"Agent with id {request.match_info['agent_id']} not found"
+            detail = f"Agent with ID {request.match_info['agent_id']} not found"
             body = json.dumps({"detail": detail})
             raise web.HTTPNotFound(text=body, content_type="application/json")
         return agent
@@ -244,6 +249,8 @@ class FakeLetta:
     async def _cancel(self, request: web.Request) -> web.Response:
         agent = self._agent(request)
         turns = [t for t in self.turns if t.agent is agent]
+        if not turns:
+            return _detail(409, f"CONFLICT: No active runs to cancel for agent {agent.id}")
         for turn in turns:
             turn.cancel.set()
         return web.json_response({turn.run_id: "cancelled" for turn in turns})
@@ -274,7 +281,7 @@ class FakeLetta:
                 return _detail(422, _STREAMING_422)
         if agent.pending_approval:
             return _detail(409, f"Agent {agent.id} is waiting for a tool approval")
-        if self.in_flight[agent.id]:
+        if self.in_flight[agent.id] and self.reject_concurrent:
             return _detail(409, f"Agent {agent.id} is already processing a request")
         turn = Turn(self, agent, text, message)
         try:

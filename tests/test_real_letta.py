@@ -1,0 +1,411 @@
+"""What people do, against the real Letta 0.16.8 server (tests/harness/real_letta.py) with its
+deterministic fake LLM, a real Synapse and the appservice. Agents are made through Letta's own
+API; each test tags its agents and bridges only those (`letta.filter_tags`)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from letta_appservice.app import App
+from tests.harness.apps import Apps, Bridge
+from tests.harness.config import SERVER_NAME
+from tests.harness.matrix_user import MatrixUser
+from tests.harness.real_letta import LettaAdmin, RealLetta
+from tests.harness.synapse import SynapseServer, fresh_localpart
+
+pytestmark = pytest.mark.real_letta
+
+Event = dict[str, Any]
+T = TypeVar("T")
+ARCHIVED_NOTICE = "This agent was deleted in Letta; the room is archived."
+# Generous: a 2-core machine shared with other builds; nothing here asserts on durations.
+WAIT = 120
+
+
+@pytest_asyncio.fixture
+async def letta(real_letta: RealLetta) -> AsyncIterator[LettaAdmin]:
+    admin = LettaAdmin(real_letta.url)
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+class SceneBridge(Bridge):
+    """The test's puppet namespace plus its `bridge.*` settings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings: dict[str, Any] = {}
+
+    def overrides(self, **bridge: Any) -> dict[str, Any]:
+        return super().overrides(**{**self.settings, **bridge})
+
+
+class Scene:
+    """One test's bridge: its own puppet namespace and Letta tag, on the real Letta."""
+
+    def __init__(self, apps: Apps, letta: LettaAdmin, admin: MatrixUser) -> None:
+        self.apps, self.letta, self.admin = apps, letta, admin
+        self.bridge = SceneBridge()
+        self.tag = fresh_localpart("t")
+
+    async def agent(self, name: str) -> str:
+        return await self.letta.create_agent(name, tags=[self.tag])
+
+    async def start(
+        self, database: str, *, bridge: dict[str, Any] | None = None, **over: Any
+    ) -> App:
+        letta = {"filter_tags": [self.tag], **over.pop("letta", {})}
+        self.bridge.settings = bridge or {}
+        return await self.apps.start(
+            database, namespace=self.bridge, first_pass=True, letta=letta, **over
+        )
+
+    async def room(self, agent_id: str) -> str:
+        """The agent's room, joined by the admin (invited by the bridge) once its puppet is in."""
+        room = await poll(lambda: self.admin.resolve_alias(self.bridge.alias(agent_id)))
+        await self.admin.join(room)
+        puppet = self.bridge.mxid(agent_id)
+        await self.admin.wait_for_event(room, member(puppet, "join"), timeout=WAIT)
+        return room
+
+    async def ask(self, room: str, agent_id: str, text: str) -> tuple[str, Event]:
+        asked = await self.admin.send_text(room, text)
+        reply = await self.admin.wait_for_event(
+            room, reply_to(self.bridge.mxid(agent_id), asked), timeout=WAIT
+        )
+        return asked, reply
+
+    async def sync(self, room: str) -> None:
+        """An admin's `!letta sync`: the bridge reconciles with Letta now."""
+        await self.admin.send_text(room, "!letta sync")
+
+
+@pytest_asyncio.fixture
+async def scene(
+    synapse: SynapseServer, real_letta: RealLetta, letta: LettaAdmin, admin_user: MatrixUser
+) -> AsyncIterator[Scene]:
+    apps = Apps(synapse.url, real_letta.url)
+    try:
+        yield Scene(apps, letta, admin_user)
+    finally:
+        await apps.close()
+
+
+async def poll(probe: Callable[[], Awaitable[T | None]]) -> T:
+    """The first truthy result of ``probe``, asked again and again for up to WAIT seconds."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            if result := await probe():
+                return result
+            await asyncio.sleep(0.2)
+
+
+def member(mxid: str, membership: str) -> Callable[[Event], bool]:
+    return lambda e: (
+        e["type"] == "m.room.member"
+        and e["state_key"] == mxid
+        and e["content"]["membership"] == membership
+    )
+
+
+def reply_to(sender: str, event_id: str, msgtype: str = "m.text") -> Callable[[Event], bool]:
+    def match(e: Event) -> bool:
+        relates = e["content"].get("m.relates_to") or {}
+        return (
+            e["type"] == "m.room.message"
+            and e["sender"] == sender
+            and e["content"]["msgtype"] == msgtype
+            and relates["m.in_reply_to"]["event_id"] == event_id
+        )
+
+    return match
+
+
+def replies(
+    user: MatrixUser, room: str, sender: str, event_id: str, msgtype: str | None = None
+) -> list[Event]:
+    """The messages (edits excluded) ``sender`` posted in reply to ``event_id``, seen so far;
+    only those of ``msgtype`` if given."""
+    out = []
+    for e in user.events_seen(room):
+        content = e.get("content", {})
+        relates = content.get("m.relates_to") or {}
+        in_reply = (relates.get("m.in_reply_to") or {}).get("event_id")
+        if e["type"] == "m.room.message" and e["sender"] == sender and in_reply == event_id:
+            if msgtype in (None, content.get("msgtype")):
+                out.append(e)
+    return out
+
+
+def latest_text(user: MatrixUser, room: str, event: Event) -> str:
+    """The body of ``event`` as a client shows it: its last edit, if any."""
+    body = event["content"]["body"]
+    for e in user.events_seen(room):
+        relates = e.get("content", {}).get("m.relates_to") or {}
+        if relates.get("rel_type") == "m.replace" and relates.get("event_id") == event["event_id"]:
+            body = e["content"]["m.new_content"]["body"]
+    return str(body)
+
+
+def echo_of(text: str, room_name: str) -> str:
+    """What the fake LLM answers: the whole message the bridge gave the agent, attribution
+    line included."""
+    return f'echo: [Matrix: Admin (@admin:{SERVER_NAME}) in "{room_name}"]\n{text}'
+
+
+async def user_messages(letta: LettaAdmin, agent_id: str, text: str) -> int:
+    """How many user messages in the agent's history (in Letta) end with ``text``."""
+    history = await letta.call("GET", f"/v1/agents/{agent_id}/messages", limit=1000)
+    return sum(
+        1
+        for m in history
+        if m.get("message_type") == "user_message" and str(m.get("content")).endswith(text)
+    )
+
+
+async def connection_errors(app: App) -> float:
+    """Letta requests that failed to connect, per the bridge's /metrics."""
+    url = f"http://127.0.0.1:{app.config.appservice.port}/metrics"
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        text = await resp.text()
+    prefix = 'letta_appservice_letta_errors_total{kind="connection"} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
+# --- discovery -----------------------------------------------------------------------------
+
+
+async def test_agents_made_in_letta_appear_in_matrix_across_many_pages(
+    scene: Scene, sqlite_url: str
+) -> None:
+    """125 agents made through Letta's API, listed in pages of 40: each gets its puppet (named
+    after the agent) and its room in the space, once."""
+    names = [f"Fleet {i:03d}" for i in range(125)]
+    limit = asyncio.Semaphore(4)
+
+    async def make(name: str) -> str:
+        async with limit:
+            return await scene.agent(name)
+
+    ids = await asyncio.gather(*(make(n) for n in names))
+    await scene.start(sqlite_url, letta={"page_size": 40})
+    admin = scene.admin
+    space = await admin.resolve_alias(scene.bridge.space_alias)
+    assert space is not None
+    await admin.join(space)
+    children = {
+        e["state_key"]
+        for e in await admin.room_state(space)
+        if e["type"] == "m.space.child" and e["content"].get("via")
+    }
+    rooms = {}
+    for agent_id, name in zip(ids, names, strict=True):
+        room = await admin.resolve_alias(scene.bridge.alias(agent_id))
+        assert room is not None, f"{name} has no room"
+        rooms[agent_id] = room
+        profile = await admin.request(
+            "GET", f"/_matrix/client/v3/profile/{scene.bridge.mxid(agent_id)}"
+        )
+        assert profile["displayname"] == name
+    assert set(rooms.values()) == children  # each in the space, nothing else, nothing twice
+    assert len(children) == 125
+
+
+# --- conversations -------------------------------------------------------------------------
+
+
+async def test_a_message_gets_the_agents_answer(scene: Scene, sqlite_url: str) -> None:
+    agent_id = await scene.agent("Plain Echo")
+    await scene.start(sqlite_url)
+    room = await scene.room(agent_id)
+    _, reply = await scene.ask(room, agent_id, "Hello, real Letta!")
+    assert reply["content"]["body"] == echo_of("Hello, real Letta!", "Plain Echo")
+    assert reply["content"]["m.mentions"] == {"user_ids": [scene.admin.mxid]}
+    # The agent keeps the conversation: the second answer comes from the same history.
+    _, reply = await scene.ask(room, agent_id, "And again.")
+    assert reply["content"]["body"] == echo_of("And again.", "Plain Echo")
+    assert await user_messages(scene.letta, agent_id, "Hello, real Letta!") == 1
+
+
+async def test_a_streamed_answer_reads_the_same(scene: Scene, sqlite_url: str) -> None:
+    agent_id = await scene.agent("Streamer")
+    app = await scene.start(sqlite_url, letta={"streaming": True})
+    room = await scene.room(agent_id)
+    asked, reply = await scene.ask(room, agent_id, "Stream this, please.")
+    expected = echo_of("Stream this, please.", "Streamer")
+    # Streamed answers are posted at once and then edited: wait for the final words.
+    await scene.admin.wait_for_event(
+        room, lambda _e: latest_text(scene.admin, room, reply) == expected, timeout=WAIT
+    )
+    assert len(replies(scene.admin, room, scene.bridge.mxid(agent_id), asked)) == 1
+    # Letta 0.16.8 streams inline only for clients it counts as v1 SDKs (else 422).
+    assert app.letta.legacy_streaming is False
+
+
+# --- tools ---------------------------------------------------------------------------------
+
+SEARCH = 'CALL conversation_search {"query": "lighthouse"}'
+
+
+async def test_tool_calls_are_shown_as_notices_when_configured(
+    scene: Scene, sqlite_url: str
+) -> None:
+    agent_id = await scene.agent("Searcher")
+    await scene.start(sqlite_url, bridge={"show_tools": "notice"})
+    room = await scene.room(agent_id)
+    puppet = scene.bridge.mxid(agent_id)
+    await scene.ask(room, agent_id, "Remember the lighthouse.")
+    asked, reply = await scene.ask(room, agent_id, f"Search for it: {SEARCH}")
+    said = replies(scene.admin, room, puppet, asked)
+    kinds = [(e["content"]["msgtype"], e["content"]["body"].split("\n")[0]) for e in said]
+    assert [k for k, _ in kinds] == ["m.notice", "m.notice", "m.text"]
+    call, result = (e["content"] for e in said[:2])
+    assert "<summary>Tool call: conversation_search</summary>" in call["formatted_body"]
+    assert '"query": "lighthouse"' in call["body"]
+    assert "<summary>Tool result: conversation_search</summary>" in result["formatted_body"]
+    assert "Remember the lighthouse." in result["body"]  # what the search found
+    assert reply["content"]["body"].startswith("tool result:")
+
+
+async def test_tool_calls_are_not_shown_by_default(scene: Scene, sqlite_url: str) -> None:
+    agent_id = await scene.agent("Quiet Searcher")
+    await scene.start(sqlite_url)
+    room = await scene.room(agent_id)
+    asked, reply = await scene.ask(room, agent_id, f"Search: {SEARCH}")
+    assert reply["content"]["body"].startswith("tool result:")
+    assert replies(scene.admin, room, scene.bridge.mxid(agent_id), asked) == [reply]
+    assert "conversation_search" in await scene.letta.tools(agent_id)
+
+
+# --- changes in Letta reaching Matrix --------------------------------------------------------
+
+
+async def test_a_rename_in_letta_renames_the_puppet_and_the_room(
+    scene: Scene, sqlite_url: str
+) -> None:
+    agent_id = await scene.agent("Before")
+    await scene.start(sqlite_url)
+    room = await scene.room(agent_id)
+    await scene.letta.rename(agent_id, "After")
+    await scene.sync(room)
+    named = await scene.admin.wait_for_event(
+        room, lambda e: e["type"] == "m.room.name" and e["content"]["name"] == "After", WAIT
+    )
+    assert named["state_key"] == ""
+    puppet = scene.bridge.mxid(agent_id)
+    await scene.admin.wait_for_event(
+        room,
+        lambda e: member(puppet, "join")(e) and e["content"]["displayname"] == "After",
+        WAIT,
+    )
+    # The agent answers under its new name (the attribution names the renamed room).
+    _, reply = await scene.ask(room, agent_id, "Who are you now?")
+    assert reply["content"]["body"] == echo_of("Who are you now?", "After")
+
+
+async def test_a_deletion_in_letta_archives_the_room(scene: Scene, sqlite_url: str) -> None:
+    agent_id = await scene.agent("Doomed")
+    await scene.start(sqlite_url)
+    room = await scene.room(agent_id)
+    await scene.ask(room, agent_id, "Still here?")
+    await scene.letta.delete(agent_id)
+    await scene.sync(room)
+    puppet = scene.bridge.mxid(agent_id)
+    await scene.admin.wait_for_event(
+        room, lambda e: e["sender"] == puppet and e["content"]["body"] == ARCHIVED_NOTICE, WAIT
+    )
+    await scene.admin.wait_for_event(
+        room,
+        lambda e: e["type"] == "m.room.name" and e["content"]["name"] == "Doomed (archived)",
+        WAIT,
+    )
+    space = await scene.admin.resolve_alias(scene.bridge.space_alias)
+    assert space is not None
+    await scene.admin.join(space)
+    children = [
+        e["state_key"]
+        for e in await scene.admin.room_state(space)
+        if e["type"] == "m.space.child" and e["content"].get("via")
+    ]
+    assert room not in children
+
+
+# --- Letta going away ----------------------------------------------------------------------
+
+
+async def test_a_message_sent_while_letta_restarts_is_answered_once_it_is_back(
+    scene: Scene, sqlite_url: str, real_letta: RealLetta
+) -> None:
+    agent_id = await scene.agent("Patient")
+    app = await scene.start(sqlite_url)
+    room = await scene.room(agent_id)
+    await scene.ask(room, agent_id, "Before the restart.")
+    puppet = scene.bridge.mxid(agent_id)
+    await real_letta.stop_letta()
+    try:
+        asked = await scene.admin.send_text(room, "While Letta is down.")
+        # The bridge has tried (and failed) before Letta comes back.
+        await poll(lambda: connection_errors(app))
+    finally:
+        await real_letta.start_letta()
+    reply = await scene.admin.wait_for_event(room, reply_to(puppet, asked), timeout=WAIT)
+    assert reply["content"]["body"] == echo_of("While Letta is down.", "Patient")
+    _, after = await scene.ask(room, agent_id, "After the restart.")
+    assert after["content"]["body"] == echo_of("After the restart.", "Patient")
+    assert len(replies(scene.admin, room, puppet, asked)) == 1
+    assert await user_messages(scene.letta, agent_id, "While Letta is down.") == 1
+
+
+async def test_letta_killed_in_the_middle_of_a_turn_answers_once_it_is_back(
+    scene: Scene, sqlite_url: str, real_letta: RealLetta
+) -> None:
+    agent_id = await scene.agent("Survivor")
+    await scene.start(sqlite_url)
+    room = await scene.room(agent_id)
+    puppet = scene.bridge.mxid(agent_id)
+    # The fake LLM takes 8 s over this one: Letta is killed while it waits.
+    text = "Think hard about this. SLEEP 8"
+    asked = await scene.admin.send_text(room, text)
+    assert await scene.admin.wait_for_typing(room, puppet, timeout=WAIT)
+    await real_letta.stop_letta(signal.SIGKILL)
+    await real_letta.start_letta()
+    reply = await scene.admin.wait_for_event(room, reply_to(puppet, asked), timeout=WAIT)
+    assert reply["content"]["body"] == echo_of(text, "Survivor")
+    _, after = await scene.ask(room, agent_id, "Are you all right?")
+    assert after["content"]["body"] == echo_of("Are you all right?", "Survivor")
+    # One answer (a notice may have said meanwhile that the message is queued).
+    assert replies(scene.admin, room, puppet, asked, "m.text") == [reply]
+
+
+async def test_cancel_stops_a_running_turn_and_the_agent_takes_the_next_message(
+    scene: Scene, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent_id = await scene.agent("Ponderer")
+    app = await scene.start(sqlite_url)
+    room = await scene.room(agent_id)
+    puppet, bot = scene.bridge.mxid(agent_id), app.config.bot_mxid
+
+    async def command(text: str) -> str:
+        sent = await scene.admin.send_text(room, f"!letta {text} {agent_id}")
+        answer = await scene.admin.wait_for_event(room, reply_to(bot, sent, "m.notice"), WAIT)
+        return str(answer["content"]["body"])
+
+    # Nothing running: Letta 0.16.8 answers 409, which is no error (and not worth retrying).
+    assert "had no request running here" in await command("cancel")
+    assert "could not cancel" not in caplog.text
+    slow = await scene.admin.send_text(room, "Take your time. SLEEP 60")
+    assert await scene.admin.wait_for_typing(room, puppet, timeout=WAIT)
+    assert (await command("cancel")).startswith("Cancelled")
+    cancelled = await scene.admin.wait_for_event(room, reply_to(puppet, slow, "m.notice"), WAIT)
+    assert cancelled["content"]["body"].startswith("Cancelled")
+    _, reply = await scene.ask(room, agent_id, "Quick one.")
+    assert reply["content"]["body"] == echo_of("Quick one.", "Ponderer")
