@@ -14,11 +14,11 @@ from tests.harness.config import SERVER_NAME, write_registrations
 from tests.harness.docker_engine import CommandError, Containers, in_ci, require_docker
 from tests.harness.docker_images import ImageError, build_appservice_image, ensure_base_image
 from tests.harness.fake_letta import FakeLetta
+from tests.harness.homeserver import Homeserver, start_homeserver
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.postgres import pg_database
 from tests.harness.real_letta import RealLetta
 from tests.harness.routing import Routing, routing_setup
-from tests.harness.synapse import SynapseServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,10 +45,12 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 
 @pytest_asyncio.fixture(scope="session")
-async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SynapseServer]:
-    workdir = tmp_path_factory.mktemp("synapse")
+async def homeserver(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Homeserver]:
+    """The session's homeserver with both test appservices registered: Tuwunel when
+    TUWUNEL_BIN names a binary, else Synapse."""
+    workdir = tmp_path_factory.mktemp("homeserver")
     paths = write_registrations(workdir)
-    server = await SynapseServer.start(workdir / "hs", paths, server_name=SERVER_NAME)
+    server = await start_homeserver(workdir / "hs", paths, SERVER_NAME)
     try:
         yield server
     finally:
@@ -56,9 +58,9 @@ async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Syn
 
 
 @pytest_asyncio.fixture(scope="session")
-async def admin_user(synapse: SynapseServer) -> AsyncIterator[MatrixUser]:
+async def admin_user(homeserver: Homeserver) -> AsyncIterator[MatrixUser]:
     """@admin:test.local: a bridge admin (per the test configs), registered once."""
-    user = await synapse.register_user("admin", admin=True, displayname="Admin")
+    user = await homeserver.register_user("admin", admin=True, displayname="Admin")
     yield user
     await user.close()
 
@@ -75,14 +77,14 @@ async def fake_letta() -> AsyncIterator[FakeLetta]:
 
 @pytest_asyncio.fixture
 async def apps(
-    synapse: SynapseServer, fake_letta: FakeLetta, sqlite_url: str
+    homeserver: Homeserver, fake_letta: FakeLetta, sqlite_url: str
 ) -> AsyncIterator[Apps]:
     """Appservice instances on the session's Synapse and the test's fake Letta (database: the
     test's SQLite unless given), all stopped at the end:
     ``await apps.start(database_url, instance="lab", letta={...}, bridge={...})``.
     A test that passes ``database_url`` must list it BEFORE ``apps`` in its arguments, so the
     database outlives the apps at teardown."""
-    async with Apps(synapse.url, fake_letta.url, sqlite_url) as started:
+    async with Apps(homeserver.url, fake_letta.url, sqlite_url) as started:
         yield started
 
 

@@ -10,18 +10,19 @@ import pytest_asyncio
 
 from tests.harness.apps import Apps, Bridge
 from tests.harness.config import ADMIN
+from tests.harness.homeserver import Homeserver
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.observe import eventually, space_children, wait_until_left
-from tests.harness.synapse import SynapseServer, fresh_localpart
+from tests.harness.synapse import fresh_localpart
 
 BOT = "@letta:test.local"
 TIMEOUT = 60
 
 
 @pytest_asyncio.fixture
-async def user(synapse: SynapseServer) -> AsyncIterator[MatrixUser]:
+async def user(homeserver: Homeserver) -> AsyncIterator[MatrixUser]:
     """A plain user of the bridge (test.local users have the level user)."""
-    person = await synapse.register_user(fresh_localpart(), displayname="Pat")
+    person = await homeserver.register_user(fresh_localpart(), displayname="Pat")
     yield person
     await person.close()
 

@@ -28,9 +28,9 @@ from tests.harness.conversation import (
 )
 from tests.harness.events import Event, by, joined, matches, reply_to
 from tests.harness.fake_letta import FakeAgent, FakeLetta
+from tests.harness.homeserver import Homeserver
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.observe import joined_rooms_of, wait_until_left
-from tests.harness.synapse import SynapseServer
 
 # --- replies -------------------------------------------------------------------------------------
 
@@ -352,9 +352,9 @@ async def test_media_gets_one_notice_that_agents_read_text_only(
 
 
 async def test_a_dm_whose_agent_was_deleted_says_so_once(
-    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer
+    apps: Apps, fake_letta: FakeLetta, homeserver: Homeserver
 ) -> None:
-    alice = await new_user(synapse, "alice")
+    alice = await new_user(homeserver, "alice")
     app = await apps.start()
     [alpha] = await provision(app, fake_letta, "Alpha")
     dm = await dm_with(alice, alpha.mxid)
@@ -378,9 +378,9 @@ async def test_a_dm_whose_agent_was_deleted_says_so_once(
 
 
 async def test_silence_is_told_where_a_reply_was_expected(
-    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer
+    apps: Apps, fake_letta: FakeLetta, homeserver: Homeserver
 ) -> None:
-    alice, bob = await new_user(synapse, "alice"), await new_user(synapse, "bob")
+    alice, bob = await new_user(homeserver, "alice"), await new_user(homeserver, "bob")
     app = await apps.start()
     [alpha] = await provision(app, fake_letta, "Alpha")
     alpha.fake.responder = lambda _a, text: (
@@ -437,9 +437,9 @@ async def test_a_message_deleted_while_it_waits_is_not_passed_on(
 
 
 async def test_non_permitted_user_is_told_once_and_nothing_is_routed(
-    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, homeserver: Homeserver, admin_user: MatrixUser
 ) -> None:
-    stranger = await new_user(synapse, "stranger")
+    stranger = await new_user(homeserver, "stranger")
     app = await apps.start(bridge={"permissions": {ADMIN: "admin"}})
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
@@ -466,9 +466,9 @@ async def test_non_permitted_user_is_told_once_and_nothing_is_routed(
 
 
 async def test_dm_group_room_mentions_and_puppets_never_answer_each_other(
-    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer
+    apps: Apps, fake_letta: FakeLetta, homeserver: Homeserver
 ) -> None:
-    alice, bob = await new_user(synapse, "alice"), await new_user(synapse, "bob")
+    alice, bob = await new_user(homeserver, "alice"), await new_user(homeserver, "bob")
     app = await apps.start()
     alpha, beta = await provision(app, fake_letta, "Alpha", "Beta")
     # Each names the other: were puppets' messages routed, they would answer each other.
@@ -513,9 +513,9 @@ async def test_dm_group_room_mentions_and_puppets_never_answer_each_other(
 
 
 async def test_agents_leave_rooms_once_everyone_else_has(
-    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, homeserver: Homeserver, admin_user: MatrixUser
 ) -> None:
-    alice, bob = await new_user(synapse, "alice"), await new_user(synapse, "bob")
+    alice, bob = await new_user(homeserver, "alice"), await new_user(homeserver, "bob")
     app = await apps.start()
     [alpha] = await provision(app, fake_letta, "Alpha")
     dm = await alice.create_room(

@@ -24,8 +24,8 @@ from tests.harness.config import INSTANCES, SERVER_NAME
 from tests.harness.conversation import replies_seen, text_of
 from tests.harness.events import reply_to
 from tests.harness.fake_letta import FakeLetta
+from tests.harness.homeserver import Homeserver
 from tests.harness.matrix_user import MatrixError, MatrixUser
-from tests.harness.synapse import SynapseServer
 
 TEMPLATE = INSTANCES["letta"].username_template
 
@@ -80,10 +80,10 @@ class Process:
 
 @pytest_asyncio.fixture
 async def bridge_process(
-    synapse: SynapseServer, fake_letta: FakeLetta, tmp_path: Path
+    homeserver: Homeserver, fake_letta: FakeLetta, tmp_path: Path
 ) -> AsyncIterator[Process]:
     data = INSTANCES["letta"].config_data(
-        synapse.url, f"sqlite:{tmp_path / 'bridge.db'}", fake_letta.url
+        homeserver.url, f"sqlite:{tmp_path / 'bridge.db'}", fake_letta.url
     )
     data["logging"] = {"level": "INFO"}
     process = Process(tmp_path, data)

@@ -15,6 +15,7 @@ from tests.harness.config import INSTANCES, SERVER_NAME
 from tests.harness.conversation import dm_with, enter, new_user, provision
 from tests.harness.events import Event, by, member_is
 from tests.harness.fake_letta import FakeLetta
+from tests.harness.homeserver import Homeserver
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.observe import eventually, joined_rooms_of, wait_until_left
 from tests.harness.synapse import SynapseServer, fresh_localpart
@@ -38,9 +39,9 @@ def notice_from(mxid: str, text: str) -> Any:
 
 
 async def test_invites_into_encrypted_rooms_are_declined_with_the_reason(
-    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer
+    apps: Apps, fake_letta: FakeLetta, homeserver: Homeserver
 ) -> None:
-    alice = await new_user(synapse, "alice")
+    alice = await new_user(homeserver, "alice")
     app = await apps.start()
     [alpha] = await provision(app, fake_letta, "Alpha")
     bot = app.config.bot_mxid
@@ -59,9 +60,9 @@ async def test_invites_into_encrypted_rooms_are_declined_with_the_reason(
 
 
 async def test_encryption_turned_on_later(
-    apps: Apps, fake_letta: FakeLetta, synapse: SynapseServer, admin_user: MatrixUser
+    apps: Apps, fake_letta: FakeLetta, homeserver: Homeserver, admin_user: MatrixUser
 ) -> None:
-    alice = await new_user(synapse, "alice")
+    alice = await new_user(homeserver, "alice")
     app = await apps.start()
     [alpha] = await provision(app, fake_letta, "Alpha")
 

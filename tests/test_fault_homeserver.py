@@ -19,8 +19,8 @@ from tests.harness.config import ADMIN
 from tests.harness.conversation import dm_with, enter, new_user, provision, text_of
 from tests.harness.events import by, joined, reply_to
 from tests.harness.fake_letta import FakeLetta
+from tests.harness.homeserver import Homeserver
 from tests.harness.matrix_user import MatrixUser
-from tests.harness.synapse import SynapseServer
 
 TIMEOUT = 60
 
@@ -78,8 +78,8 @@ class FlakyProxy:
 
 
 @pytest_asyncio.fixture
-async def proxy(synapse: SynapseServer) -> AsyncIterator[FlakyProxy]:
-    server = FlakyProxy(synapse.url)
+async def proxy(homeserver: Homeserver) -> AsyncIterator[FlakyProxy]:
+    server = FlakyProxy(homeserver.url)
     await server.start()
     try:
         yield server
@@ -97,7 +97,7 @@ def bot_notice(bot: str, event_id: str) -> Any:
 async def test_a_homeserver_failing_for_a_moment_loses_no_invite_notice_or_reply(
     apps: Apps,
     fake_letta: FakeLetta,
-    synapse: SynapseServer,
+    homeserver: Homeserver,
     admin_user: MatrixUser,
     proxy: FlakyProxy,
 ) -> None:
@@ -107,7 +107,7 @@ async def test_a_homeserver_failing_for_a_moment_loses_no_invite_notice_or_reply
     bot = app.config.bot_mxid
 
     # A person's invite: the puppet's join fails twice with 500, then goes through.
-    alice = await new_user(synapse, "alice")
+    alice = await new_user(homeserver, "alice")
     proxy.fail("POST", "/join", 2)
     dm = await dm_with(alice, helper.mxid)
     assert await RoomStore(app.db).get(dm) is not None
@@ -198,11 +198,11 @@ async def test_two_bridges_in_one_room_do_not_answer_each_other(
     tmp_path: Any,
     apps: Apps,
     fake_letta: FakeLetta,
-    synapse: SynapseServer,
+    homeserver: Homeserver,
 ) -> None:
     lab_letta = FakeLetta()
     lab_url = await lab_letta.start()
-    alice = await new_user(synapse, "alice")
+    alice = await new_user(homeserver, "alice")
     try:
         main = await apps.start(f"sqlite:{tmp_path / 'main.db'}")
         lab = await apps.start(
@@ -235,12 +235,12 @@ async def test_two_bridges_in_one_room_do_not_answer_each_other(
 
 
 async def test_status_shows_users_no_internal_hosts(
-    apps: Apps, synapse: SynapseServer, admin_user: MatrixUser
+    apps: Apps, homeserver: Homeserver, admin_user: MatrixUser
 ) -> None:
     url = "http://svc:hunter2@127.0.0.1:9"  # nothing listens on the discard port
     app = await apps.start(letta={"base_url": url})
     bot = app.config.bot_mxid
-    user = await new_user(synapse, "pat")
+    user = await new_user(homeserver, "pat")
     replies = {}
     for person in (user, admin_user):
         room = await person.create_room(

@@ -11,16 +11,17 @@ import pytest
 from letta_appservice.db.agent import AgentRow
 from tests.harness.apps import Apps
 from tests.harness.config import SERVER_NAME, free_port
-from tests.harness.synapse import SynapseServer, fresh_localpart
+from tests.harness.homeserver import Homeserver
+from tests.harness.synapse import fresh_localpart
 
 
 async def test_bot_registers_answers_whoami_and_the_ping_round_trip_works(
-    apps: Apps, synapse: SynapseServer
+    apps: Apps, homeserver: Homeserver
 ) -> None:
     app = await apps.start()
     assert (await app.bot_intent.whoami()).user_id == f"@letta:{SERVER_NAME}"
     assert app.ping_ms is not None and app.ping_ms >= 0
-    user = await synapse.register_user(fresh_localpart())
+    user = await homeserver.register_user(fresh_localpart())
     profile = await user.request("GET", f"/_matrix/client/v3/profile/@letta:{SERVER_NAME}")
     assert profile["displayname"] == "Letta Bridge"
     async with aiohttp.ClientSession() as http:
@@ -30,12 +31,12 @@ async def test_bot_registers_answers_whoami_and_the_ping_round_trip_works(
     await user.close()
 
 
-async def test_user_query_registers_known_puppets_only(apps: Apps, synapse: SynapseServer) -> None:
+async def test_user_query_registers_known_puppets_only(apps: Apps, homeserver: Homeserver) -> None:
     app = await apps.start()
     agent_id = "agent-0b7f5a52-1c11-4b0e-9a43-55f5d1f0c001"
     mxid = f"@agent_0b7f5a52_1c11_4b0e_9a43_55f5d1f0c001:{SERVER_NAME}"
     await app.agents.upsert(AgentRow(agent_id=agent_id, mxid=mxid, name="Helper"))
-    user = await synapse.register_user(fresh_localpart())
+    user = await homeserver.register_user(fresh_localpart())
     room = await user.create_room(preset="private_chat")
     # Synapse asks the appservice about an unknown user in its namespace before it pushes the
     # invite to us; the appservice registers the puppet of a known agent then.
@@ -77,10 +78,10 @@ async def _status(coro) -> int:
 
 
 async def test_pushed_events_land_in_the_inbox_exactly_once(
-    database_url: str, apps: Apps, synapse: SynapseServer
+    database_url: str, apps: Apps, homeserver: Homeserver
 ) -> None:
     app = await apps.start(database_url)
-    user = await synapse.register_user(fresh_localpart())
+    user = await homeserver.register_user(fresh_localpart())
     room = await user.create_room(preset="private_chat", invite=[app.config.bot_mxid])
     await app.bot_intent.join_room(room)
     event_id = await user.send_text(room, "hello bridge")
@@ -97,7 +98,7 @@ async def test_pushed_events_land_in_the_inbox_exactly_once(
     txns = await app.db.fetchval("SELECT COUNT(*) FROM appservice_txn")
     assert txns >= 1
     # The state store learns memberships from pushed events (no extra requests).
-    second = await synapse.register_user(fresh_localpart())
+    second = await homeserver.register_user(fresh_localpart())
     await user.invite(room, second.mxid)
     await second.join(room)
     for _ in range(200):

@@ -16,18 +16,18 @@ from ruamel.yaml import YAML
 from letta_appservice.matrix.ids import agent_alias, agent_mxid
 from tests.harness.apps import Apps
 from tests.harness.config import INSTANCES, SERVER_NAME
+from tests.harness.homeserver import Homeserver
 from tests.harness.matrix_user import MatrixUser
-from tests.harness.synapse import SynapseServer
 
 TEMPLATE = INSTANCES["letta"].username_template
 
 
-async def legacy_user(synapse: SynapseServer, admin: MatrixUser, agent_id: str) -> MatrixUser:
+async def legacy_user(homeserver: Homeserver, admin: MatrixUser, agent_id: str) -> MatrixUser:
     """An @agent_… user as the old bot had it: a real account with a password, logged in."""
     localpart = agent_mxid(TEMPLATE, SERVER_NAME, agent_id)[1:].split(":")[0]
     # The namespace is exclusive to the appservice now, so the account is made through it (as
     # the old deployment's registration once did), then given a password by the server admin.
-    bot = MatrixUser(synapse.url, f"@letta:{SERVER_NAME}", INSTANCES["letta"].as_token)
+    bot = MatrixUser(homeserver.url, f"@letta:{SERVER_NAME}", INSTANCES["letta"].as_token)
     await bot.request(
         "POST",
         "/_matrix/client/v3/register",
@@ -45,7 +45,7 @@ async def legacy_user(synapse: SynapseServer, admin: MatrixUser, agent_id: str) 
             "password": "pw-legacy",
         },
     )
-    return MatrixUser(synapse.url, login["user_id"], login["access_token"])
+    return MatrixUser(homeserver.url, login["user_id"], login["access_token"])
 
 
 def fake_agent(fake_letta: Any, agent_id: str, name: str) -> None:
@@ -64,9 +64,9 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def write_config(tmp_path: Path, synapse: SynapseServer, database: str, letta: str) -> Path:
+def write_config(tmp_path: Path, homeserver: Homeserver, database: str, letta: str) -> Path:
     path = tmp_path / "config.yaml"
-    YAML().dump(INSTANCES["letta"].config_data(synapse.url, database, letta), path)
+    YAML().dump(INSTANCES["letta"].config_data(homeserver.url, database, letta), path)
     return path
 
 
@@ -74,12 +74,12 @@ async def test_old_rooms_and_space_are_adopted_without_duplicates(
     tmp_path: Path,
     sqlite_url: str,
     apps: Apps,
-    synapse: SynapseServer,
+    homeserver: Homeserver,
     fake_letta: Any,
     admin_user: MatrixUser,
 ) -> None:
     ids = [f"agent-{uuid.uuid4()}" for _ in range(3)]
-    users = [await legacy_user(synapse, admin_user, agent_id) for agent_id in ids]
+    users = [await legacy_user(homeserver, admin_user, agent_id) for agent_id in ids]
     old_rooms = [
         await users[i].create_room(name=f"Old {i}", preset="private_chat") for i in range(2)
     ]
@@ -106,7 +106,7 @@ async def test_old_rooms_and_space_are_adopted_without_duplicates(
     (tmp_path / "letta_space_config.json").write_text(
         json.dumps({"space_id": space, "created_at": 1704672000.1, "name": "Letta Agents"})
     )
-    config = write_config(tmp_path, synapse, sqlite_url, fake_letta.url)
+    config = write_config(tmp_path, homeserver, sqlite_url, fake_letta.url)
     files = [str(tmp_path / "agent_user_mappings.json"), str(tmp_path / "letta_space_config.json")]
 
     dry = cli(config, *files, "--dry-run")
@@ -154,7 +154,7 @@ async def test_old_rooms_and_space_are_adopted_without_duplicates(
 
 
 async def test_malformed_files_import_nothing(
-    tmp_path: Path, sqlite_url: str, synapse: SynapseServer, fake_letta: Any
+    tmp_path: Path, sqlite_url: str, homeserver: Homeserver, fake_letta: Any
 ) -> None:
     good = f"agent-{uuid.uuid4()}"
     mappings = {
@@ -167,7 +167,7 @@ async def test_malformed_files_import_nothing(
     }
     path = tmp_path / "agent_user_mappings.json"
     path.write_text(json.dumps(mappings))
-    config = write_config(tmp_path, synapse, sqlite_url, fake_letta.url)
+    config = write_config(tmp_path, homeserver, sqlite_url, fake_letta.url)
     proc = cli(config, str(path))
     assert proc.returncode == 2
     assert "entry 'agent-broken'" in proc.stderr and "nothing was imported" in proc.stderr

@@ -11,14 +11,14 @@ from letta_appservice.reconcile.space import SPACE_KEY
 from tests.harness.apps import Apps
 from tests.harness.config import INSTANCES, SERVER_NAME
 from tests.harness.fake_letta import FakeLetta
+from tests.harness.homeserver import Homeserver
 from tests.harness.matrix_user import MatrixUser
-from tests.harness.synapse import SynapseServer
 
 
 async def test_two_instances_keep_to_their_own_agents(
     tmp_path: Any,
     apps: Apps,
-    synapse: SynapseServer,
+    homeserver: Homeserver,
     fake_letta: Any,
     admin_user: MatrixUser,
 ) -> None:

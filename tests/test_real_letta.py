@@ -16,9 +16,10 @@ import pytest_asyncio
 from letta_appservice.app import App
 from tests.harness.apps import Apps, Bridge
 from tests.harness.config import SERVER_NAME
+from tests.harness.homeserver import Homeserver
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.real_letta import LettaAdmin, RealLetta
-from tests.harness.synapse import SynapseServer, fresh_localpart
+from tests.harness.synapse import fresh_localpart
 
 pytestmark = pytest.mark.real_letta
 
@@ -91,9 +92,9 @@ class Scene:
 
 @pytest_asyncio.fixture
 async def scene(
-    synapse: SynapseServer, real_letta: RealLetta, letta: LettaAdmin, admin_user: MatrixUser
+    homeserver: Homeserver, real_letta: RealLetta, letta: LettaAdmin, admin_user: MatrixUser
 ) -> AsyncIterator[Scene]:
-    apps = Apps(synapse.url, real_letta.url)
+    apps = Apps(homeserver.url, real_letta.url)
     try:
         yield Scene(apps, letta, admin_user)
     finally:

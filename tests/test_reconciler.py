@@ -19,9 +19,10 @@ from letta_appservice.reconcile.plan import ARCHIVED_NOTICE, RESTORED_NOTICE
 from tests.harness.apps import Apps, Bridge
 from tests.harness.config import ADMIN
 from tests.harness.events import member_is
+from tests.harness.homeserver import Homeserver
 from tests.harness.matrix_user import MatrixError, MatrixUser
 from tests.harness.observe import as_user, eventually, space_children
-from tests.harness.synapse import SynapseServer, fresh_localpart
+from tests.harness.synapse import fresh_localpart
 
 BOT = "@letta:test.local"
 
@@ -44,7 +45,7 @@ async def test_zero_to_n_then_restart(
     bridge: Bridge,
     fake_letta: Any,
     admin_user: MatrixUser,
-    synapse: SynapseServer,
+    homeserver: Homeserver,
 ) -> None:
     # (database_url first: it is set up before the apps and dropped after they stopped)
     alpha = fake_letta.add_agent("Alpha", description="Answers questions")
@@ -97,8 +98,8 @@ async def test_zero_to_n_then_restart(
     assert levels["invite"] == 0  # members may invite others, as in any private room
 
     # Whoever is in the space can walk into an agent room uninvited; nobody else can.
-    member = await synapse.register_user(fresh_localpart("member"))
-    outsider = await synapse.register_user(fresh_localpart("outsider"))
+    member = await homeserver.register_user(fresh_localpart("member"))
+    outsider = await homeserver.register_user(fresh_localpart("outsider"))
     await admin_user.invite(space_id, member.mxid)
     await member.join(space_id)
     assert await member.join(room, via=["test.local"]) == room

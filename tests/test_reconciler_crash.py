@@ -31,7 +31,7 @@ async def stored_room(database: str, agent_id: str) -> str | None:
 
 
 async def test_crash_after_create_room_leaves_exactly_one_room(
-    synapse: Any,
+    homeserver: Any,
     fake_letta: Any,
     apps: Apps,
     admin_user: MatrixUser,
@@ -43,7 +43,7 @@ async def test_crash_after_create_room_leaves_exactly_one_room(
     bridge = Bridge("lab")
     name = f"Crashy {bridge.tag}"
     agent = fake_letta.add_agent(name, description="Survives crashes")
-    data = INSTANCES["lab"].config_data(synapse.url, sqlite_url, fake_letta.url)
+    data = INSTANCES["lab"].config_data(homeserver.url, sqlite_url, fake_letta.url)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(merge_sections(data, {"bridge": bridge.overrides()})))
     log = tmp_path / "crashed.log"

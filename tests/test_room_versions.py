@@ -11,6 +11,7 @@ import pytest
 from letta_appservice.matrix.rooms import agent_room_body, creators_have_power, space_body
 from tests.harness.apps import Apps
 from tests.harness.config import ADMIN, INSTANCES, SERVER_NAME
+from tests.harness.homeserver import Homeserver
 from tests.harness.synapse import SynapseServer
 
 
@@ -37,7 +38,7 @@ def test_bodies_list_the_creator_only_when_asked() -> None:
 
 
 async def test_provisioning_on_a_room_version_11_server(
-    tmp_path: Path, apps: Apps, fake_letta: Any, synapse: SynapseServer
+    tmp_path: Path, apps: Apps, fake_letta: Any, homeserver: Homeserver
 ) -> None:
     INSTANCES["lab"].write_registration(tmp_path / "registration.yaml")
     old = await SynapseServer.start(

@@ -16,8 +16,9 @@ from letta_appservice.matrix import rooms as mx
 from tests.harness.config import ADMIN
 from tests.harness.events import Event, by, joined, matches
 from tests.harness.fake_letta import FakeAgent, FakeLetta
+from tests.harness.homeserver import Homeserver
 from tests.harness.matrix_user import MatrixUser
-from tests.harness.synapse import SynapseServer, fresh_localpart
+from tests.harness.synapse import fresh_localpart
 
 
 @attrs.frozen(eq=False)  # hashed by identity (dict keys in tests)
@@ -94,9 +95,9 @@ async def handled(app: App, event_id: str, timeout: float = 30) -> None:
             await asyncio.sleep(0.05)
 
 
-async def new_user(synapse: SynapseServer, name: str = "user") -> MatrixUser:
+async def new_user(homeserver: Homeserver, name: str = "user") -> MatrixUser:
     """A fresh plain user (``name`` titled as display name)."""
-    return await synapse.register_user(fresh_localpart(name), displayname=name.title())
+    return await homeserver.register_user(fresh_localpart(name), displayname=name.title())
 
 
 async def read_receipt(user: MatrixUser, room: str, reader: str, timeout: float = 20) -> str:
