@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import aiohttp
 from mautrix.errors import MatrixConnectionError, MatrixRequestError
 
@@ -27,9 +29,29 @@ class UsageError(Exception):
         self.exit_code = exit_code
 
 
+# user:password@ in URLs, secrets in query strings, bearer tokens.
+_USERINFO = re.compile(r"(?<=://)[^/\s@]+@")
+_QUERY_SECRET = re.compile(
+    r"(?i)\b((?:access_token|api_key|apikey|token|key|password|secret)=)[^&\s]+"
+)
+_BEARER = re.compile(r"(?i)\bbearer\s+[^\s,;]+")
+
+
+def scrub(text: str) -> str:
+    """``text`` without credentials a URL or header in it may carry."""
+    text = _USERINFO.sub("", text)
+    text = _QUERY_SECRET.sub(r"\1…", text)
+    return _BEARER.sub("Bearer …", text)
+
+
 def describe(e: BaseException) -> str:
     """One readable line for an expected failure (homeserver, network, Letta), for logs and
-    replies alike; never a traceback."""
+    replies alike; never a traceback, never a credential (Tuwunel's errors quote the URL it
+    called, ``?access_token=<hs_token>`` included)."""
+    return scrub(_describe(e))
+
+
+def _describe(e: BaseException) -> str:
     if isinstance(e, MatrixRequestError):
         return f"homeserver answered {e.http_status} {e.errcode}: {e.message}"
     if isinstance(e, MatrixConnectionError | aiohttp.ClientError):

@@ -31,9 +31,10 @@ from letta_appservice.chat.memberships import REMOTE_REFUSAL, join_refusal
 from letta_appservice.chat.parts import Part, parts_for
 from letta_appservice.chat.poster import Job, Poster, homeserver_trouble
 from letta_appservice.commands.args import md_code, resolve_agent
-from letta_appservice.commands.reasons import failure, scrub
+from letta_appservice.commands.reasons import failure
 from letta_appservice.commands.registry import dispatch
 from letta_appservice.db.room import INVITED, RoomRow
+from letta_appservice.errors import scrub
 from letta_appservice.inbox.worker import Retry
 from letta_appservice.letta.errors import LettaError
 from letta_appservice.letta.models import LettaMessage

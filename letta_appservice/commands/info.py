@@ -12,12 +12,13 @@ from mautrix.errors import MatrixRequestError
 
 from .. import __version__
 from ..db.agent import ACTIVE, AgentRow
+from ..errors import scrub
 from ..letta.errors import LettaError
 from ..matrix import rooms as mx
 from ..permissions import ADMIN
 from .args import CommandResult, bold_name, md_code, md_escape
 from .context import CommandContext, room_link
-from .reasons import failure, scrub
+from .reasons import failure
 from .registry import REGISTRY, command
 from .state import last_reconcile, space_id
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..db.agent import ACTIVE, AgentRow
+from ..errors import scrub
 from .args import md_escape
-from .reasons import scrub
 
 MAX_NAMED = 10  # agents named per kind of change before "and N more"
 _PAST = {
