@@ -260,6 +260,17 @@ async def run_app(database: str, count: int, agent_every: int, backlog: int) -> 
         await hs.stop()
 
 
+async def drop_database(conn: asyncpg.Connection, name: str) -> None:
+    """Drop the round's database once its last session (autovacuum's too) has gone."""
+    for _ in range(100):
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            break
+        except asyncpg.ObjectInUseError:
+            await asyncio.sleep(0.2)
+    await conn.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--transactions", type=int, default=400)
@@ -276,28 +287,28 @@ async def main() -> None:
         f" rooms), one in flight, loopback HTTP; real app and router; {args.rounds} rounds,"
         f" paths alternating, median round shown; backlog {args.backlog} events\n"
     )
-    name = f"la_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin_dsn())
     labels = ["mautrix AppService, no-op handler (baseline)", "letta-appservice, SQLite"]
     if not args.skip_postgres:
         labels.append("letta-appservice, PostgreSQL")
     results: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
-    try:
-        for round_no in range(args.rounds):
-            # Machine noise moves all paths alike when they alternate within one run.
-            with tempfile.TemporaryDirectory() as tmp:
-                results[labels[0]].append(await run_baseline(n, args.agent_every))
-                results[labels[1]].append(
-                    await run_app(f"sqlite:{tmp}/b.db", n, args.agent_every, args.backlog)
+    for _ in range(args.rounds):
+        # Machine noise moves all paths alike when they alternate within one run.
+        with tempfile.TemporaryDirectory() as tmp:
+            results[labels[0]].append(await run_baseline(n, args.agent_every))
+            results[labels[1]].append(
+                await run_app(f"sqlite:{tmp}/b.db", n, args.agent_every, args.backlog)
+            )
+        if not args.skip_postgres:
+            name = f"la_bench_{uuid.uuid4().hex[:8]}"
+            conn = await asyncpg.connect(admin_dsn())
+            await conn.execute(f'CREATE DATABASE "{name}"')
+            try:
+                results[labels[2]].append(
+                    await run_app(database_url(name), n, args.agent_every, args.backlog)
                 )
-                if not args.skip_postgres:
-                    await conn.execute(f'CREATE DATABASE "{name}{round_no}"')
-                    pg = database_url(f"{name}{round_no}")
-                    results[labels[2]].append(await run_app(pg, n, args.agent_every, args.backlog))
-    finally:
-        for round_no in range(args.rounds):
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}{round_no}" WITH (FORCE)')
-        await conn.close()
+            finally:
+                await drop_database(conn, name)
+        print("round:", *(f"{label}: {results[label][-1]}" for label in labels), sep="\n  ")
     backlog = max(1, args.backlog // EVENTS_PER_TXN) * EVENTS_PER_TXN
     expected = (n + 20) * EVENTS_PER_TXN + backlog
     turns = len(range(0, n, args.agent_every)) * EVENTS_PER_TXN

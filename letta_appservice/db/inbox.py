@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
-from typing import Any
+import re
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import attrs
-from mautrix.util.async_db import Database
+from mautrix.util.async_db import Database, Scheme
 
 from .database import now_ms
 
 log = logging.getLogger("letta_appservice.inbox")
 
+T = TypeVar("T")
+_PARAM = re.compile(r"\$(\d+)")
 PENDING, PROCESSING, DONE, FAILED = "pending", "processing", "done", "failed"
 STATES = (PENDING, PROCESSING, DONE, FAILED)
 _CHUNK = 100  # events per INSERT statement (8 parameters each)
@@ -104,6 +109,53 @@ def events_digest(events: Sequence[dict[str, Any]]) -> str:
     return hashlib.sha256("\n".join(e["event_id"] for e in events).encode()).hexdigest()
 
 
+_TXN_SQL = (
+    "INSERT INTO appservice_txn (txn_id, received_at, event_count, events_hash)"
+    " VALUES ($1, $2, $3, $4) ON CONFLICT (txn_id) DO UPDATE"
+    " SET received_at=excluded.received_at, event_count=excluded.event_count,"
+    " events_hash=excluded.events_hash WHERE appservice_txn.events_hash IS NULL"
+    " OR appservice_txn.events_hash <> excluded.events_hash RETURNING 1"
+)
+
+
+def _insert_sql(n: int) -> str:
+    values = ", ".join(
+        "(" + ", ".join(f"${i * 8 + j + 1}" for j in range(8)) + ")" for i in range(n)
+    )
+    return (
+        "INSERT INTO inbox (event_id, room_id, sender, event_type, event_json, txn_id,"
+        f" received_at, updated_at) VALUES {values} ON CONFLICT (event_id) DO NOTHING"
+        " RETURNING seq"
+    )
+
+
+def _qmarks(sql: str) -> str:
+    """$1 -> ?1, as mautrix rewrites statements for SQLite."""
+    return _PARAM.sub(r"?\1", sql)
+
+
+def _fetch_sync(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
+    return conn.execute(_qmarks(sql), args).fetchall()
+
+
+def _store_sync(
+    conn: sqlite3.Connection, txn_args: Sequence[Any], chunks: list[tuple[str, list[Any]]]
+) -> StoreResult:
+    """InboxStore._store on SQLite, in aiosqlite's thread: one transaction, one hand-over."""
+    conn.execute("BEGIN")
+    try:
+        if not conn.execute(_qmarks(_TXN_SQL), txn_args).fetchall():
+            result = StoreResult(duplicate_txn=True, new_events=0)
+        else:
+            new = sum(len(_fetch_sync(conn, sql, args)) for sql, args in chunks)
+            result = StoreResult(False, new)
+        conn.execute("COMMIT")
+        return result
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 class InboxStore:
     """Owns the inbox and transaction tables. Keeps the number of events per state in memory,
     adjusted by each write (the worker is the only writer besides the endpoint), so the
@@ -111,6 +163,12 @@ class InboxStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        # The worker's own statements wait while a transaction is being stored: on SQLite's
+        # single connection the homeserver's ack would otherwise queue behind them.
+        self._sqlite = db.scheme == Scheme.SQLITE
+        self._storing = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         self._counts: dict[str, int] | None = None
 
     def _moved(self, n: int, src: str | None, dst: str | None) -> None:
@@ -138,39 +196,47 @@ class InboxStore:
                 continue
             row = (ev["event_id"], ev["room_id"], ev["sender"], ev["type"], encoded)
             rows.append((*row, txn_key, now, now))
+        self._storing += 1
+        self._quiet.clear()
+        try:
+            result = await self._store(txn_key, now, rows, events_digest(events))
+        finally:
+            self._storing -= 1
+            if not self._storing:
+                self._quiet.set()
+        self._moved(result.new_events, None, PENDING)
+        return attrs.evolve(result, rejected=len(events) - len(rows))
+
+    async def _store(
+        self, txn_key: str, now: int, rows: list[tuple[Any, ...]], digest: str
+    ) -> StoreResult:
+        txn_args = (txn_key, now, len(rows), digest)
+        # One multi-row statement per chunk: a single round trip, and RETURNING tells which
+        # events were new (works on both SQLite >= 3.35 and PostgreSQL).
+        chunks = [
+            (_insert_sql(len(chunk)), [v for row in chunk for v in row])
+            for chunk in (rows[i : i + _CHUNK] for i in range(0, len(rows), _CHUNK))
+        ]
+        if self._sqlite:
+            return await self._on_sqlite_thread(_store_sync, txn_args, chunks)
         async with self.db.acquire() as conn, conn.transaction():
-            recorded = await conn.fetchval(
-                "INSERT INTO appservice_txn (txn_id, received_at, event_count, events_hash)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT (txn_id) DO UPDATE"
-                " SET received_at=excluded.received_at, event_count=excluded.event_count,"
-                " events_hash=excluded.events_hash WHERE appservice_txn.events_hash IS NULL"
-                " OR appservice_txn.events_hash <> excluded.events_hash RETURNING 1",
-                txn_key,
-                now,
-                len(rows),
-                events_digest(events),
-            )
-            if not recorded:
+            if not await conn.fetchval(_TXN_SQL, *txn_args):
                 return StoreResult(duplicate_txn=True, new_events=0)
-            new = 0
-            for start in range(0, len(rows), _CHUNK):
-                chunk = rows[start : start + _CHUNK]
-                # One multi-row statement per chunk: a single round trip, and RETURNING tells
-                # which events were new (works on both SQLite >= 3.35 and PostgreSQL).
-                values = ", ".join(
-                    "(" + ", ".join(f"${i * 8 + j + 1}" for j in range(8)) + ")"
-                    for i in range(len(chunk))
-                )
-                new += len(
-                    await conn.fetch(
-                        "INSERT INTO inbox (event_id, room_id, sender, event_type, event_json,"
-                        f" txn_id, received_at, updated_at) VALUES {values}"
-                        " ON CONFLICT (event_id) DO NOTHING RETURNING seq",
-                        *(v for row in chunk for v in row),
-                    )
-                )
-        self._moved(new, None, PENDING)
-        return StoreResult(False, new, len(events) - len(rows))
+            new = sum([len(await conn.fetch(sql, *args)) for sql, args in chunks])
+        return StoreResult(False, new)
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        if self._sqlite:
+            return await self._on_sqlite_thread(_fetch_sync, sql, args)
+        return await self.db.fetch(sql, *args)
+
+    async def _on_sqlite_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """Run ``work(connection, *args)`` in aiosqlite's thread in ONE hand-over. Through
+        aiosqlite's API every statement costs about three (execute, fetch, close), and under
+        load those hand-overs, not SQLite, were what the homeserver's ack waited for."""
+        async with self.db.acquire() as conn:
+            aio = conn.wrapped
+            return await aio._execute(work, aio._conn, *args)
 
     async def resume_unfinished(self) -> int:
         """After a crash or restart, events that were being worked on, or parked behind a busy
@@ -188,7 +254,8 @@ class InboxStore:
         """Take up to ``limit`` pending events in arrival order and mark them processing
         (one statement, so the claim is atomic and cheap). Parked events are not taken: their
         lane takes them back itself (``unpark``)."""
-        rows = await self.db.fetch(
+        await self._quiet.wait()
+        rows = await self._fetch(
             f"UPDATE inbox SET state=$1, updated_at=$2 WHERE seq IN (SELECT seq FROM inbox"
             f" WHERE state=$3 AND lane IS NULL ORDER BY seq LIMIT $4)"
             f" RETURNING {InboxEvent._columns}",
@@ -203,6 +270,7 @@ class InboxStore:
     async def park(self, lanes: dict[str, list[int]]) -> None:
         """Claimed events of busy lanes go back to waiting, in the database rather than in
         memory, marked with their lane so that only that lane takes them (in order)."""
+        await self._quiet.wait()
         async with self.db.acquire() as conn, conn.transaction():
             for lane, seqs in lanes.items():
                 for start in range(0, len(seqs), 500):
@@ -218,7 +286,8 @@ class InboxStore:
 
     async def unpark(self, lane: str, limit: int) -> list[InboxEvent]:
         """The oldest ``limit`` events parked for ``lane``, claimed again."""
-        rows = await self.db.fetch(
+        await self._quiet.wait()
+        rows = await self._fetch(
             f"UPDATE inbox SET state=$1, lane=NULL, updated_at=$2 WHERE seq IN (SELECT seq"
             f" FROM inbox WHERE state=$3 AND lane=$4 ORDER BY seq LIMIT $5)"
             f" RETURNING {InboxEvent._columns}",
@@ -233,10 +302,11 @@ class InboxStore:
 
     async def finish_many(self, seqs: Sequence[int], state: str = DONE) -> None:
         """Mark many claimed events finished in one statement per chunk."""
+        await self._quiet.wait()
         for start in range(0, len(seqs), 500):
             chunk = seqs[start : start + 500]
             marks = ", ".join(f"${i + 3}" for i in range(len(chunk)))
-            await self.db.execute(
+            await self._fetch(
                 f"UPDATE inbox SET state=$1, updated_at=$2 WHERE seq IN ({marks})",
                 state,
                 now_ms(),
