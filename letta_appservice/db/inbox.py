@@ -225,6 +225,10 @@ class InboxStore:
             new = sum([len(await conn.fetch(sql, *args)) for sql, args in chunks])
         return StoreResult(False, new)
 
+    async def _after_ingest(self) -> None:
+        if self._sqlite:  # PostgreSQL has a pool: nothing to queue behind
+            await self._quiet.wait()
+
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         if self._sqlite:
             return await self._on_sqlite_thread(_fetch_sync, sql, args)
@@ -254,7 +258,7 @@ class InboxStore:
         """Take up to ``limit`` pending events in arrival order and mark them processing
         (one statement, so the claim is atomic and cheap). Parked events are not taken: their
         lane takes them back itself (``unpark``)."""
-        await self._quiet.wait()
+        await self._after_ingest()
         rows = await self._fetch(
             f"UPDATE inbox SET state=$1, updated_at=$2 WHERE seq IN (SELECT seq FROM inbox"
             f" WHERE state=$3 AND lane IS NULL ORDER BY seq LIMIT $4)"
@@ -270,7 +274,7 @@ class InboxStore:
     async def park(self, lanes: dict[str, list[int]]) -> None:
         """Claimed events of busy lanes go back to waiting, in the database rather than in
         memory, marked with their lane so that only that lane takes them (in order)."""
-        await self._quiet.wait()
+        await self._after_ingest()
         async with self.db.acquire() as conn, conn.transaction():
             for lane, seqs in lanes.items():
                 for start in range(0, len(seqs), 500):
@@ -286,7 +290,7 @@ class InboxStore:
 
     async def unpark(self, lane: str, limit: int) -> list[InboxEvent]:
         """The oldest ``limit`` events parked for ``lane``, claimed again."""
-        await self._quiet.wait()
+        await self._after_ingest()
         rows = await self._fetch(
             f"UPDATE inbox SET state=$1, lane=NULL, updated_at=$2 WHERE seq IN (SELECT seq"
             f" FROM inbox WHERE state=$3 AND lane=$4 ORDER BY seq LIMIT $5)"
@@ -302,7 +306,7 @@ class InboxStore:
 
     async def finish_many(self, seqs: Sequence[int], state: str = DONE) -> None:
         """Mark many claimed events finished in one statement per chunk."""
-        await self._quiet.wait()
+        await self._after_ingest()
         for start in range(0, len(seqs), 500):
             chunk = seqs[start : start + 500]
             marks = ", ".join(f"${i + 3}" for i in range(len(chunk)))
