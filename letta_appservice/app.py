@@ -362,8 +362,9 @@ class App:
     async def handle_event(self, event: InboxEvent) -> None:
         """Work on one stored event. The state store learns room state here (memberships,
         power levels) because we serve transactions ourselves instead of mautrix."""
-        evt = Event.deserialize(event.event)
-        await self.state_store.update_state(evt)
-        if await self.reconciler.observe(evt):
-            self.scheduler.poke()  # drift (a kick, a removed space child): repair soon
+        if "state_key" in event.event:  # both only look at state events; parsing costs
+            evt = Event.deserialize(event.event)
+            await self.state_store.update_state(evt)
+            if await self.reconciler.observe(evt):
+                self.scheduler.poke()  # drift (a kick, a removed space child): repair soon
         log.debug("Handled %s %s in %s", event.event_type, event.event_id, event.room_id)

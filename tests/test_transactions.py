@@ -122,12 +122,19 @@ async def test_bad_tokens_are_refused(
 
 
 @pytest.mark.parametrize(
-    "body",
-    [b"{not json", b"\xff\xfe", b"[]", {"events": "nope"}, {"no_events": []}, b""],
+    ("body", "errcode"),
+    [
+        (b"{not json", "M_NOT_JSON"),
+        (b"\xff\xfe", "M_NOT_JSON"),
+        (b"", "M_NOT_JSON"),
+        (b"[]", "M_BAD_JSON"),
+        ({"events": "nope"}, "M_BAD_JSON"),
+        ({"no_events": []}, "M_BAD_JSON"),
+    ],
 )
-async def test_malformed_bodies_get_bad_json(endpoint: Endpoint, body: Any) -> None:
+async def test_malformed_bodies_get_bad_json(endpoint: Endpoint, body: Any, errcode: str) -> None:
     status, resp = await endpoint.put("bad", body)
-    assert (status, resp["errcode"]) == (400, "M_BAD_JSON")
+    assert (status, resp["errcode"]) == (400, errcode)
     # A malformed body records nothing, not even the txn id: a corrected retry still works.
     assert (await endpoint.put("bad", {"events": [message(1)]}))[0] == 200
     assert await endpoint.rows() == [("$event1", "bad")]

@@ -167,6 +167,11 @@ class Router:
         if event.event_id in self._redacted:
             log.info("%s was deleted while it waited; not passed on", event.event_id)
             return
+        body = content.get("body")
+        if await self.rooms.get(room_id) is None and (
+            not isinstance(body, str) or self.prefix.lower() not in body.lower()
+        ):
+            return  # a room we do not serve, and no command: no parsing, no query (load)
         if not media:
             evt = Event.deserialize(raw)
             if isinstance(evt, MessageEvent) and await self.commands.maybe_handle(evt):

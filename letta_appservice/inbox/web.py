@@ -6,19 +6,21 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from ..db.inbox import InboxStore
+from ..db.inbox import InboxStore, unstorable
 from ..metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("letta_appservice.web")
 
 QueryUser = Callable[[str], Awaitable[bool]]
 ReadyCheck = Callable[[], Awaitable[dict[str, Any]]]
-_EVENT_KEYS = ("event_id", "room_id", "sender", "type")
+# Gauges read from the database (bridged agents) are refreshed at most this often.
+GAUGE_TTL = 30.0
 
 
 def matrix_error(status: int, errcode: str, error: str) -> web.Response:
@@ -56,6 +58,7 @@ class WebServer:
         self.ready_check = ready_check
         self.metrics = metrics
         self.refresh_gauges = refresh_gauges
+        self._gauges_at = float("-inf")
         self.app = web.Application(client_max_size=max_body_size, middlewares=[_json_errors])
         self._runner: web.AppRunner | None = None
         for prefix in ("/_matrix/app/v1", ""):  # "" = pre-v1 homeservers
@@ -85,7 +88,9 @@ class WebServer:
         token = header[7:] if header.startswith("Bearer ") else request.query.get("access_token")
         if not token:
             return matrix_error(401, "M_UNAUTHORIZED", "Missing hs_token")
-        if not hmac.compare_digest(token.encode(), self._hs_token):
+        # aiohttp hands over bytes that are not UTF-8 as lone surrogates: encode them back
+        # instead of failing (a token that is not our ASCII token is simply wrong).
+        if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), self._hs_token):
             return matrix_error(403, "M_FORBIDDEN", "Invalid hs_token")
         return None
 
@@ -100,15 +105,27 @@ class WebServer:
             self.metrics.transactions.labels("too_large").inc()
             return matrix_error(413, "M_TOO_LARGE", "Transaction body too large")
         except (ValueError, UnicodeDecodeError):
-            return matrix_error(400, "M_BAD_JSON", "Body is not valid JSON")
+            return matrix_error(400, "M_NOT_JSON", "Body is not valid JSON")
+        except RecursionError:
+            # Valid JSON nested deeper than Python parses: refused, never a 500 retried forever.
+            return matrix_error(400, "M_BAD_JSON", "Body is nested too deeply")
         if not isinstance(body, dict) or not isinstance(body.get("events"), list):
             return matrix_error(400, "M_BAD_JSON", "Body must be an object with an events list")
-        events = [e for e in body["events"] if _well_formed(e)]
-        if len(events) != len(body["events"]):
+        events, rejected = [], []
+        for event in body["events"]:
+            reason = unstorable(event)
+            if reason is None:
+                events.append(event)
+            else:
+                rejected.append(reason)
+        if rejected:
+            # Set aside alone: the rest of the transaction is stored and acknowledged.
+            self.metrics.events.labels("rejected").inc(len(rejected))
             log.warning(
-                "Transaction %s: skipped %d malformed event(s)",
+                "Transaction %.80r: set aside %d event(s) that cannot be stored (first: %s)",
                 txn_id,
-                len(body["events"]) - len(events),
+                len(rejected),
+                rejected[0],
             )
         try:
             result = await self.inbox.store_transaction(txn_id, events)
@@ -122,7 +139,10 @@ class WebServer:
         else:
             self.metrics.transactions.labels("stored").inc()
             self.metrics.events.labels("new").inc(result.new_events)
-            self.metrics.events.labels("duplicate").inc(len(events) - result.new_events)
+            self.metrics.events.labels("duplicate").inc(
+                len(events) - result.new_events - result.rejected
+            )
+            self.metrics.events.labels("rejected").inc(result.rejected)
             if result.new_events:
                 self.on_stored()
         return web.json_response({})
@@ -161,18 +181,16 @@ class WebServer:
 
     async def metrics_page(self, _: web.Request) -> web.Response:
         try:
-            counts = await self.inbox.counts()
+            counts = await self.inbox.counts()  # kept in memory: no query per scrape
         except Exception:
             counts = {}
         for state, n in counts.items():
             self.metrics.inbox_depth.labels(state).set(n)
-        if self.refresh_gauges is not None:
+        now = time.monotonic()
+        if self.refresh_gauges is not None and now - self._gauges_at >= GAUGE_TTL:
+            self._gauges_at = now
             try:
                 await self.refresh_gauges()
             except Exception:
                 log.exception("Could not refresh metrics")
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-
-def _well_formed(event: Any) -> bool:
-    return isinstance(event, dict) and all(isinstance(event.get(k), str) for k in _EVENT_KEYS)

@@ -8,11 +8,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from ..db.inbox import DONE, FAILED, PENDING, InboxEvent, InboxStore
 
 log = logging.getLogger("letta_appservice.inbox")
 
+T = TypeVar("T")
 Handler = Callable[[InboxEvent], Awaitable[None]]
 LaneKey = Callable[[InboxEvent], Awaitable[str]]
 
@@ -20,6 +22,8 @@ LaneKey = Callable[[InboxEvent], Awaitable[str]]
 MAX_ATTEMPTS = 100
 # Look for retries that came due even when nothing new arrives.
 POLL_INTERVAL = 5.0
+# Bookkeeping writes that fail (database down) are retried, waiting up to this long between.
+MAX_BOOKKEEPING_DELAY = 30.0
 
 
 class Retry(Exception):
@@ -36,10 +40,26 @@ async def room_lane(event: InboxEvent) -> str:
     return event.room_id
 
 
+class _Lane:
+    """A lane's events in memory, in order, and how many more wait in the database (parked:
+    all of them come after the ones in memory)."""
+
+    __slots__ = ("parked", "queue")
+
+    def __init__(self) -> None:
+        self.queue: deque[InboxEvent] = deque()
+        self.parked = 0
+
+
 class InboxWorker:
     """Claims pending events, routes each into a FIFO lane (by ``lane_key``) and runs the
     handler for at most ``max_concurrency`` lanes at a time. Every outcome is written back, so
-    a crash leaves only 'processing' rows, which the next start resumes."""
+    a crash leaves only 'processing' rows, which the next start resumes.
+
+    Fairness: a lane keeps at most ``lane_cap`` events in memory, all lanes together about
+    ``max_claimed``; the events beyond are parked in the database (marked with their lane)
+    and taken back in order as the lane drains. Claiming therefore never stops, so an idle
+    lane's event is reached however many wait for one busy agent."""
 
     def __init__(
         self,
@@ -50,6 +70,7 @@ class InboxWorker:
         max_concurrency: int = 8,
         claim_batch: int = 200,
         max_claimed: int = 2000,
+        lane_cap: int = 200,
     ) -> None:
         self.store = store
         self.handler = handler
@@ -57,10 +78,14 @@ class InboxWorker:
         self._sem = asyncio.Semaphore(max_concurrency)
         self._claim_batch = claim_batch
         self._max_claimed = max_claimed
+        self._lane_cap = lane_cap
         self._wake = asyncio.Event()
-        self._lanes: dict[str, deque[InboxEvent]] = {}
+        self._lanes: dict[str, _Lane] = {}
         self._lane_tasks: dict[str, asyncio.Task[None]] = {}
-        self._claimed = 0
+        self._in_memory = 0
+        # Parking (runner) and taking back (lanes) are serialised, so a lane never looks for
+        # parked rows whose UPDATE has not run yet.
+        self._park_lock = asyncio.Lock()
         self._runner: asyncio.Task[None] | None = None
         # Finished events are marked done in batches: one UPDATE for many events instead of
         # one each. A crash can lose at most the last few milliseconds of marks; those events
@@ -88,7 +113,7 @@ class InboxWorker:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._runner = self._flusher = None
         await self._flush()
-        # Whatever was claimed but not finished is picked up again by the next start().
+        # Whatever was claimed or parked but not finished is picked up by the next start().
         await self.store.resume_unfinished()
 
     async def wait_idle(self, timeout: float = 30) -> None:
@@ -96,7 +121,7 @@ class InboxWorker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             counts = await self.store.counts()
-            busy = self._claimed or self._done or counts[PENDING] or counts["processing"]
+            busy = self._in_memory or self._done or counts[PENDING] or counts["processing"]
             if not busy:
                 return
             self.wake()
@@ -105,51 +130,95 @@ class InboxWorker:
 
     @property
     def in_flight(self) -> int:
-        return self._claimed
+        """Events claimed and held in memory."""
+        return self._in_memory
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            if self._claimed < self._max_claimed:
-                try:
-                    events = await self.store.claim(
-                        min(self._claim_batch, self._max_claimed - self._claimed)
-                    )
-                except Exception:
-                    log.exception("Could not read the inbox; retrying in %.0f s", POLL_INTERVAL)
-                    events = []
-                for event in events:
-                    await self._enqueue(event)
-                if len(events) == self._claim_batch:
-                    continue  # more may be waiting
+            try:
+                events = await self.store.claim(self._claim_batch)
+            except Exception:
+                log.exception("Could not read the inbox; retrying in %.0f s", POLL_INTERVAL)
+                events = []
+            if events:
+                await self._admit(events)
+            if len(events) == self._claim_batch:
+                continue  # more may be waiting
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel (stop())
             # that arrives in the same tick as the wake-up, and the worker would never stop.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_INTERVAL):
                     await self._wake.wait()
 
-    async def _enqueue(self, event: InboxEvent) -> None:
+    async def _admit(self, events: list[InboxEvent]) -> None:
+        """Put claimed events into their lanes' memory, or park them: behind events already
+        parked (order), in a full lane, or when memory is full and the lane has work anyway
+        (a lane with nothing to do always gets its event)."""
+        keys = [await self._key(event) for event in events]
+        async with self._park_lock:
+            parking: dict[str, list[int]] = {}
+            for event, key in zip(events, keys, strict=True):
+                lane = self._lanes.get(key)
+                if lane is None:
+                    lane = self._lanes[key] = _Lane()
+                full = len(lane.queue) >= self._lane_cap or (
+                    lane.queue and self._in_memory >= self._max_claimed
+                )
+                if lane.parked or full:
+                    parking.setdefault(key, []).append(event.seq)
+                    lane.parked += 1
+                else:
+                    lane.queue.append(event)
+                    self._in_memory += 1
+                if key not in self._lane_tasks:
+                    task = asyncio.create_task(self._lane(key, lane), name=f"lane-{key}")
+                    task.add_done_callback(_log_crash)
+                    self._lane_tasks[key] = task
+            if parking:
+                await self._bookkeeping("park events", self.store.park, parking)
+
+    async def _key(self, event: InboxEvent) -> str:
         try:
-            key = await self.lane_key(event)
+            return await self.lane_key(event)
         except Exception:
             log.exception("Could not route %s; using its room's lane", event.event_id)
-            key = event.room_id
-        self._claimed += 1
-        self._lanes.setdefault(key, deque()).append(event)
-        if key not in self._lane_tasks:
-            self._lane_tasks[key] = asyncio.create_task(self._lane(key), name=f"lane-{key}")
+            return event.room_id
 
-    async def _lane(self, key: str) -> None:
-        queue = self._lanes[key]
+    async def _lane(self, key: str, lane: _Lane) -> None:
+        queue = lane.queue
         try:
-            while queue:
+            while True:
+                if lane.parked and len(queue) <= self._lane_cap // 2:
+                    await self._unpark(key, lane)
+                if not queue:
+                    if lane.parked:
+                        continue  # memory was full: _unpark takes at least one now
+                    break  # no await between this check and the lane's removal below
                 await self._process(queue[0])
                 queue.popleft()
-                self._claimed -= 1
+                self._in_memory -= 1
         finally:
             # Non-empty only when cancelled: those rows stay 'processing' until resumed.
-            self._claimed -= len(queue)
-            del self._lanes[key], self._lane_tasks[key]
+            self._in_memory -= len(queue)
+            queue.clear()
+            if self._lanes.get(key) is lane:
+                del self._lanes[key]
+            self._lane_tasks.pop(key, None)
+
+    async def _unpark(self, key: str, lane: _Lane) -> None:
+        async with self._park_lock:
+            room = self._lane_cap - len(lane.queue)
+            if self._in_memory >= self._max_claimed:
+                room = 0 if lane.queue else 1
+            if not lane.parked or room <= 0:
+                return
+            events = await self._bookkeeping(
+                "take back parked events", self.store.unpark, key, room
+            )
+            lane.parked = lane.parked - len(events) if len(events) == room else 0
+            lane.queue.extend(events)
+            self._in_memory += len(events)
 
     async def _process(self, event: InboxEvent) -> None:
         while True:
@@ -161,8 +230,12 @@ class InboxWorker:
                     await self.handler(event)
                 except Retry as retry:
                     event.not_before = int((time.time() + retry.delay) * 1000)
-                    event.attempts = await self.store.postpone(
-                        event.seq, event.not_before, retry.reason
+                    event.attempts = await self._bookkeeping(
+                        "record a retry",
+                        self.store.postpone,
+                        event.seq,
+                        event.not_before,
+                        retry.reason,
                     )
                     if event.attempts < MAX_ATTEMPTS:
                         log.info(
@@ -173,18 +246,40 @@ class InboxWorker:
                             retry.reason,
                         )
                         continue
-                    await self.store.finish(event.seq, FAILED, f"gave up: {retry.reason}")
+                    await self._bookkeeping(
+                        "record a failure",
+                        self.store.finish,
+                        event.seq,
+                        FAILED,
+                        f"gave up: {retry.reason}",
+                    )
                     return
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
                     # A bug in a handler must not stop the bridge; the row keeps the error.
                     log.exception("Handling %s failed", event.event_id)
-                    await self.store.finish(event.seq, FAILED, repr(e)[:500])
+                    await self._bookkeeping(
+                        "record a failure", self.store.finish, event.seq, FAILED, repr(e)[:500]
+                    )
                     return
             self._done.append(event.seq)
             self._done_flush.set()
             return
+
+    async def _bookkeeping(self, what: str, write: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run a write of the worker's own until it succeeds: a lane outlives a database
+        outage instead of dying with its events left 'processing' until a restart."""
+        delay = 0.5
+        while True:
+            try:
+                return await write(*args)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Could not %s; retrying in %.1f s", what, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BOOKKEEPING_DELAY)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -207,3 +302,9 @@ class InboxWorker:
         except BaseException:
             self._done[:0] = done
             raise
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A lane must never die silently ("Task exception was never retrieved")."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("Inbox lane %s stopped", task.get_name(), exc_info=exc)
