@@ -181,7 +181,7 @@ class TuwunelServer:
             await user.request(
                 "PUT",
                 f"/_matrix/client/v3/profile/{user.mxid}/displayname",
-                {"displayname": displayname},
+                body={"displayname": displayname},
             )
         await user.mark()
         return user
