@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 from letta_appservice.matrix.ids import agent_alias, agent_mxid
 from tests.harness.apps import Apps
 from tests.harness.config import INSTANCES, SERVER_NAME
-from tests.harness.homeserver import Homeserver
+from tests.harness.homeserver import Homeserver, synapse_admin_api
 from tests.harness.matrix_user import MatrixUser
 
 TEMPLATE = INSTANCES["letta"].username_template
@@ -70,6 +70,7 @@ def write_config(tmp_path: Path, homeserver: Homeserver, database: str, letta: s
     return path
 
 
+@synapse_admin_api
 async def test_old_rooms_and_space_are_adopted_without_duplicates(
     tmp_path: Path,
     sqlite_url: str,

@@ -15,6 +15,7 @@ from letta_appservice.db.database import DatabaseURL, open_database
 from tests.harness.apps import Apps, Bridge
 from tests.harness.config import INSTANCES
 from tests.harness.crash_launcher import CRASH_EXIT
+from tests.harness.homeserver import synapse_admin_api
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.observe import as_user, space_children
 
@@ -30,6 +31,7 @@ async def stored_room(database: str, agent_id: str) -> str | None:
         await db.stop()
 
 
+@synapse_admin_api
 async def test_crash_after_create_room_leaves_exactly_one_room(
     homeserver: Any,
     fake_letta: Any,

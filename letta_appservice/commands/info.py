@@ -178,11 +178,15 @@ async def invite_sender(ctx: CommandContext, room_id: str, what: str) -> Command
 
 
 async def invite_user(ctx: CommandContext, room_id: str, mxid: str) -> str:
-    """Invite as the bot: "invited", or "already" when the user is already joined or invited."""
+    """Invite as the bot: "invited", or "already" when the user is already joined or invited
+    (read from the member state: homeservers word their refusals differently)."""
+    api = ctx.services.bot_api
+    if await mx.membership(api, room_id, mxid) in ("join", "invite"):
+        return "already"
     try:
-        await mx.invite(ctx.services.bot_api, room_id, mxid)
+        await mx.invite(api, room_id, mxid)
     except MatrixRequestError as e:
-        # Synapse answers 403 "… is already in the room." for members and pending invites.
+        # A join or invite that raced the check: Synapse says "… is already in the room."
         if e.http_status == 403 and "already" in (e.message or "").lower():
             return "already"
         raise

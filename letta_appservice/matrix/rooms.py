@@ -14,7 +14,7 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, ClientSess
 from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI
 from mautrix.appservice.state_store import ASStateStore
-from mautrix.errors import MatrixRequestError
+from mautrix.errors import MatrixRequestError, MNotFound
 from mautrix.types import RoomID, UserID
 
 from ..config import Config
@@ -179,6 +179,18 @@ async def leave(api: AppServiceAPI, room_id: str, reason: str | None = None) -> 
 
 async def invite(api: AppServiceAPI, room_id: str, user_id: str) -> None:
     await api.request(Method.POST, Path.v3.rooms[room_id].invite, {"user_id": user_id})
+
+
+async def membership(api: AppServiceAPI, room_id: str, user_id: str) -> str | None:
+    """The user's membership in the room as ``api`` sees it; None when it has none."""
+    try:
+        member = await api.request(
+            Method.GET, Path.v3.rooms[room_id].state["m.room.member"][user_id]
+        )
+    except MNotFound:
+        return None
+    value = member.get("membership")
+    return value if isinstance(value, str) else None
 
 
 async def unban(api: AppServiceAPI, room_id: str, user_id: str) -> None:

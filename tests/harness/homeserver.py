@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+import pytest
+
 from .matrix_user import MatrixUser
 from .synapse import SynapseServer
 from .tuwunel import TuwunelServer, tuwunel_bin
@@ -36,3 +38,10 @@ async def start_homeserver(
 
 def on_tuwunel() -> bool:
     return tuwunel_bin() is not None
+
+
+# Tests that set their scene through Synapse's admin API (deleting rooms, logging in as the old
+# bot's puppets): Tuwunel has no such API.
+synapse_admin_api = pytest.mark.skipif(
+    tuwunel_bin() is not None, reason="sets the scene through Synapse's admin API"
+)
