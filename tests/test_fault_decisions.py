@@ -361,3 +361,14 @@ async def test_an_allowed_room_in_invited_mode_still_needs_permission(routing: R
         routing.event("@bot:elsewhere.net", "!g:bridge.test", "hi", **content)
     )
     assert routing.turn.jobs == [] and "may not talk to agents" in routing.turn.notices[0][2]
+
+
+def test_people_answering_agents_at_their_own_pace_are_never_throttled() -> None:
+    # A person replying to an agent (a reply or a mention: "chained") every 30 s for an hour.
+    now = [0.0]
+    guard = LoopGuard(clock=lambda: now[0])
+    verdicts = []
+    for n in range(120):
+        verdicts.append(guard.admit("!r", f"$p{n}", chained=True)[0])
+        now[0] += 30
+    assert verdicts == [ROUTE] * 120

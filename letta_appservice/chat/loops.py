@@ -31,8 +31,10 @@ MARKER = "org.letta.appservice"  # content key of every message the bridge's use
 _BOT_KEYS = (MARKER, "com.beeper.bridge", "fi.mau.")
 _HUMAN_KEYS = frozenset({"fi.mau.double_puppet_source"})  # a person writing through a bridge
 MAX_CHAIN = 8
-CHAIN_GAP = 120.0  # seconds
-MAX_TURNS = 20
+# Machine pace: bots and agents answer each other within seconds; a person reading an answer
+# and typing a reply takes longer, so a person's replies and mentions never make a chain.
+CHAIN_GAP = 20.0  # seconds
+MAX_TURNS = 60  # a lively room of people stays below; a loop that evades the chain does not
 RATE_WINDOW = 300.0  # seconds
 ROUTE, DROP, TELL = "route", "drop", "tell"
 VERDICTS_KEPT = 10_000
