@@ -2,82 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-import attrs
 import pytest
-import pytest_asyncio
 
-from letta_appservice.db.database import DatabaseURL, open_database
-from letta_appservice.db.inbox import InboxStore
-from letta_appservice.inbox.web import WebServer
-from letta_appservice.metrics import Metrics
-from tests.harness.config import free_port
+from tests.harness.endpoint import HS_TOKEN, MAX_BODY, Endpoint
 from tests.harness.events import message
-
-HS_TOKEN = "hs-token-for-tests-0123456789"
-MAX_BODY = 64 * 1024
-
-
-@attrs.define
-class Endpoint:
-    url: str
-    store: InboxStore
-    http: aiohttp.ClientSession
-    wakes: list[int]
-
-    async def put(
-        self, txn: str, body: Any, token: str | None = HS_TOKEN, how: str = "header"
-    ) -> tuple[int, dict[str, Any]]:
-        headers, params = {}, {}
-        if token is not None and how == "header":
-            headers["Authorization"] = f"Bearer {token}"
-        elif token is not None:
-            params["access_token"] = token
-        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        async with self.http.put(
-            f"{self.url}/_matrix/app/v1/transactions/{txn}",
-            data=data,
-            headers=headers,
-            params=params,
-        ) as resp:
-            return resp.status, await resp.json()
-
-    async def rows(self) -> list[tuple[str, str]]:
-        rows = await self.store.db.fetch("SELECT event_id, txn_id FROM inbox ORDER BY seq")
-        return [(r["event_id"], r["txn_id"]) for r in rows]
-
-
-@pytest_asyncio.fixture
-async def endpoint(database_url: str) -> AsyncIterator[Endpoint]:
-    db = await open_database(DatabaseURL.parse(database_url), in_child=False)
-    store = InboxStore(db)
-    wakes: list[int] = []
-
-    async def query_user(mxid: str) -> bool:
-        return mxid.startswith("@agent_")
-
-    async def ready() -> dict[str, Any]:
-        return {"database": True, "homeserver": True}
-
-    server = WebServer(
-        hs_token=HS_TOKEN,
-        max_body_size=MAX_BODY,
-        inbox=store,
-        on_stored=lambda: wakes.append(1),
-        query_user=query_user,
-        ready_check=ready,
-        metrics=Metrics(),
-    )
-    port = free_port()
-    await server.start("127.0.0.1", port)
-    async with aiohttp.ClientSession() as http:
-        yield Endpoint(f"http://127.0.0.1:{port}", store, http, wakes)
-    await server.stop()
-    await db.stop()
 
 
 async def test_events_are_stored_before_the_ack(endpoint: Endpoint) -> None:
@@ -109,16 +39,61 @@ async def test_token_in_query_string_is_accepted(endpoint: Endpoint) -> None:
     assert await endpoint.rows() == [("$event1", "q")]
 
 
+NEAR_MISSES = [
+    HS_TOKEN[:1],  # a prefix, down to one character
+    HS_TOKEN[:-1],
+    HS_TOKEN + "0",  # the token and more
+    HS_TOKEN.upper(),
+    f" {HS_TOKEN}",
+    HS_TOKEN[::-1],
+    "wrong",
+]
+
+
 @pytest.mark.parametrize(
     ("token", "status", "errcode"),
-    [(None, 401, "M_UNAUTHORIZED"), ("wrong", 403, "M_FORBIDDEN"), ("", 401, "M_UNAUTHORIZED")],
+    [(None, 401, "M_UNAUTHORIZED"), ("", 401, "M_UNAUTHORIZED")]
+    + [(near, 403, "M_FORBIDDEN") for near in NEAR_MISSES],
 )
+@pytest.mark.parametrize("how", ["header", "query"])
 async def test_bad_tokens_are_refused(
-    endpoint: Endpoint, token: str | None, status: int, errcode: str
+    endpoint: Endpoint, token: str | None, status: int, errcode: str, how: str
 ) -> None:
-    got_status, body = await endpoint.put("t", {"events": [message(1)]}, token=token)
+    got_status, body = await endpoint.put("t", {"events": [message(1)]}, token=token, how=how)
     assert (got_status, body["errcode"]) == (status, errcode)
     assert await endpoint.rows() == []
+    assert endpoint.wakes == []
+
+
+async def test_every_endpoint_wants_the_whole_token(endpoint: Endpoint) -> None:
+    url, near = endpoint.url, HS_TOKEN[:1]
+    for how in ("Bearer", "bearer", "Basic"):  # only "Bearer <token>" carries it
+        headers = {"Authorization": f"{how} {near if how == 'Bearer' else HS_TOKEN}"}
+        async with endpoint.http.post(f"{url}/_matrix/app/v1/ping", headers=headers) as r:
+            assert r.status in (401, 403)
+        async with endpoint.http.get(
+            f"{url}/_matrix/app/v1/users/@agent_1:t", headers=headers
+        ) as r:
+            assert r.status in (401, 403)
+        async with endpoint.http.get(f"{url}/_matrix/app/v1/rooms/%23a:t", headers=headers) as r:
+            assert r.status in (401, 403)
+
+
+async def test_a_rebatched_event_already_handled_is_not_queued_again(endpoint: Endpoint) -> None:
+    await endpoint.put("a", {"events": [message(1), message(2)]})
+    [first, second] = await endpoint.store.claim(10)
+    await endpoint.store.finish(first.seq)
+    await endpoint.store.finish(second.seq, "failed", "gave up")
+    # The homeserver retries under a new txnId with the handled events and a new one.
+    assert (await endpoint.put("b", {"events": [message(2), message(1), message(3)]}))[0] == 200
+    handled = [await endpoint.store.get(f"$event{n}") for n in (1, 2)]
+    assert [(e.state, e.txn_id, e.error) for e in handled if e] == [
+        ("done", "a", None),
+        ("failed", "a", "gave up"),
+    ]
+    assert [e.event_id for e in await endpoint.store.claim(10)] == ["$event3"]
+    counts = await endpoint.store.counts()
+    assert (counts["pending"], counts["processing"], counts["done"]) == (0, 1, 1)
 
 
 @pytest.mark.parametrize(
