@@ -231,9 +231,12 @@ async def test_errors_that_are_not_retried_and_the_retry_window(
                 reply_to(b.mxid, asked[b], "m.notice")(e) and e["content"]["body"] == t
             ),
         )
-    # Retried within the window (with the "queued" notice once), the others asked only once.
+    # Retried within the window, the others asked only once. Whether a retry fell between
+    # delay_notice and the window's end depends on the machine's speed: the "queued" notice is
+    # pinned by tests/test_turn_guarantees.py on a clock of its own; here at most once, first.
     waiting = [e["content"]["body"] for e in said_by(admin_user, down.room, down.mxid)]
-    assert len(waiting) == 2 and "queued and will be retried for up to 2 s" in waiting[0]
+    assert waiting[-1] == expected[down] and len(waiting) in (1, 2)
+    assert all("queued and will be retried for up to 2 s" in w for w in waiting[:-1])
     assert len(fake_letta.requests_to(f"/v1/agents/{down.fake.id}/messages", "POST")) >= 2
     assert len(fake_letta.requests_to(f"/v1/agents/{bad.fake.id}/messages", "POST")) == 1
     assert len(fake_letta.requests_to(f"/v1/agents/{slow.fake.id}/messages", "POST")) == 1
@@ -422,11 +425,20 @@ async def test_a_message_deleted_while_it_waits_is_not_passed_on(
     app = await apps.start()
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
-    helper.fake.delay = 2
+    # Letta holds the first answer until the redaction was handled: no race with a delay.
+    redacted = asyncio.Event()
+
+    async def held(agent: FakeAgent, text: str) -> list[dict[str, Any]]:
+        await asyncio.wait_for(redacted.wait(), 60)
+        return lr.echo(agent, text)
+
+    helper.fake.responder = held
     first = await admin_user.send_text(helper.room, "first")
     await fake_letta.wait_for_in_flight(helper.fake.id, timeout=30)
     second = await admin_user.send_text(helper.room, "second, deleted")
-    await admin_user.redact(helper.room, second, reason="typo")
+    redaction = await admin_user.redact(helper.room, second, reason="typo")
+    await handled(app, redaction)  # in the room's lane, past the agent's busy one
+    redacted.set()
     await admin_user.wait_for_event(helper.room, reply_to(helper.mxid, first))
     await handled(app, second)  # the deleted one had its turn too, after the first answer
     assert [text_of(m) for m in fake_letta.message_log] == ["first"]

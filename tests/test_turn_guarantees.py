@@ -226,3 +226,32 @@ async def test_a_streamed_answer_is_edited_at_most_once_a_second(
     streamed_for = every * len(deltas)
     assert len(growing) >= min(int(streamed_for / max(every, 1.0)) - 2, 3)
     assert final >= (growing or [outbox.log[0][2]])[-1]
+
+
+# --- Letta down: the retry window on a clock of its own ------------------------------------------
+
+
+async def test_a_letta_outage_is_told_once_after_delay_notice_and_given_up_after_the_window(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, retry_window=600, delay_notice=30) as t:
+        fake_agent = fake_letta.add_agent("Down")
+        fake_letta.fail_next(1000, 503, f"/v1/agents/{fake_agent.id}/messages")
+        agent = t.agent(fake_agent)
+        job = t.job(agent)
+        with pytest.raises(Retry) as first:
+            await t.conversations.answer(job)
+        assert first.value.delay == 1.0 and t.api.sent == []  # quiet before delay_notice
+        # The same message 31 s after it arrived: told once that it waits, however often tried.
+        late = attrs.evolve(job, received_at=job.received_at - 31_000, attempts=3)
+        for attempts in (3, 4):
+            with pytest.raises(Retry) as retry:
+                await t.conversations.answer(attrs.evolve(late, attempts=attempts))
+            assert retry.value.delay == 2.0**attempts
+        [waiting] = t.api.bodies()
+        assert "queued and will be retried for up to 10 min" in waiting
+        # Past the window: given up, said so, no further retry.
+        gone = attrs.evolve(job, received_at=job.received_at - 601_000, attempts=9)
+        await t.conversations.answer(gone)
+        assert "Gave up after retrying for 10 min" in t.api.bodies()[-1]
+        assert len(fake_letta.requests_to(f"/v1/agents/{fake_agent.id}/messages")) == 4
