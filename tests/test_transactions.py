@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.endpoint import HS_TOKEN, MAX_BODY, Endpoint
+from tests.harness.endpoint import HS_TOKEN, MAX_BODY, Endpoint, endpoint_on
 from tests.harness.events import message
 
 
@@ -170,3 +170,43 @@ async def test_a_database_failure_answers_500_so_the_homeserver_retries(
     status, resp = await endpoint.put("t", {"events": [message(1)]})
     assert (status, resp["errcode"]) == (500, "M_UNKNOWN")
     assert await endpoint.rows() == []
+
+
+async def test_failing_checks_answer_as_a_matrix_server_and_an_operator_expect(
+    sqlite_url: str,
+) -> None:
+    async def broken_query(_mxid: str) -> bool:
+        raise RuntimeError("database gone")
+
+    async def not_ready() -> dict[str, Any]:
+        return {"database": True, "homeserver": "unreachable"}
+
+    async def broken_gauges() -> None:
+        raise RuntimeError("no gauges")
+
+    auth = {"Authorization": f"Bearer {HS_TOKEN}"}
+    async with endpoint_on(
+        sqlite_url, query_user=broken_query, ready_check=not_ready, refresh_gauges=broken_gauges
+    ) as e:
+        async with e.http.get(f"{e.url}/_matrix/app/v1/users/@agent_1:t", headers=auth) as r:
+            assert (r.status, (await r.json())["errcode"]) == (500, "M_UNKNOWN")
+        async with e.http.get(f"{e.url}/_matrix/app/v1/rooms/%23agent_1:t", headers=auth) as r:
+            assert (r.status, (await r.json())["errcode"]) == (404, "M_NOT_FOUND")
+        async with e.http.get(f"{e.url}/ready") as r:
+            body = await r.json()
+            assert r.status == 503 and body == {
+                "ready": False, "database": True, "homeserver": "unreachable"
+            }  # fmt: skip
+        async with e.http.get(f"{e.url}/metrics") as r:  # the page still renders
+            assert r.status == 200 and "letta_appservice_inbox_events" in await r.text()
+        async with e.http.delete(f"{e.url}/_matrix/app/v1/transactions/t", headers=auth) as r:
+            assert (r.status, (await r.json())["errcode"]) == (405, "M_UNRECOGNIZED")
+        # Homeservers before the v1 paths push to /transactions/{txnId}.
+        async with e.http.put(
+            f"{e.url}/transactions/old", json={"events": [message(1)]}, headers=auth
+        ) as r:
+            assert r.status == 200
+        assert await e.rows() == [("$event1", "old")]
+        await e.store.db.execute("DROP TABLE inbox")  # counts fail: the page still renders
+        async with e.http.get(f"{e.url}/metrics") as r:
+            assert r.status == 200

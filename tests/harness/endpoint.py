@@ -51,7 +51,9 @@ class Endpoint:
 
 
 @contextlib.asynccontextmanager
-async def endpoint_on(database_url: str) -> AsyncIterator[Endpoint]:
+async def endpoint_on(database_url: str, **overrides: Any) -> AsyncIterator[Endpoint]:
+    """``overrides``: WebServer arguments in place of the defaults (query_user, ready_check,
+    refresh_gauges)."""
     db = await open_database(DatabaseURL.parse(database_url), in_child=False)
     store = InboxStore(db)
     wakes: list[int] = []
@@ -62,14 +64,14 @@ async def endpoint_on(database_url: str) -> AsyncIterator[Endpoint]:
     async def ready() -> dict[str, Any]:
         return {"database": True, "homeserver": True}
 
+    options: dict[str, Any] = {"query_user": query_user, "ready_check": ready, **overrides}
     server = WebServer(
         hs_token=HS_TOKEN,
         max_body_size=MAX_BODY,
         inbox=store,
         on_stored=lambda: wakes.append(1),
-        query_user=query_user,
-        ready_check=ready,
         metrics=Metrics(),
+        **options,
     )
     port = free_port()
     await server.start("127.0.0.1", port)
