@@ -211,7 +211,7 @@ async def test_errors_that_are_not_retried_and_the_retry_window(
 ) -> None:
     app = await apps.start(letta={"timeout": 1, "retry_window": 2, "delay_notice": 1})
     down, bad, slow = await provision(app, fake_letta, "Down", "Bad", "Slow")
-    slow.fake.delay = 5
+    slow.fake.delay = 60  # far past the 1 s timeout, however loaded the machine
     fake_letta.fail_next(100, 503, f"/v1/agents/{down.fake.id}/messages")
     fake_letta.fail_next(1, 400, f"/v1/agents/{bad.fake.id}/messages")
     for bridged in (down, bad, slow):
@@ -250,11 +250,19 @@ async def test_slow_letta_marks_read_and_types_until_the_reply(
     apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
     app = await apps.start()
-    [slow] = await provision(app, fake_letta, "Slow", delay=3)
+    [slow] = await provision(app, fake_letta, "Slow")
+    seen_typing = asyncio.Event()  # Letta answers once the test saw the typing: no race
+
+    async def held(agent: FakeAgent, text: str) -> list[dict[str, Any]]:
+        await asyncio.wait_for(seen_typing.wait(), 60)
+        return lr.echo(agent, text)
+
+    slow.fake.responder = held
     await enter(app, admin_user, slow.room)
     asked = await admin_user.send_text(slow.room, "take your time")
-    assert await admin_user.wait_for_typing(slow.room, slow.mxid, timeout=20)
+    assert await admin_user.wait_for_typing(slow.room, slow.mxid, timeout=30)
     assert fake_letta.message_log == []  # still thinking while it types
+    seen_typing.set()
     await admin_user.wait_for_event(slow.room, reply_to(slow.mxid, asked))
     assert await admin_user.wait_for_typing(slow.room, slow.mxid, typing=False, timeout=20)
     assert await read_receipt(admin_user, slow.room, slow.mxid) == asked
