@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from letta_appservice.permissions import Permissions, at_least
@@ -67,3 +68,17 @@ def test_the_config_gives_the_table_the_domain_and_the_remote_rooms_rule(
     assert permissions.level(ALICE) == "admin" and permissions.level(BOB) == "user"
     assert not permissions.may_bring_into(BOB, "elsewhere.net")
     assert caplog.records == []  # no grant to everyone: nothing to warn about
+
+
+def test_the_server_part_is_everything_after_the_first_colon() -> None:
+    p = Permissions({"hs.test:8448": "user", "hs.test": "admin", "localhost": "user"})
+    assert p.level("@a:hs.test:8448") == "user" and p.level("@a:hs.test") == "admin"
+    # No server at all matches no server entry (not even one named like a placeholder).
+    assert Permissions({"XXXX": "user"}).level("nocolon") is None
+    assert Permissions({"*": "user"}).level("nocolon") == "user"
+
+
+def test_the_configs_remote_rooms_rule_is_used() -> None:
+    raw = routing_config()
+    config = attrs.evolve(raw, guards=attrs.evolve(raw.guards, remote_rooms="users"))
+    assert Permissions.from_config(config).may_bring_into(BOB, "elsewhere.net")

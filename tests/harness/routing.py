@@ -58,13 +58,19 @@ class Recorder:
 
 
 class RoomNames:
-    """Puppets as the router uses them here: to ask a room's name (display names come from the
-    state store)."""
+    """Puppets as the router uses them here: to ask a room's name, and a member's display name
+    when the state store does not know it (``asked`` records the paths)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
 
     def api(self, _mxid: str) -> RoomNames:
         return self
 
-    async def request(self, _method: Any, _path: Any) -> dict[str, str]:
+    async def request(self, _method: Any, path: Any) -> dict[str, str]:
+        self.asked.append(str(path))
+        if "m.room.member" in str(path):
+            return {"membership": "join", "displayname": "Fetched Name"}
         return {"name": "Team room"}
 
 
