@@ -60,7 +60,8 @@ async def test_bad_tokens_are_refused(
     endpoint: Endpoint, token: str | None, status: int, errcode: str, how: str
 ) -> None:
     got_status, body = await endpoint.put("t", {"events": [message(1)]}, token=token, how=how)
-    assert (got_status, body["errcode"]) == (status, errcode)
+    error = "Missing hs_token" if status == 401 else "Invalid hs_token"
+    assert (got_status, body) == (status, {"errcode": errcode, "error": error})
     assert await endpoint.rows() == []
     assert endpoint.wakes == []
 
@@ -102,7 +103,9 @@ async def test_a_rebatched_event_already_handled_is_not_queued_again(endpoint: E
 )
 async def test_malformed_bodies_get_bad_json(endpoint: Endpoint, body: Any) -> None:
     status, resp = await endpoint.put("bad", body)
-    assert (status, resp["errcode"]) == (400, "M_BAD_JSON")
+    not_json = isinstance(body, bytes) and body in (b"{not json", b"\xff\xfe", b"")
+    error = "Body is not valid JSON" if not_json else "Body must be an object with an events list"
+    assert (status, resp) == (400, {"errcode": "M_BAD_JSON", "error": error})
     # A malformed body records nothing, not even the txn id: a corrected retry still works.
     assert (await endpoint.put("bad", {"events": [message(1)]}))[0] == 200
     assert await endpoint.rows() == [("$event1", "bad")]
@@ -112,7 +115,10 @@ async def test_oversized_body_gets_413(endpoint: Endpoint) -> None:
     big = message(1)
     big["content"]["body"] = "x" * (MAX_BODY + 10)
     status, resp = await endpoint.put("big", {"events": [big]})
-    assert (status, resp["errcode"]) == (413, "M_TOO_LARGE")
+    assert (status, resp) == (
+        413,
+        {"errcode": "M_TOO_LARGE", "error": "Transaction body too large"},
+    )
     assert await endpoint.rows() == []
     assert (await endpoint.put("after", {"events": [message(2)]}))[0] == 200
 
@@ -181,7 +187,10 @@ async def test_failing_checks_answer_as_a_matrix_server_and_an_operator_expect(
     async def not_ready() -> dict[str, Any]:
         return {"database": True, "homeserver": "unreachable"}
 
+    refreshed: list[int] = []
+
     async def broken_gauges() -> None:
+        refreshed.append(1)
         raise RuntimeError("no gauges")
 
     auth = {"Authorization": f"Bearer {HS_TOKEN}"}
@@ -189,9 +198,13 @@ async def test_failing_checks_answer_as_a_matrix_server_and_an_operator_expect(
         sqlite_url, query_user=broken_query, ready_check=not_ready, refresh_gauges=broken_gauges
     ) as e:
         async with e.http.get(f"{e.url}/_matrix/app/v1/users/@agent_1:t", headers=auth) as r:
-            assert (r.status, (await r.json())["errcode"]) == (500, "M_UNKNOWN")
+            assert (r.status, await r.json()) == (
+                500, {"errcode": "M_UNKNOWN", "error": "User query failed"}
+            )  # fmt: skip
         async with e.http.get(f"{e.url}/_matrix/app/v1/rooms/%23agent_1:t", headers=auth) as r:
-            assert (r.status, (await r.json())["errcode"]) == (404, "M_NOT_FOUND")
+            assert (r.status, await r.json()) == (
+                404, {"errcode": "M_NOT_FOUND", "error": "No such room alias"}
+            )  # fmt: skip
         async with e.http.get(f"{e.url}/ready") as r:
             body = await r.json()
             assert r.status == 503 and body == {
@@ -199,6 +212,7 @@ async def test_failing_checks_answer_as_a_matrix_server_and_an_operator_expect(
             }  # fmt: skip
         async with e.http.get(f"{e.url}/metrics") as r:  # the page still renders
             assert r.status == 200 and "letta_appservice_inbox_events" in await r.text()
+        assert refreshed == [1]
         async with e.http.delete(f"{e.url}/_matrix/app/v1/transactions/t", headers=auth) as r:
             assert (r.status, (await r.json())["errcode"]) == (405, "M_UNRECOGNIZED")
         # Homeservers before the v1 paths push to /transactions/{txnId}.
@@ -210,3 +224,26 @@ async def test_failing_checks_answer_as_a_matrix_server_and_an_operator_expect(
         await e.store.db.execute("DROP TABLE inbox")  # counts fail: the page still renders
         async with e.http.get(f"{e.url}/metrics") as r:
             assert r.status == 200
+
+
+async def test_every_outcome_is_counted(endpoint: Endpoint) -> None:
+    big = message(9)
+    big["content"]["body"] = "x" * (MAX_BODY + 10)
+    await endpoint.put("denied", {"events": [message(1)]}, token="wrong")
+    await endpoint.put("big", {"events": [big]})
+    await endpoint.put("ok", {"events": [message(1), {"type": "junk"}]})
+    await endpoint.put("ok2", {"events": [message(1), message(2)]})
+    async with endpoint.http.get(f"{endpoint.url}/metrics") as r:
+        text = await r.text()
+    for line in (
+        'letta_appservice_transactions_total{result="denied"} 1.0',
+        'letta_appservice_transactions_total{result="too_large"} 1.0',
+        'letta_appservice_transactions_total{result="stored"} 2.0',
+        'letta_appservice_events_total{result="new"} 2.0',
+        'letta_appservice_events_total{result="duplicate"} 1.0',
+    ):
+        assert line in text
+    await endpoint.store.db.execute("DROP TABLE appservice_txn")
+    await endpoint.put("broken", {"events": [message(3)]})
+    async with endpoint.http.get(f"{endpoint.url}/metrics") as r:
+        assert 'letta_appservice_transactions_total{result="error"} 1.0' in await r.text()
