@@ -65,6 +65,12 @@ POSITIVE = "must be greater than 0"
         ("homeserver.address", "http://hs:99999", "is not a valid URL: 'http://hs:99999'"),
         (
             "homeserver.address",
+            "ftp://u:pw@hs.bridge.test",
+            "must be an http(s) URL like http://host:port, got 'ftp://u:***@hs.bridge.test'",
+        ),
+        ("homeserver.verify_ssl", "http://u:pw@x", "must be true or false, got 'http://u:***@x'"),
+        (
+            "homeserver.address",
             "https://matrix.example.org",
             "'https://matrix.example.org' is the example's value: set your own",
         ),

@@ -10,9 +10,18 @@ from typing import Any
 
 import attrs
 import pytest
+from mautrix.types import Member, Membership, RoomID, UserID
 
 from letta_appservice.chat import router as router_module
+from letta_appservice.chat.content import (
+    LOOP_NOTICE_PART,
+    MEDIA_NOTICE_PART,
+    PAUSED_NOTICE_PART,
+    REFUSED_NOTICE_PART,
+)
+from letta_appservice.chat.loops import MAX_CHAIN, LoopGuard
 from letta_appservice.chat.router import BRIDGED_GRACE_MS
+from letta_appservice.chat.turn import Job
 from letta_appservice.db.agent import DELETED
 from letta_appservice.db.inbox import InboxEvent
 from letta_appservice.db.room import INVITED, RoomRow
@@ -116,14 +125,16 @@ async def test_redactions_in_either_room_versions_place_and_only_the_latest_kept
 ) -> None:
     monkeypatch.setattr(router_module, "REDACTIONS_KEPT", 2)
     messages = [routing.event(BOB, ROOM, f"m{i}") for i in range(4)]
+
     # Room versions up to 10 put the target at the top level, 11+ in the content.
-    await routing.router.handle(
-        state(routing, "m.room.redaction", BOB, ROOM, {}, None, redacts=messages[0].event_id)
-    )
-    for message in messages[1:3]:
-        await routing.router.handle(
-            state(routing, "m.room.redaction", BOB, ROOM, {"redacts": message.event_id}, None)
-        )
+    def in_content(n: int) -> InboxEvent:
+        target = {"redacts": messages[n].event_id}
+        return state(routing, "m.room.redaction", BOB, ROOM, target, None)
+
+    top_level = state(routing, "m.room.redaction", BOB, ROOM, {}, None,
+                      redacts=messages[1].event_id)  # fmt: skip
+    for redaction in (in_content(0), top_level, in_content(2)):
+        await routing.router.handle(redaction)
     await routing.router.handle(state(routing, "m.room.redaction", BOB, ROOM, {"redacts": 5}))
     for message in messages:
         await routing.router.handle(message)
@@ -167,3 +178,122 @@ async def test_a_dm_whose_agent_was_deleted_says_so_once_to_permitted_people(
     assert routing.turn.notices == [
         ("agent-1", DM, "Gone Bot was deleted in Letta and cannot answer any more.")
     ]
+
+
+async def test_a_job_carries_everything_the_turn_needs(routing: Routing) -> None:
+    thread = {"m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}}
+    event = attrs.evolve(routing.event(BOB, ROOM, "in a thread", **thread), attempts=3)
+    await routing.router.handle(event)
+    [job] = routing.turn.jobs
+    assert job == Job(
+        event_id=event.event_id,
+        room_id=ROOM,
+        sender=BOB,
+        agent=job.agent,
+        content='[Matrix: Bob (@bob:bridge.test) in "Helper1"]\nin a thread',
+        name="bob",
+        relation={
+            "rel_type": "m.thread",
+            "event_id": "$root",
+            "is_falling_back": False,
+            "m.in_reply_to": {"event_id": event.event_id},
+        },
+        received_at=event.received_at,
+        attempts=3,
+        expects_reply=True,
+    )
+    assert job.agent.agent_id == "agent-1"
+
+
+async def test_every_notice_replies_to_the_message_under_its_own_part_number(
+    routing: Routing,
+) -> None:
+    await routing.router.handle(routing.event(STRANGER, ROOM, "let me in"))
+    image = routing.event(BOB, ROOM, "cat.png")
+    image = attrs.evolve(image, event_json=image.event_json.replace('"m.text"', '"m.image"'))
+    await routing.router.handle(image)
+    await routing.agents.upsert(agent(1, room_id=ROOM, paused=True, displayname="Sleepy"))
+    paused = routing.event(BOB, ROOM, "wake up")
+    await routing.router.handle(paused)
+    parts = [(source, part) for _, _, source, part, _ in routing.turn.notice_calls]
+    assert [p for _, p in parts] == [REFUSED_NOTICE_PART, MEDIA_NOTICE_PART, PAUSED_NOTICE_PART]
+    assert parts[1][0] == image.event_id and parts[2][0] == paused.event_id
+    for _, room, source, _, relation in routing.turn.notice_calls:
+        assert room == ROOM and relation == {"m.in_reply_to": {"event_id": source}}
+    assert routing.turn.notices[2][2] == (
+        "Sleepy is paused by a bridge admin; this message was not passed on and will not be."
+    )
+
+
+async def test_a_paused_agent_does_not_keep_the_message_from_the_others(
+    routing: Routing,
+) -> None:
+    await dm(routing)
+    await routing.invited.add(DM, "agent-2")
+    await routing.agents.upsert(agent(1, room_id=ROOM, paused=True))
+    await routing.router.handle(routing.event(BOB, DM, "Helper1 and Helper2, status?"))
+    assert [j.agent.agent_id for j in routing.turn.jobs] == ["agent-2"]
+    assert [n[0] for n in routing.turn.notices] == ["agent-1"]
+
+
+async def test_only_people_who_joined_make_a_dm_a_group_room(routing: Routing) -> None:
+    await dm(routing)
+    # Someone invited but not (yet) in, and someone who left: still a 1:1 with the agent.
+    await routing.state_store.set_member(
+        RoomID(DM), UserID("@carol:bridge.test"), Member(membership=Membership.INVITE)
+    )
+    await routing.state_store.set_member(
+        RoomID(DM), UserID("@dave:bridge.test"), Member(membership=Membership.LEAVE)
+    )
+    await routing.router.handle(routing.event(BOB, DM, "no name needed"))
+    assert [j.expects_reply for j in routing.turn.jobs] == [True]
+
+
+async def test_in_a_group_room_opened_to_every_message_only_the_named_agent_expects_a_reply(
+    routing: Routing,
+) -> None:
+    group = "!open:bridge.test"
+    await routing.rooms.upsert(
+        RoomRow(group, INVITED, "agent-1", mode="open", owner=BOB, bridged_at=0)
+    )
+    await routing.invited.add(group, "agent-1")
+    await routing.join(group, BOB, ALICE, "@agent_1:bridge.test", BOT)
+    await routing.router.handle(routing.event(BOB, group, "chatting"))
+    await routing.router.handle(routing.event(BOB, group, "Helper1, you there?"))
+    assert [j.expects_reply for j in routing.turn.jobs] == [False, True]
+
+
+async def test_a_room_without_a_name_is_a_direct_chat(routing: Routing) -> None:
+    await dm(routing)
+    routing.router.puppets.room_name = 7  # type: ignore[attr-defined]
+    await routing.router.handle(routing.event(BOB, DM, "a"))
+    other = "!other:bridge.test"
+    await routing.rooms.upsert(RoomRow(other, INVITED, "agent-1", owner=BOB, bridged_at=0))
+    await routing.invited.add(other, "agent-1")
+    await routing.join(other, BOB, "@agent_1:bridge.test")
+    routing.router.puppets.room_name = None  # type: ignore[attr-defined]
+    await routing.router.handle(routing.event(BOB, other, "b"))
+    for job in routing.turn.jobs:
+        assert job.content.split("\n")[0].endswith(' in "a direct chat"]')
+
+
+async def test_replies_to_the_bridge_count_toward_the_loop_guard(routing: Routing) -> None:
+    reply = {"m.relates_to": {"m.in_reply_to": {"event_id": "$x"}},
+             "m.mentions": {"user_ids": ["@agent_1:bridge.test"]}}  # fmt: skip
+    events = [routing.event(BOB, ROOM, f"again {n}", **reply) for n in range(MAX_CHAIN + 2)]
+    for event in events:
+        await routing.router.handle(event)
+    assert len(routing.turn.jobs) == MAX_CHAIN
+    [(agent_id, room, source, part, relation)] = routing.turn.notice_calls
+    assert (agent_id, room, part) == ("agent-1", ROOM, LOOP_NOTICE_PART)
+    assert source == events[MAX_CHAIN].event_id
+    assert relation == {"m.in_reply_to": {"event_id": source}}
+    assert "!letta" in routing.turn.notices[0][2]  # names the command that lifts it
+
+
+async def test_a_declared_bot_is_not_heard_unless_allowed(routing: Routing) -> None:
+    routing.router.loops = LoopGuard(bot_users=["^@helperbot:"])
+    await routing.join(ROOM, "@helperbot:bridge.test")
+    await routing.router.handle(routing.event("@helperbot:bridge.test", ROOM, "hi"))
+    await routing.router.handle(routing.event(BOB, ROOM, "hi"))
+    assert [j.sender for j in routing.turn.jobs] == [BOB]
