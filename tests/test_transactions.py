@@ -176,7 +176,9 @@ async def test_a_database_failure_answers_500_so_the_homeserver_retries(
 ) -> None:
     await endpoint.store.db.execute("DROP TABLE appservice_txn")
     status, resp = await endpoint.put("t", {"events": [message(1)]})
-    assert (status, resp["errcode"]) == (500, "M_UNKNOWN")
+    assert (status, resp) == (
+        500, {"errcode": "M_UNKNOWN", "error": "Could not store the transaction"}
+    )  # fmt: skip
     assert await endpoint.rows() == []
 
 
@@ -237,6 +239,7 @@ async def test_every_outcome_is_counted(endpoint: Endpoint) -> None:
     await endpoint.put("ok2", {"events": [message(1), message(2)]})
     async with endpoint.http.get(f"{endpoint.url}/metrics") as r:
         text = await r.text()
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     for line in (
         'letta_appservice_transactions_total{result="denied"} 1.0',
         'letta_appservice_transactions_total{result="too_large"} 1.0',

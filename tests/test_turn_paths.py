@@ -17,6 +17,7 @@ from letta_appservice.chat.poster import (
 )
 from letta_appservice.chat.turn import CANCELLED, TurnSettings, backoff
 from letta_appservice.inbox.worker import Retry
+from tests.harness import letta_replies as lr
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.observe import eventually
 from tests.harness.routing import config as routing_config
@@ -29,8 +30,17 @@ def test_backoffs_double_up_to_a_minute() -> None:
 
 
 def test_turn_settings_come_from_the_config() -> None:
-    config = routing_config()
+    raw = routing_config()
+    letta = {"streaming": True, "timeout": 7.0, "retry_window": 70.0, "delay_notice": 8.0,
+             "max_concurrency": 3}  # fmt: skip
+    config = attrs.evolve(
+        raw,
+        letta=attrs.evolve(raw.letta, **letta),
+        bridge=attrs.evolve(raw.bridge, show_reasoning="notice", show_tools="notice"),
+        guards=attrs.evolve(raw.guards, turn_deadline=99.0),
+    )
     settings = TurnSettings.from_config(config)
+    assert settings == TurnSettings(True, "notice", "notice", 7.0, 70.0, 8.0, 3, 99.0)
     assert settings == TurnSettings(
         streaming=config.letta.streaming,
         show_reasoning=config.bridge.show_reasoning,
@@ -160,3 +170,34 @@ async def test_typing_is_renewed_then_cleared_and_a_retry_sends_no_receipt() -> 
     settled.settle()
     await asyncio.wait_for(settled.run(), 30)
     assert len(api.other) == 2  # Letta answered within the grace: nothing sent
+
+
+async def test_a_streamed_answer_is_edited_in_place_each_edit_once(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, streaming=True) as t:
+        fake_agent = fake_letta.add_agent("Streamer")
+        fake_agent.responder = lambda _a, _t: [lr.assistant("a streamed answer in pieces")]
+        job = t.job(t.agent(fake_agent))
+        await t.conversations.answer(job)
+        (first_txn, first), *edits = t.api.sent
+        assert first_txn == txn(job, 0) and first["body"] == "a st"
+        assert edits, "the answer grew: it was edited"
+        for edit_txn, content in edits:
+            assert edit_txn.startswith(txn(job, 0)) and edit_txn != txn(job, 0)
+            assert content["m.relates_to"] == {"rel_type": "m.replace",
+                                               "event_id": f"$sent.{first_txn}"}  # fmt: skip
+        assert len({edit_txn for edit_txn, _ in edits}) == len(edits)
+        assert edits[-1][1]["m.new_content"]["body"] == "a streamed answer in pieces"
+        stored = await t.turns.get(job.event_id, fake_agent.id)
+        assert stored is not None and stored[0]["body"] == "a streamed answer in pieces"
+
+
+async def test_a_notice_without_a_relation_is_posted_plainly(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        agent = t.agent(fake_letta.add_agent("Helper"))
+        await t.conversations.notify(agent, ROOM, "$src", 1, "plain", None)
+        [(_, content)] = t.api.sent
+        assert "m.relates_to" not in content and content["body"] == "plain"
