@@ -122,7 +122,7 @@ async def test_a_notice_about_a_message_is_posted_once(
         [(sent_txn, content)] = t.api.sent
         job = attrs.evolve(t.job(agent), event_id="$src")
         assert sent_txn == txn(job, 7) and content["body"] == "once"
-        assert content["msgtype"] == "m.notice"
+        assert content["msgtype"] == "m.notice" and content["m.relates_to"] == {"rel": 1}
 
 
 async def test_a_slow_answer_shows_a_receipt_and_typing_a_quick_one_neither(

@@ -35,7 +35,8 @@ class PuppetApi:
     sent: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)  # the ones that worked
     other: list[str] = attrs.field(factory=list)  # typing, receipts
 
-    def api(self, _mxid: str) -> PuppetApi:
+    def api(self, mxid: str) -> PuppetApi:
+        assert mxid.startswith("@agent_"), mxid  # always as the agent's puppet
         return self
 
     async def request(self, _method: Any, path: Any, content: Any = None, **_kw: Any) -> Any:
