@@ -10,10 +10,12 @@ from typing import Any
 
 import attrs
 import pytest
+from mautrix.errors import make_request_error
 from mautrix.types import Member, Membership, RoomID, UserID
 
 from letta_appservice.chat import router as router_module
 from letta_appservice.chat.content import (
+    GONE_NOTICE_PART,
     LOOP_NOTICE_PART,
     MEDIA_NOTICE_PART,
     PAUSED_NOTICE_PART,
@@ -25,6 +27,7 @@ from letta_appservice.chat.turn import Job
 from letta_appservice.db.agent import DELETED
 from letta_appservice.db.inbox import InboxEvent
 from letta_appservice.db.room import INVITED, RoomRow
+from letta_appservice.inbox.worker import Retry
 from tests.harness.routing import ALICE, BOB, BOT, ROOM, STRANGER, Routing, agent
 
 DM = "!dm:bridge.test"
@@ -297,3 +300,66 @@ async def test_a_declared_bot_is_not_heard_unless_allowed(routing: Routing) -> N
     await routing.router.handle(routing.event("@helperbot:bridge.test", ROOM, "hi"))
     await routing.router.handle(routing.event(BOB, ROOM, "hi"))
     assert [j.sender for j in routing.turn.jobs] == [BOB]
+
+
+async def test_notices_stay_in_the_persons_thread_and_name_what_was_sent(
+    routing: Routing,
+) -> None:
+    thread = {"m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}}
+    image = routing.event(BOB, ROOM, "cat.png", **thread)
+    image = attrs.evolve(image, event_json=image.event_json.replace('"m.text"', '"m.image"'))
+    await routing.router.handle(image)
+    [(_, _, source, part, relation)] = routing.turn.notice_calls
+    assert (source, part) == (image.event_id, MEDIA_NOTICE_PART)
+    assert relation["rel_type"] == "m.thread" and relation["event_id"] == "$root"
+    assert routing.turn.notices[0][2].startswith(
+        "Agents on this bridge read text only: this image was not passed on"
+    )
+
+
+async def test_a_deleted_agents_notice_has_its_own_part_number(routing: Routing) -> None:
+    await dm(routing)
+    await routing.agents.upsert(agent(1, room_id=ROOM, state=DELETED))
+    await routing.router.handle(routing.event(BOB, DM, "hello?"))
+    assert [c[3] for c in routing.turn.notice_calls] == [GONE_NOTICE_PART]
+
+
+async def test_an_emote_names_the_person_to_the_agent(routing: Routing) -> None:
+    await routing.router.handle(routing.event(BOB, ROOM, "waves", msgtype="m.emote"))
+    assert routing.turn.jobs[0].content.endswith("\n* Bob waves")
+
+
+async def test_the_loop_guard_counts_each_room_apart(routing: Routing) -> None:
+    await dm(routing)
+    reply = {"m.mentions": {"user_ids": ["@agent_1:bridge.test"]}}
+    for n in range(MAX_CHAIN):
+        for room in (ROOM, DM):
+            await routing.router.handle(routing.event(BOB, room, f"Helper1 {n}", **reply))
+    assert len(routing.turn.jobs) == 2 * MAX_CHAIN and routing.turn.notices == []
+
+
+@pytest.mark.parametrize("status", [502, 429])
+async def test_a_room_name_lookup_the_homeserver_fails_is_retried(
+    routing: Routing, status: int
+) -> None:
+    await dm(routing)
+
+    class Failing:
+        def api(self, _mxid: str) -> Failing:
+            return self
+
+        async def request(self, *_args: Any) -> Any:
+            raise make_request_error(status, "", "M_UNKNOWN", "trouble")
+
+    routing.router.puppets = Failing()  # type: ignore[assignment]
+    with pytest.raises(Retry):
+        await routing.router.handle(routing.event(BOB, DM, "hi"))
+
+
+async def test_a_room_without_a_name_is_asked_once(routing: Routing) -> None:
+    await dm(routing)
+    routing.router.puppets.room_name = None  # type: ignore[attr-defined]
+    for text in ("a", "b"):
+        await routing.router.handle(routing.event(BOB, DM, text))
+    asked = [p for p in routing.router.puppets.asked if "m.room.name" in p]  # type: ignore[attr-defined]
+    assert len(asked) == 1
