@@ -13,6 +13,7 @@ from tests.harness.apps import Apps, Bridge
 from tests.harness.config import SERVER_NAME, write_registrations
 from tests.harness.docker_engine import CommandError, Containers, in_ci, require_docker
 from tests.harness.docker_images import ImageError, build_appservice_image, ensure_base_image
+from tests.harness.endpoint import Endpoint, endpoint_on
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.homeserver import Homeserver, start_homeserver
 from tests.harness.matrix_user import MatrixUser
@@ -158,3 +159,10 @@ async def routing(tmp_path: Path) -> AsyncIterator[Routing]:
     """A router and memberships on SQLite with no homeserver (tests/harness/routing.py)."""
     async with routing_setup(tmp_path) as r:
         yield r
+
+
+@pytest_asyncio.fixture
+async def endpoint(database_url: str) -> AsyncIterator[Endpoint]:
+    """The transaction endpoint on an inbox in the test's database (tests/harness/endpoint.py)."""
+    async with endpoint_on(database_url) as e:
+        yield e

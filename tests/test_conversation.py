@@ -212,7 +212,7 @@ async def test_errors_that_are_not_retried_and_the_retry_window(
 ) -> None:
     app = await apps.start(letta={"timeout": 1, "retry_window": 2, "delay_notice": 1})
     down, bad, slow = await provision(app, fake_letta, "Down", "Bad", "Slow")
-    slow.fake.delay = 5
+    slow.fake.delay = 60  # far past the 1 s timeout, however loaded the machine
     fake_letta.fail_next(100, 503, f"/v1/agents/{down.fake.id}/messages")
     fake_letta.fail_next(1, 400, f"/v1/agents/{bad.fake.id}/messages")
     for bridged in (down, bad, slow):
@@ -232,9 +232,12 @@ async def test_errors_that_are_not_retried_and_the_retry_window(
                 reply_to(b.mxid, asked[b], "m.notice")(e) and e["content"]["body"] == t
             ),
         )
-    # Retried within the window (with the "queued" notice once), the others asked only once.
+    # Retried within the window, the others asked only once. Whether a retry fell between
+    # delay_notice and the window's end depends on the machine's speed: the "queued" notice is
+    # pinned by tests/test_turn_guarantees.py on a clock of its own; here at most once, first.
     waiting = [e["content"]["body"] for e in said_by(admin_user, down.room, down.mxid)]
-    assert len(waiting) == 2 and "queued and will be retried for up to 2 s" in waiting[0]
+    assert waiting[-1] == expected[down] and len(waiting) in (1, 2)
+    assert all("queued and will be retried for up to 2 s" in w for w in waiting[:-1])
     assert len(fake_letta.requests_to(f"/v1/agents/{down.fake.id}/messages", "POST")) >= 2
     assert len(fake_letta.requests_to(f"/v1/agents/{bad.fake.id}/messages", "POST")) == 1
     assert len(fake_letta.requests_to(f"/v1/agents/{slow.fake.id}/messages", "POST")) == 1
@@ -248,11 +251,19 @@ async def test_slow_letta_marks_read_and_types_until_the_reply(
     apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
     app = await apps.start()
-    [slow] = await provision(app, fake_letta, "Slow", delay=3)
+    [slow] = await provision(app, fake_letta, "Slow")
+    seen_typing = asyncio.Event()  # Letta answers once the test saw the typing: no race
+
+    async def held(agent: FakeAgent, text: str) -> list[dict[str, Any]]:
+        await asyncio.wait_for(seen_typing.wait(), 60)
+        return lr.echo(agent, text)
+
+    slow.fake.responder = held
     await enter(app, admin_user, slow.room)
     asked = await admin_user.send_text(slow.room, "take your time")
-    assert await admin_user.wait_for_typing(slow.room, slow.mxid, timeout=20)
+    assert await admin_user.wait_for_typing(slow.room, slow.mxid, timeout=30)
     assert fake_letta.message_log == []  # still thinking while it types
+    seen_typing.set()
     await admin_user.wait_for_event(slow.room, reply_to(slow.mxid, asked))
     assert await admin_user.wait_for_typing(slow.room, slow.mxid, typing=False, timeout=20)
     assert await read_receipt(admin_user, slow.room, slow.mxid) == asked
@@ -423,11 +434,20 @@ async def test_a_message_deleted_while_it_waits_is_not_passed_on(
     app = await apps.start()
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
-    helper.fake.delay = 2
+    # Letta holds the first answer until the redaction was handled: no race with a delay.
+    redacted = asyncio.Event()
+
+    async def held(agent: FakeAgent, text: str) -> list[dict[str, Any]]:
+        await asyncio.wait_for(redacted.wait(), 60)
+        return lr.echo(agent, text)
+
+    helper.fake.responder = held
     first = await admin_user.send_text(helper.room, "first")
     await fake_letta.wait_for_in_flight(helper.fake.id, timeout=30)
     second = await admin_user.send_text(helper.room, "second, deleted")
-    await admin_user.redact(helper.room, second, reason="typo")
+    redaction = await admin_user.redact(helper.room, second, reason="typo")
+    await handled(app, redaction)  # in the room's lane, past the agent's busy one
+    redacted.set()
     await admin_user.wait_for_event(helper.room, reply_to(helper.mxid, first))
     await handled(app, second)  # the deleted one had its turn too, after the first answer
     assert [text_of(m) for m in fake_letta.message_log] == ["first"]

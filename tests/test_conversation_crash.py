@@ -109,7 +109,7 @@ async def until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any
     raise TimeoutError(what)
 
 
-async def test_kill_9_mid_turn_and_after_posting_answers_exactly_once(
+async def test_kill_9_mid_turn_or_after_a_lost_done_mark_answers_exactly_once(
     bridge_process: Process, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
     agent = fake_letta.add_agent("Crashy", delay=60)
@@ -130,8 +130,9 @@ async def test_kill_9_mid_turn_and_after_posting_answers_exactly_once(
     await bridge_process.start()
     await admin_user.wait_for_event(room, reply_to(puppet, asked), timeout=60)
 
-    # 2. Killed after the answer was posted but before the event was marked done (forced:
-    # the mark is what a crash can lose, so the row is put back as the crash leaves it).
+    # 2. Killed after the answer was posted, its done mark lost (forced: the event is done by
+    # the time the reply is seen, so the row is put back as a crash before the mark leaves it).
+    # A crash between storing the answer and posting it: tests/test_turn_guarantees.py.
     asked_again = await admin_user.send_text(room, "and this")
     reply = await admin_user.wait_for_event(room, reply_to(puppet, asked_again), timeout=60)
     in_inbox = "SELECT 1 FROM inbox WHERE event_id=?"

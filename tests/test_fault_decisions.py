@@ -55,12 +55,21 @@ def error(status: int, errcode: str = "M_UNKNOWN") -> MatrixRequestError:
 
 
 def test_only_definitive_homeserver_answers_are_final() -> None:
-    for transient in (error(500), error(502), error(429), MatrixConnectionError("down")):
-        assert homeserver_trouble(transient)
+    transient = (
+        error(500),
+        error(502),
+        error(429),
+        error(408),
+        error(0),
+        MatrixConnectionError("x"),
+    )
+    for trouble in transient:  # 0: mautrix's status for a response it could not read
+        assert homeserver_trouble(trouble)
     assert homeserver_trouble(aiohttp.ServerDisconnectedError()) and homeserver_trouble(
         TimeoutError()
     )
-    for final in (error(403, "M_FORBIDDEN"), error(404, "M_NOT_FOUND"), error(413)):
+    for final in (error(403, "M_FORBIDDEN"), error(404, "M_NOT_FOUND"), error(413), error(409),
+                  error(499), error(1), error(430)):  # fmt: skip
         assert not homeserver_trouble(final)
 
 

@@ -299,6 +299,53 @@ async def test_send_message_reply_shapes(start_fake: StartFake, client: MakeClie
     assert response.stop_reason == "max_steps"
 
 
+@pytest.mark.parametrize("version", ["0.6.5", "0.6.14", "0.8.4", "0.16.8"])
+async def test_every_versions_reply_shapes_are_understood(
+    start_fake: StartFake, client: MakeClient, version: str
+):
+    fake = await start_fake(version=version)
+    agent = fake.add_agent("thinker")
+    agent.responder = lambda _agent, _text: [
+        r.reasoning("a thought"),
+        r.tool_call("web_search", {"q": "x"}),
+        r.tool_return("found it"),
+        r.assistant_parts("list ", "content"),
+    ]
+    letta = client(fake)
+    response = await letta.send_message(agent.id, "go")
+    # The fake speaks the version's own shapes (shared/letta-api.md).
+    kinds = [m["message_type"] for m in r.for_version(agent.responder(agent, ""), version)]
+    old = r.release(version) < (0, 6, 6)
+    assert kinds[0] == ("internal_monologue" if old else "reasoning_message")
+    assert [(m.kind, m.text) for m in response.messages] == [
+        ("reasoning", "a thought"),
+        ("tool_call", ""),
+        ("tool_return", "found it"),
+        ("assistant", "list content"),
+    ]
+    assert response.messages[1].tool_name == "web_search"
+    assert response.stop_reason == (None if r.release(version) < (0, 8, 5) else "end_turn")
+    streamed = await _collect(letta.stream_message(agent.id, "go"))
+    assert streamed[-1] == ("assistant", "list content")
+
+
+async def test_a_pending_approval_is_answered_as_0_16_8_does(
+    start_fake: StartFake, client: MakeClient
+):
+    fake = await start_fake()
+    agent = fake.add_agent("careful")
+    agent.responder = lambda _agent, _text: [r.approval_request("rm", {"path": "/"})]
+    letta = client(fake)
+    first = await letta.send_message(agent.id, "clean up")
+    assert first.stop_reason == "requires_approval"
+    with pytest.raises(LettaError) as caught:
+        await letta.send_message(agent.id, "and now?")
+    assert (caught.value.kind, caught.value.status, caught.value.retryable) == ("busy", 409, True)
+    assert "PENDING_APPROVAL" in str(caught.value)
+    [refusal] = [q for q in fake.requests if q.path.endswith("/messages")][1:]
+    assert refusal.json["messages"][0]["content"] == "and now?"
+
+
 async def test_message_posts_are_not_retried(start_fake: StartFake, client: MakeClient):
     fake = await start_fake()
     agent = fake.add_agent("a")
@@ -322,7 +369,9 @@ async def test_busy_agent_and_cancel(start_fake: StartFake, client: MakeClient):
     await letta.cancel(agent.id)
     response = await asyncio.wait_for(first, 10)
     assert (response.messages, response.stop_reason) == ((), "cancelled")
-    assert fake.max_in_flight[agent.id] == 1
+    # The refused request was in flight beside the first (the fake counts before refusing).
+    assert fake.max_in_flight[agent.id] == 2
+    assert [m.text for m in fake.message_log] == ["first"]
 
 
 async def test_cancel_with_nothing_running_is_answered_at_once(
@@ -368,9 +417,9 @@ async def test_stream_with_pings(start_fake: StartFake, client: MakeClient):
 async def test_stream_of_an_old_server_with_extra_done_markers(
     start_fake: StartFake, client: MakeClient
 ):
-    fake = await start_fake()
+    fake = await start_fake(version="0.8.4")  # before 0.8.5: no stop_reason event
     fake.done_markers = ("[DONE_GEN]", "[DONE_STEP]", "[DONE]")
-    agent = fake.add_agent("old", stop_reason=None)  # before 0.8.5: no stop_reason event
+    agent = fake.add_agent("old")
     stream = client(fake).stream_message(agent.id, "x")
     assert [kind for kind, _ in await _collect(stream)] == ["reasoning", "assistant"]
     assert stream.stop_reason is None

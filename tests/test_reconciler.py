@@ -257,7 +257,7 @@ async def test_drift_reported_by_the_homeserver_is_repaired(
     assert (summary.changes, summary.matrix_requests) == ({}, 0)
 
 
-async def test_full_check_at_start_repairs_drift_from_while_it_was_down(
+async def test_full_check_at_start_puts_back_a_space_child_removed_while_it_was_down(
     apps: Apps, bridge: Bridge, fake_letta: Any, admin_user: MatrixUser, sqlite_url: str
 ) -> None:
     agent = fake_letta.add_agent("Offline drift")

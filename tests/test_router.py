@@ -3,7 +3,6 @@ and the streaming relay against a recording outbox."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -36,6 +35,7 @@ from letta_appservice.db.agent import AgentRow
 from letta_appservice.letta import LettaError, LettaMessage, parse_message
 from letta_appservice.matrix.size import EVENT_BYTES, PIECE_BYTES, event_bytes, utf8_len
 from tests.harness import letta_replies as lr
+from tests.harness.relay import Outbox, Stream
 
 PUPPET = "@agent_1234:example.org"
 
@@ -239,38 +239,6 @@ def test_message_and_edit_content() -> None:
 
 
 # --- streaming relay -----------------------------------------------------------------------
-
-
-class Outbox:
-    def __init__(self, sent: dict[int, str] | None = None) -> None:
-        self.sent = dict(sent or {})
-        self.log: list[tuple[str, int, str]] = []
-
-    async def post(self, index: int, part: Part) -> str:
-        self.sent[index] = f"$p{index}"
-        self.log.append(("post", index, part.body))
-        return self.sent[index]
-
-    async def edit(self, index: int, part: Part) -> None:
-        self.log.append(("edit", index, part.body))
-
-
-class Stream:
-    def __init__(
-        self,
-        raws: list[dict[str, Any]],
-        stop_reason: str | None = "end_turn",
-        error: LettaError | None = None,
-    ) -> None:
-        self.messages = parsed(*raws)
-        self.stop_reason = stop_reason
-        self.error = error
-
-    async def __aiter__(self) -> AsyncIterator[LettaMessage]:
-        for message in self.messages:
-            yield message
-        if self.error is not None:
-            raise self.error
 
 
 async def test_relay_posts_first_delta_then_one_final_edit() -> None:

@@ -3,14 +3,20 @@ lane it waits, who is refused, what is never passed on (tests/harness/routing.py
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from pathlib import Path
 
 import attrs
 import pytest
 
 from letta_appservice.chat.memberships import join_refusal
 from letta_appservice.db.agent import DELETED
+from letta_appservice.db.database import DatabaseURL, open_database
+from letta_appservice.db.inbox import InboxEvent, InboxStore
 from letta_appservice.db.room import ARCHIVED, INVITED, MANAGEMENT, RoomRow
+from letta_appservice.inbox.worker import InboxWorker
 from tests.harness.routing import ALICE, BOB, BOT, GROUP, ROOM, STRANGER, Routing, agent
 
 
@@ -121,3 +127,45 @@ async def test_messages_in_rooms_the_bridge_does_not_serve_are_ignored(routing: 
 def test_who_a_puppet_joins(state: str, permitted: bool, kind: str | None, refused: bool) -> None:
     room = RoomRow("!r:bridge.test", kind) if kind else None
     assert (join_refusal(agent(1, state=state), room, permitted) is not None) == refused
+
+
+async def test_one_agents_messages_from_its_room_and_a_dm_keep_their_order(
+    routing: Routing, tmp_path: Path
+) -> None:
+    """Through the inbox worker with the router's lanes: the agent's first message is held
+    until a message in another lane was handled; its DM message, which came later, must still
+    wait behind it."""
+    dm, elsewhere = "!dm:bridge.test", "!x:bridge.test"
+    await routing.rooms.upsert(RoomRow(dm, INVITED, "agent-1", owner=BOB, bridged_at=0))
+    await routing.invited.add(dm, "agent-1")
+    await routing.join(dm, BOB, "@agent_1:bridge.test", BOT)
+    events = [
+        routing.event(BOB, ROOM, "one"),
+        routing.event(BOB, dm, "two"),
+        routing.event(BOB, elsewhere, "unrelated"),
+        routing.event(BOB, ROOM, "three"),
+        routing.event(BOB, dm, "four"),
+    ]
+    db = await open_database(DatabaseURL.parse(f"sqlite:{tmp_path / 'inbox.db'}"), in_child=False)
+    store = InboxStore(db)
+    await store.store_transaction("t", [e.event for e in events])
+    other_lane_ran = asyncio.Event()
+
+    async def handle(event: InboxEvent) -> None:
+        if event.event_id == events[0].event_id:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(other_lane_ran.wait(), 30)
+        await routing.router.handle(event)
+        if event.room_id == elsewhere:
+            other_lane_ran.set()
+
+    worker = InboxWorker(store, handle, lane_key=routing.router.lane_key)
+    await worker.start()
+    try:
+        await worker.wait_idle(timeout=60)
+    finally:
+        await worker.stop()
+        await db.stop()
+    assert other_lane_ran.is_set()
+    texts = [job.content.rsplit("\n", 1)[1] for job in routing.turn.jobs]
+    assert texts == ["one", "two", "three", "four"]

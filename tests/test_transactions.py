@@ -2,82 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-import attrs
 import pytest
-import pytest_asyncio
 
-from letta_appservice.db.database import DatabaseURL, open_database
-from letta_appservice.db.inbox import InboxStore
-from letta_appservice.inbox.web import WebServer
-from letta_appservice.metrics import Metrics
-from tests.harness.config import free_port
+from tests.harness.endpoint import HS_TOKEN, MAX_BODY, Endpoint, endpoint_on
 from tests.harness.events import message
-
-HS_TOKEN = "hs-token-for-tests-0123456789"
-MAX_BODY = 64 * 1024
-
-
-@attrs.define
-class Endpoint:
-    url: str
-    store: InboxStore
-    http: aiohttp.ClientSession
-    wakes: list[int]
-
-    async def put(
-        self, txn: str, body: Any, token: str | None = HS_TOKEN, how: str = "header"
-    ) -> tuple[int, dict[str, Any]]:
-        headers, params = {}, {}
-        if token is not None and how == "header":
-            headers["Authorization"] = f"Bearer {token}"
-        elif token is not None:
-            params["access_token"] = token
-        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        async with self.http.put(
-            f"{self.url}/_matrix/app/v1/transactions/{txn}",
-            data=data,
-            headers=headers,
-            params=params,
-        ) as resp:
-            return resp.status, await resp.json()
-
-    async def rows(self) -> list[tuple[str, str]]:
-        rows = await self.store.db.fetch("SELECT event_id, txn_id FROM inbox ORDER BY seq")
-        return [(r["event_id"], r["txn_id"]) for r in rows]
-
-
-@pytest_asyncio.fixture
-async def endpoint(database_url: str) -> AsyncIterator[Endpoint]:
-    db = await open_database(DatabaseURL.parse(database_url), in_child=False)
-    store = InboxStore(db)
-    wakes: list[int] = []
-
-    async def query_user(mxid: str) -> bool:
-        return mxid.startswith("@agent_")
-
-    async def ready() -> dict[str, Any]:
-        return {"database": True, "homeserver": True}
-
-    server = WebServer(
-        hs_token=HS_TOKEN,
-        max_body_size=MAX_BODY,
-        inbox=store,
-        on_stored=lambda: wakes.append(1),
-        query_user=query_user,
-        ready_check=ready,
-        metrics=Metrics(),
-    )
-    port = free_port()
-    await server.start("127.0.0.1", port)
-    async with aiohttp.ClientSession() as http:
-        yield Endpoint(f"http://127.0.0.1:{port}", store, http, wakes)
-    await server.stop()
-    await db.stop()
 
 
 async def test_events_are_stored_before_the_ack(endpoint: Endpoint) -> None:
@@ -109,16 +39,62 @@ async def test_token_in_query_string_is_accepted(endpoint: Endpoint) -> None:
     assert await endpoint.rows() == [("$event1", "q")]
 
 
+NEAR_MISSES = [
+    HS_TOKEN[:1],  # a prefix, down to one character
+    HS_TOKEN[:-1],
+    HS_TOKEN + "0",  # the token and more
+    HS_TOKEN.upper(),
+    f" {HS_TOKEN}",
+    HS_TOKEN[::-1],
+    "wrong",
+]
+
+
 @pytest.mark.parametrize(
     ("token", "status", "errcode"),
-    [(None, 401, "M_UNAUTHORIZED"), ("wrong", 403, "M_FORBIDDEN"), ("", 401, "M_UNAUTHORIZED")],
+    [(None, 401, "M_UNAUTHORIZED"), ("", 401, "M_UNAUTHORIZED")]
+    + [(near, 403, "M_FORBIDDEN") for near in NEAR_MISSES],
 )
+@pytest.mark.parametrize("how", ["header", "query"])
 async def test_bad_tokens_are_refused(
-    endpoint: Endpoint, token: str | None, status: int, errcode: str
+    endpoint: Endpoint, token: str | None, status: int, errcode: str, how: str
 ) -> None:
-    got_status, body = await endpoint.put("t", {"events": [message(1)]}, token=token)
-    assert (got_status, body["errcode"]) == (status, errcode)
+    got_status, body = await endpoint.put("t", {"events": [message(1)]}, token=token, how=how)
+    error = "Missing hs_token" if status == 401 else "Invalid hs_token"
+    assert (got_status, body) == (status, {"errcode": errcode, "error": error})
     assert await endpoint.rows() == []
+    assert endpoint.wakes == []
+
+
+async def test_every_endpoint_wants_the_whole_token(endpoint: Endpoint) -> None:
+    url, near = endpoint.url, HS_TOKEN[:1]
+    for how in ("Bearer", "bearer", "Basic"):  # only "Bearer <token>" carries it
+        headers = {"Authorization": f"{how} {near if how == 'Bearer' else HS_TOKEN}"}
+        async with endpoint.http.post(f"{url}/_matrix/app/v1/ping", headers=headers) as r:
+            assert r.status in (401, 403)
+        async with endpoint.http.get(
+            f"{url}/_matrix/app/v1/users/@agent_1:t", headers=headers
+        ) as r:
+            assert r.status in (401, 403)
+        async with endpoint.http.get(f"{url}/_matrix/app/v1/rooms/%23a:t", headers=headers) as r:
+            assert r.status in (401, 403)
+
+
+async def test_a_rebatched_event_already_handled_is_not_queued_again(endpoint: Endpoint) -> None:
+    await endpoint.put("a", {"events": [message(1), message(2)]})
+    [first, second] = await endpoint.store.claim(10)
+    await endpoint.store.finish(first.seq)
+    await endpoint.store.finish(second.seq, "failed", "gave up")
+    # The homeserver retries under a new txnId with the handled events and a new one.
+    assert (await endpoint.put("b", {"events": [message(2), message(1), message(3)]}))[0] == 200
+    handled = [await endpoint.store.get(f"$event{n}") for n in (1, 2)]
+    assert [(e.state, e.txn_id, e.error) for e in handled if e] == [
+        ("done", "a", None),
+        ("failed", "a", "gave up"),
+    ]
+    assert [e.event_id for e in await endpoint.store.claim(10)] == ["$event3"]
+    counts = await endpoint.store.counts()
+    assert (counts["pending"], counts["processing"], counts["done"]) == (0, 1, 1)
 
 
 @pytest.mark.parametrize(
@@ -134,7 +110,12 @@ async def test_bad_tokens_are_refused(
 )
 async def test_malformed_bodies_get_bad_json(endpoint: Endpoint, body: Any, errcode: str) -> None:
     status, resp = await endpoint.put("bad", body)
-    assert (status, resp["errcode"]) == (400, errcode)
+    error = (
+        "Body is not valid JSON"
+        if errcode == "M_NOT_JSON"
+        else ("Body must be an object with an events list")
+    )
+    assert (status, resp) == (400, {"errcode": errcode, "error": error})
     # A malformed body records nothing, not even the txn id: a corrected retry still works.
     assert (await endpoint.put("bad", {"events": [message(1)]}))[0] == 200
     assert await endpoint.rows() == [("$event1", "bad")]
@@ -144,7 +125,10 @@ async def test_oversized_body_gets_413(endpoint: Endpoint) -> None:
     big = message(1)
     big["content"]["body"] = "x" * (MAX_BODY + 10)
     status, resp = await endpoint.put("big", {"events": [big]})
-    assert (status, resp["errcode"]) == (413, "M_TOO_LARGE")
+    assert (status, resp) == (
+        413,
+        {"errcode": "M_TOO_LARGE", "error": "Transaction body too large"},
+    )
     assert await endpoint.rows() == []
     assert (await endpoint.put("after", {"events": [message(2)]}))[0] == 200
 
@@ -174,9 +158,11 @@ async def test_ping_user_query_and_operator_endpoints(endpoint: Endpoint) -> Non
     async with http.post(f"{url}/_matrix/app/v1/ping", json={}, headers=auth) as r:
         assert (r.status, await r.json()) == (200, {})
     async with http.get(f"{url}/_matrix/app/v1/users/@agent_1:test.local", headers=auth) as r:
-        assert r.status == 200
+        assert (r.status, await r.json()) == (200, {})
     async with http.get(f"{url}/_matrix/app/v1/users/@bob:test.local", headers=auth) as r:
-        assert (r.status, (await r.json())["errcode"]) == (404, "M_NOT_FOUND")
+        assert (r.status, await r.json()) == (
+            404, {"errcode": "M_NOT_FOUND", "error": "No such user"}
+        )  # fmt: skip
     async with http.get(f"{url}/_matrix/app/v1/users/@agent_1:test.local") as r:
         assert r.status == 401
     async with http.get(f"{url}/_matrix/app/v1/unknown", headers=auth) as r:
@@ -200,5 +186,79 @@ async def test_a_database_failure_answers_500_so_the_homeserver_retries(
 ) -> None:
     await endpoint.store.db.execute("DROP TABLE appservice_txn")
     status, resp = await endpoint.put("t", {"events": [message(1)]})
-    assert (status, resp["errcode"]) == (500, "M_UNKNOWN")
+    assert (status, resp) == (
+        500, {"errcode": "M_UNKNOWN", "error": "Could not store the transaction"}
+    )  # fmt: skip
     assert await endpoint.rows() == []
+
+
+async def test_failing_checks_answer_as_a_matrix_server_and_an_operator_expect(
+    sqlite_url: str,
+) -> None:
+    async def broken_query(_mxid: str) -> bool:
+        raise RuntimeError("database gone")
+
+    async def not_ready() -> dict[str, Any]:
+        return {"database": True, "homeserver": "unreachable"}
+
+    refreshed: list[int] = []
+
+    async def broken_gauges() -> None:
+        refreshed.append(1)
+        raise RuntimeError("no gauges")
+
+    auth = {"Authorization": f"Bearer {HS_TOKEN}"}
+    async with endpoint_on(
+        sqlite_url, query_user=broken_query, ready_check=not_ready, refresh_gauges=broken_gauges
+    ) as e:
+        async with e.http.get(f"{e.url}/_matrix/app/v1/users/@agent_1:t", headers=auth) as r:
+            assert (r.status, await r.json()) == (
+                500, {"errcode": "M_UNKNOWN", "error": "User query failed"}
+            )  # fmt: skip
+        async with e.http.get(f"{e.url}/_matrix/app/v1/rooms/%23agent_1:t", headers=auth) as r:
+            assert (r.status, await r.json()) == (
+                404, {"errcode": "M_NOT_FOUND", "error": "No such room alias"}
+            )  # fmt: skip
+        async with e.http.get(f"{e.url}/ready") as r:
+            body = await r.json()
+            assert r.status == 503 and body == {
+                "ready": False, "database": True, "homeserver": "unreachable"
+            }  # fmt: skip
+        async with e.http.get(f"{e.url}/metrics") as r:  # the page still renders
+            assert r.status == 200 and "letta_appservice_inbox_events" in await r.text()
+        assert refreshed == [1]
+        async with e.http.delete(f"{e.url}/_matrix/app/v1/transactions/t", headers=auth) as r:
+            assert (r.status, (await r.json())["errcode"]) == (405, "M_UNRECOGNIZED")
+        # Homeservers before the v1 paths push to /transactions/{txnId}.
+        async with e.http.put(
+            f"{e.url}/transactions/old", json={"events": [message(1)]}, headers=auth
+        ) as r:
+            assert r.status == 200
+        assert await e.rows() == [("$event1", "old")]
+        await e.store.db.execute("DROP TABLE inbox")  # counts fail: the page still renders
+        async with e.http.get(f"{e.url}/metrics") as r:
+            assert r.status == 200
+
+
+async def test_every_outcome_is_counted(endpoint: Endpoint) -> None:
+    big = message(9)
+    big["content"]["body"] = "x" * (MAX_BODY + 10)
+    await endpoint.put("denied", {"events": [message(1)]}, token="wrong")
+    await endpoint.put("big", {"events": [big]})
+    await endpoint.put("ok", {"events": [message(1), {"type": "junk"}]})
+    await endpoint.put("ok2", {"events": [message(1), message(2)]})
+    async with endpoint.http.get(f"{endpoint.url}/metrics") as r:
+        text = await r.text()
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    for line in (
+        'letta_appservice_transactions_total{result="denied"} 1.0',
+        'letta_appservice_transactions_total{result="too_large"} 1.0',
+        'letta_appservice_transactions_total{result="stored"} 2.0',
+        'letta_appservice_events_total{result="new"} 2.0',
+        'letta_appservice_events_total{result="duplicate"} 1.0',
+    ):
+        assert line in text
+    await endpoint.store.db.execute("DROP TABLE appservice_txn")
+    await endpoint.put("broken", {"events": [message(3)]})
+    async with endpoint.http.get(f"{endpoint.url}/metrics") as r:
+        assert 'letta_appservice_transactions_total{result="error"} 1.0' in await r.text()

@@ -30,6 +30,10 @@ __all__ = ["FakeAgent", "FakeLetta", "LoggedMessage", "RecordedRequest", "Respon
 _BODY = web.RequestKey("body", object)  # the parsed JSON body
 _LEGACY = web.RequestKey("legacy", bool)  # the client judged legacy by its headers
 _STREAMING_422 = "streaming=true is only supported for SDK v1.0+ clients."
+_PENDING_APPROVAL = (
+    "Cannot send a new message: The agent is waiting for approval on a tool call. Please "
+    "approve or deny the pending request before continuing."
+)
 
 
 def _detail(status: int, detail: Any) -> web.Response:
@@ -43,8 +47,14 @@ class FakeLetta:
     server that ignores cursors; `inline_streaming` is "v1" (0.16.8: by client headers),
     "never" (422 to everyone) or "ignored" (before 0.14: the flag is ignored, JSON comes back).
     Like 0.16.8, it runs a second turn of a busy agent at once; `reject_concurrent=True` answers
-    409 instead, as servers that lock an agent per request do. Cancelling an agent with no turn
-    running is a 409, as on 0.16.8.
+    409 instead, as servers that lock an agent per request do (the refused request still counts
+    in `in_flight`/`max_in_flight`: they measure what the client sent). Cancelling an agent with
+    no turn running is a 409, as on 0.16.8; so is a message to an agent waiting on a tool
+    approval, with 0.16.8's `PENDING_APPROVAL` detail.
+
+    It follows the version it claims: replies in that version's shapes (letta_replies.
+    for_version), no stop reason before 0.8.5, and (unless `inline_streaming` is given) the
+    `streaming` flag ignored before 0.14.
     """
 
     def __init__(
@@ -54,7 +64,7 @@ class FakeLetta:
         version: str = "0.16.8",
         paginate: bool = True,
         honour_after: bool = True,
-        inline_streaming: Literal["v1", "never", "ignored"] = "v1",
+        inline_streaming: Literal["v1", "never", "ignored"] | None = None,
         reject_concurrent: bool = False,
     ) -> None:
         self.api_key, self.version = api_key, version
@@ -263,27 +273,31 @@ class FakeLetta:
             return _detail(422, [{"loc": ["body", "messages"], "msg": "Field required"}])
         message = messages[-1]
         # Servers before 0.6.15 read `text` and have no `content` (FastAPI: missing -> 422).
-        release = tuple(int(part) for part in self.version.split(".")[:3])
+        release = replies.release(self.version)
         field = "text" if release < (0, 6, 15) else "content"
+        inline = self.inline_streaming or ("v1" if release >= (0, 14) else "ignored")
         content = message.get(field)
         if content is None:
             return _detail(422, [{"loc": ["body", "messages", 0, field], "msg": "Field required"}])
         text = content if isinstance(content, str) else content_text(content)
         legacy_route = request.path.endswith("/stream")
         streaming = legacy_route or bool(body.get("streaming"))
-        if not legacy_route and self.inline_streaming == "ignored":
+        if not legacy_route and inline == "ignored":
             streaming = False  # servers before 0.14 do not know the flag
         elif not legacy_route:
             if not streaming and (body.get("stream_tokens") or body.get("include_pings") is False):
                 return _detail(422, "Streaming options set without streaming enabled.")
-            legacy = self.inline_streaming == "never" or request[_LEGACY]
+            legacy = inline == "never" or request[_LEGACY]
             if streaming and legacy:
                 return _detail(422, _STREAMING_422)
         if agent.pending_approval:
-            return _detail(409, f"Agent {agent.id} is waiting for a tool approval")
-        if self.in_flight[agent.id] and self.reject_concurrent:
+            # 0.16.8's answer (server/rest_api/routers/v1/agents.py, PendingApprovalError).
+            pending = {"code": "PENDING_APPROVAL", "message": _PENDING_APPROVAL}
+            return _detail(409, {**pending, "pending_request_id": agent.pending_request_id})
+        turn = Turn(self, agent, text, message)  # counted in flight before any refusal
+        if self.reject_concurrent and self.in_flight[agent.id] > 1:
+            turn.finish(refused=True)
             return _detail(409, f"Agent {agent.id} is already processing a request")
-        turn = Turn(self, agent, text, message)
         try:
             if streaming:
                 return await turn.stream(request, body)

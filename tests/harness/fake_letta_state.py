@@ -52,6 +52,8 @@ class FakeAgent:
     stop_reason: str | None = "end_turn"  # None: omit it, as servers before 0.8.5 did
     stream_error: str | None = None  # set: streams end with `event: error`
     pending_approval: bool = False
+    pending_request_id: str | None = None  # the approval request it waits on
+    drop_stream_after: int | None = None  # set: the connection is cut after so many messages
 
     def to_json(self, *, blocks: bool, tools: bool) -> Raw:
         dummy_blocks = [
@@ -125,12 +127,16 @@ class Turn:
         fake.max_in_flight[agent.id] = max(fake.max_in_flight[agent.id], fake.in_flight[agent.id])
         fake.notify()
 
-    def finish(self) -> None:
+    def finish(self, *, refused: bool = False) -> None:
+        """The turn is over; a refused one (the agent busy) never reaches the message log."""
         if self.done:
             return
         self.done = True
         self.fake.turns.discard(self)
         self.fake.in_flight[self.agent.id] -= 1
+        if refused:
+            self.fake.notify()
+            return
         self.fake.message_log.append(
             LoggedMessage(
                 self.agent.id, self.text, self.otid, self.name, self.start, time.monotonic()
@@ -155,10 +161,16 @@ class Turn:
             return [], "cancelled"
         result = (self.agent.responder or self.fake.responder)(self.agent, self.text)
         messages = list(await result if inspect.isawaitable(result) else result)
-        if any(m.get("message_type") == "approval_request_message" for m in messages):
-            self.agent.pending_approval = True
-            return messages, "requires_approval"
-        return messages, self.agent.stop_reason
+        version = self.fake.version
+        reason = self.agent.stop_reason
+        for m in messages:
+            if m.get("message_type") == "approval_request_message":
+                self.agent.pending_approval, self.agent.pending_request_id = True, m["id"]
+                reason = "requires_approval"
+        # Servers before 0.8.5 sent no stop reason at all.
+        if replies.release(version) < (0, 8, 5):
+            reason = None
+        return replies.for_version(messages, version), reason
 
     async def run(self) -> Raw:
         if self.agent.stream_error:
@@ -195,7 +207,12 @@ class Turn:
             messages, reason = await self._reply()
             if body.get("stream_tokens"):
                 messages = replies.token_deltas(messages)
-            for message in messages:
+            for n, message in enumerate(messages):
+                if n == self.agent.drop_stream_after:
+                    # Letta gone mid-stream (crashed, network cut): no error event, no end.
+                    assert request.transport is not None
+                    request.transport.close()
+                    return resp
                 await send(message)
             if self.agent.stream_error:
                 await send(replies.error_message(self.agent.stream_error), event="error")

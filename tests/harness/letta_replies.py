@@ -122,6 +122,46 @@ def echo(_agent: object, text: str) -> list[Raw]:
     return [reasoning(f"The user said {text!r}; echo it."), assistant(f"Echo: {text}")]
 
 
+def release(version: str) -> tuple[int, ...]:
+    """ "0.6.14" -> (0, 6, 14), for comparing server versions."""
+    return tuple(int(part) for part in version.split(".")[:3])
+
+
+def _assistant_text(raw: Raw) -> str:
+    content = raw.get("content")
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else raw.get("assistant_message") or ""
+
+
+def for_version(messages: list[Raw], version: str) -> list[Raw]:
+    """Modern messages as a server of ``version`` sends them (shared/letta-api.md): up to
+    0.6.5 `internal_monologue` / `function_call` / `function_return` and the assistant text in
+    field `assistant_message`; 0.6.6 to 0.6.14 still that field; later, as given."""
+    at = release(version)
+    if at >= (0, 6, 15):
+        return messages
+    out: list[Raw] = []
+    for raw in messages:
+        kind = raw.get("message_type")
+        if kind == "assistant_message":
+            old = {k: v for k, v in raw.items() if k != "content"}
+            out.append({**old, "assistant_message": _assistant_text(raw)})
+        elif at >= (0, 6, 6):
+            out.append(raw)
+        elif kind == "reasoning_message":
+            out.append({**_base("internal_monologue", raw["id"]), "internal_monologue":
+                        raw["reasoning"]})  # fmt: skip
+        elif kind == "tool_call_message":
+            out.append({**_base("function_call", raw["id"]), "function_call": raw["tool_call"]})
+        elif kind == "tool_return_message":
+            ret = {"function_return": raw["tool_return"], "status": raw.get("status", "success")}
+            out.append({**_base("function_return", raw["id"]), **ret})
+        else:
+            out.append(raw)
+    return out
+
+
 def token_deltas(messages: list[Raw], size: int = 4) -> list[Raw]:
     """What `stream_tokens=true` sends: the same id repeated with text pieces of `size` chars."""
     fields = {"reasoning_message": "reasoning", "assistant_message": "content"}

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from mautrix.api import Method
 from mautrix.appservice.state_store import ASStateStore
 from mautrix.client.state_store.memory import MemoryStateStore
+from mautrix.errors import make_request_error
 from mautrix.types import Member, Membership, RoomID, UserID
 
 from letta_appservice.chat.loops import LoopGuard
@@ -48,24 +50,38 @@ class Recorder:
 
     jobs: list[Job] = attrs.field(factory=list)
     notices: list[tuple[str, str, str]] = attrs.field(factory=list)  # agent, room, text
+    # Everything a notice was posted with: agent, room, source event, part, relation.
+    notice_calls: list[tuple[str, str, str, int, Any]] = attrs.field(factory=list)
 
     async def answer(self, job: Job) -> None:
         self.jobs.append(job)
 
-    async def notify(self, agent: AgentRow, room_id: str, _source: str, _part: int, text: str,
-                     _relation: Any) -> None:  # fmt: skip
+    async def notify(self, agent: AgentRow, room_id: str, source: str, part: int, text: str,
+                     relation: Any) -> None:  # fmt: skip
         self.notices.append((agent.agent_id, room_id, text))
+        self.notice_calls.append((agent.agent_id, room_id, source, part, relation))
 
 
 class RoomNames:
-    """Puppets as the router uses them here: to ask a room's name (display names come from the
-    state store)."""
+    """Puppets as the router uses them here: to ask a room's name, and a member's display name
+    when the state store does not know it (``asked`` records the paths)."""
 
-    def api(self, _mxid: str) -> RoomNames:
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.room_name: Any = "Team room"  # what the homeserver answers; None: no name (404)
+
+    def api(self, mxid: str) -> RoomNames:
+        assert mxid.startswith("@agent_"), mxid  # asked as a puppet
         return self
 
-    async def request(self, _method: Any, _path: Any) -> dict[str, str]:
-        return {"name": "Team room"}
+    async def request(self, method: Any, path: Any) -> dict[str, Any]:
+        assert method == Method.GET
+        self.asked.append(str(path))
+        if "/state/m.room.member/" in str(path):
+            return {"membership": "join", "displayname": "Fetched Name"}
+        if str(path).endswith("/state/m.room.name") and self.room_name is not None:
+            return {"name": self.room_name}
+        raise make_request_error(404, "", "M_NOT_FOUND", "Event not found")
 
 
 @attrs.define

@@ -1,0 +1,203 @@
+"""A turn's other paths without a homeserver (tests/harness/turns.py): the deadline, an admin's
+cancel, notices posted once, typing and receipts, the retry policy's numbers and settings."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from urllib.parse import unquote
+
+import attrs
+import pytest
+
+from letta_appservice.chat.poster import (
+    TYPING_TIMEOUT_MS,
+    Typing,
+    homeserver_backoff,
+)
+from letta_appservice.chat.turn import CANCELLED, TurnSettings, backoff
+from letta_appservice.inbox.worker import Retry
+from tests.harness import letta_replies as lr
+from tests.harness.fake_letta import FakeLetta
+from tests.harness.observe import eventually
+from tests.harness.routing import config as routing_config
+from tests.harness.turns import ROOM, PuppetApi, turns_setup, txn
+
+
+def test_backoffs_double_up_to_a_minute() -> None:
+    assert [backoff(a) for a in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert [homeserver_backoff(a) for a in range(7)] == [2, 4, 8, 16, 32, 60, 60]
+
+
+def test_turn_settings_come_from_the_config() -> None:
+    raw = routing_config()
+    letta = {"streaming": True, "timeout": 7.0, "retry_window": 70.0, "delay_notice": 8.0,
+             "max_concurrency": 3}  # fmt: skip
+    config = attrs.evolve(
+        raw,
+        letta=attrs.evolve(raw.letta, **letta),
+        bridge=attrs.evolve(raw.bridge, show_reasoning="notice", show_tools="notice"),
+        guards=attrs.evolve(raw.guards, turn_deadline=99.0),
+    )
+    settings = TurnSettings.from_config(config)
+    assert settings == TurnSettings(True, "notice", "notice", 7.0, 70.0, 8.0, 3, 99.0)
+    assert settings == TurnSettings(
+        streaming=config.letta.streaming,
+        show_reasoning=config.bridge.show_reasoning,
+        show_tools=config.bridge.show_tools,
+        timeout=config.letta.timeout,
+        retry_window=config.letta.retry_window,
+        delay_notice=config.letta.delay_notice,
+        max_concurrency=config.letta.max_concurrency,
+        deadline=config.guards.turn_deadline,
+    )
+
+
+async def test_a_turn_past_its_deadline_is_cancelled_in_letta_and_said_so(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, deadline=0.3) as t:
+        fake_agent = fake_letta.add_agent("Slow", delay=120)
+        job = t.job(t.agent(fake_agent))
+        await t.conversations.answer(job)
+        [notice] = t.api.bodies()
+        assert notice.startswith("The agent did not finish within 0 s; the bridge stopped")
+        assert fake_letta.requests_to(f"/v1/agents/{fake_agent.id}/messages/cancel", "POST")
+        stored = await t.turns.get(job.event_id, fake_agent.id)
+        assert stored is not None and stored[-1]["body"] == notice
+
+
+async def test_an_admins_cancel_stops_the_wait_and_says_so(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        fake_agent = fake_letta.add_agent("Slow", delay=120)
+        assert not await t.conversations.cancel(fake_agent.id)  # nothing running: no error
+        job = t.job(t.agent(fake_agent))
+        answer = asyncio.create_task(t.conversations.answer(job))
+        await fake_letta.wait_for_in_flight(fake_agent.id, timeout=30)
+        assert await t.conversations.cancel(fake_agent.id)
+        await asyncio.wait_for(answer, 30)
+        assert t.api.bodies() == [CANCELLED]
+        cancels = fake_letta.requests_to(f"/v1/agents/{fake_agent.id}/messages/cancel", "POST")
+        assert len(cancels) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "notice"),
+    [
+        (400, "Letta rejected the message (HTTP 400)."),
+        (404, "This agent does not exist in Letta any more."),
+        (401, "Letta refused the bridge's credentials (HTTP 401); an admin must check them."),
+    ],
+)
+async def test_letta_errors_that_will_not_pass_become_a_notice_without_retry(
+    tmp_path: Path, fake_letta: FakeLetta, status: int, notice: str
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        fake_agent = fake_letta.add_agent("Picky")
+        fake_letta.fail_next(1, status, f"/v1/agents/{fake_agent.id}/messages")
+        await t.conversations.answer(t.job(t.agent(fake_agent)))
+        assert t.api.bodies() == [notice]
+
+
+async def test_letta_busy_and_5xx_are_retried(tmp_path: Path, fake_letta: FakeLetta) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        fake_agent = fake_letta.add_agent("Busy")
+        for status in (409, 429, 500):
+            fake_letta.fail_next(1, status, f"/v1/agents/{fake_agent.id}/messages")
+            with pytest.raises(Retry) as retry:
+                await t.conversations.answer(t.job(t.agent(fake_agent)))
+            assert f"HTTP {status}" in retry.value.reason
+        assert t.api.sent == []
+
+
+async def test_a_notice_about_a_message_is_posted_once(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        agent = t.agent(fake_letta.add_agent("Helper"))
+        for _ in range(2):
+            await t.conversations.notify(agent, ROOM, "$src", 7, "once", {"rel": 1})
+        [(sent_txn, content)] = t.api.sent
+        job = attrs.evolve(t.job(agent), event_id="$src")
+        assert sent_txn == txn(job, 7) and content["body"] == "once"
+        assert content["msgtype"] == "m.notice" and content["m.relates_to"] == {"rel": 1}
+
+
+async def test_a_slow_answer_shows_a_receipt_and_typing_a_quick_one_neither(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        quick = t.agent(fake_letta.add_agent("Quick"))
+        await t.conversations.answer(t.job(quick))
+        slow_agent = fake_letta.add_agent("Slow", delay=1.0)
+        job = t.job(t.agent(slow_agent))
+        await t.conversations.answer(job)
+
+        async def typing_cleared() -> bool:
+            return len(t.api.other) >= 3
+
+        await eventually(typing_cleared)
+        receipt, typing, cleared = map(unquote, t.api.other)
+        assert receipt.endswith(f"/receipt/m.read/{job.event_id}")
+        assert typing.endswith("/typing/@agent_2:bridge.test") and cleared == typing
+        await asyncio.sleep(0.3)  # the quick answer's grace has long passed: still nothing
+        assert len(t.api.other) == 3
+
+
+async def test_typing_is_renewed_then_cleared_and_a_retry_sends_no_receipt() -> None:
+    class Recording(PuppetApi):
+        bodies_sent: list = []
+
+        async def request(self, method, path, content=None, **kw):  # type: ignore[no-untyped-def]
+            self.bodies_sent.append(content)
+            return await super().request(method, path, content, **kw)
+
+    api = Recording()
+    typing = Typing(api, ROOM, "@agent_1:bridge.test")  # type: ignore[arg-type]
+    task = asyncio.create_task(typing.run())
+
+    async def typing_on() -> bool:
+        return len(api.other) >= 1
+
+    await eventually(typing_on)
+    typing.stop()
+    await asyncio.wait_for(task, 30)
+    assert api.bodies_sent == [{"typing": True, "timeout": TYPING_TIMEOUT_MS}, {"typing": False}]
+    assert TYPING_TIMEOUT_MS == 30_000
+    settled = Typing(api, ROOM, "@agent_1:bridge.test", "$m")  # type: ignore[arg-type]
+    settled.settle()
+    await asyncio.wait_for(settled.run(), 30)
+    assert len(api.other) == 2  # Letta answered within the grace: nothing sent
+
+
+async def test_a_streamed_answer_is_edited_in_place_each_edit_once(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, streaming=True) as t:
+        fake_agent = fake_letta.add_agent("Streamer")
+        fake_agent.responder = lambda _a, _t: [lr.assistant("a streamed answer in pieces")]
+        job = t.job(t.agent(fake_agent))
+        await t.conversations.answer(job)
+        (first_txn, first), *edits = t.api.sent
+        assert first_txn == txn(job, 0) and first["body"] == "a st"
+        assert edits, "the answer grew: it was edited"
+        for edit_txn, content in edits:
+            assert edit_txn.startswith(txn(job, 0)) and edit_txn != txn(job, 0)
+            assert content["m.relates_to"] == {"rel_type": "m.replace",
+                                               "event_id": f"$sent.{first_txn}"}  # fmt: skip
+        assert len({edit_txn for edit_txn, _ in edits}) == len(edits)
+        assert edits[-1][1]["m.new_content"]["body"] == "a streamed answer in pieces"
+        stored = await t.turns.get(job.event_id, fake_agent.id)
+        assert stored is not None and stored[0]["body"] == "a streamed answer in pieces"
+
+
+async def test_a_notice_without_a_relation_is_posted_plainly(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        agent = t.agent(fake_letta.add_agent("Helper"))
+        await t.conversations.notify(agent, ROOM, "$src", 1, "plain", None)
+        [(_, content)] = t.api.sent
+        assert "m.relates_to" not in content and content["body"] == "plain"
