@@ -14,16 +14,12 @@ only when complete, so an interrupted build is never taken as ready:
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
-import ctypes
 import fcntl
 import hashlib
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -36,6 +32,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from .config import free_port
+from .processes import spawn, stop, tail, wait_until_answers
+
 VERSION = "0.16.8"
 KIT = Path(__file__).resolve().parent / "letta_real"
 PINS = KIT / f"requirements-letta-{VERSION}.txt"
@@ -44,8 +43,6 @@ MODEL = "openai-proxy/fake-echo"
 EMBEDDING = "openai/text-embedding-3-small"
 START_TIMEOUT = 300.0  # letta's start-up takes 10-15 s on an idle 2-core machine
 STOP_GRACE = 15.0
-
-_running: set[subprocess.Popen[bytes]] = set()
 
 
 def cache_root() -> Path:
@@ -60,24 +57,11 @@ def pins_key() -> str:
     return hashlib.sha256(PINS.read_bytes()).hexdigest()[:16]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "<no log>"
-
-
 def _run(argv: list[str], log: Path, what: str, **kw: Any) -> None:
     with log.open("ab") as out:
         result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False, **kw)
     if result.returncode != 0:
-        raise RuntimeError(f"{what} failed ({result.returncode}); {log}:\n{_tail(log)}")
+        raise RuntimeError(f"{what} failed ({result.returncode}); {log}:\n{tail(log)}")
 
 
 def _built(target: Path, build: Callable[[Path], None]) -> Path:
@@ -138,45 +122,13 @@ def _fetch_alembic(tmp: Path) -> None:
     (tmp / "download.log").unlink()
 
 
-def _die_with_parent() -> None:
-    # In the forked child: if the test process is killed outright, the kernel stops the server.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for proc in list(_running):
-        _kill_group(proc, signal.SIGKILL)
-
-
-async def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
-    """Signal the process group, SIGKILL it after STOP_GRACE seconds."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        _kill_group(proc, sig)
-        try:
-            await asyncio.to_thread(proc.wait, STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc, signal.SIGKILL)
-            await asyncio.to_thread(proc.wait)
-    _kill_group(proc, signal.SIGKILL)  # any child left behind in the group
-    _running.discard(proc)
-
-
 class RealLetta:
     """The three processes of one real Letta server; ``url`` is Letta's base URL."""
 
     def __init__(self, venv: Path, alembic: Path, workdir: Path) -> None:
         self.venv, self.alembic, self.workdir = venv, alembic, workdir
         self.python = venv / "bin" / "python"
-        self.letta_port, self.llm_port, self.pg_port = _free_port(), _free_port(), _free_port()
+        self.letta_port, self.llm_port, self.pg_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.letta_port}"
         self.llm_url = f"http://127.0.0.1:{self.llm_port}"
         self.start_seconds = 0.0  # of the last start of the Letta server itself
@@ -213,19 +165,7 @@ class RealLetta:
     # -- processes ---------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-        log = self.workdir / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: stop() gets every child
-                preexec_fn=_die_with_parent,
-                **kw,
-            )
-        _running.add(proc)
-        return proc
+        return spawn(argv, self.workdir / f"{name}.log", **kw)
 
     def _spawn_llm(self) -> None:
         argv = [sys.executable, str(KIT / "fake_llm.py"), str(self.llm_port)]
@@ -273,7 +213,7 @@ class RealLetta:
             return
         await self._migrate()
         # The template is a cleanly shut down cluster: stop, copy, start again.
-        await _stop(self._pg, signal.SIGINT)
+        await stop(self._pg, signal.SIGINT, STOP_GRACE)
         copy = lambda tmp: shutil.copytree(pgdata, tmp, symlinks=True, dirs_exist_ok=True)  # noqa: E731
         await asyncio.to_thread(_built, template, copy)
         self._spawn_postgres(pg_bin, pgdata, sock)
@@ -302,7 +242,7 @@ class RealLetta:
             assert self._pg is not None
             if self._pg.poll() is not None:
                 log = self.workdir / "postgres.log"
-                raise RuntimeError(f"postgres exited:\n{_tail(log)}")
+                raise RuntimeError(f"postgres exited:\n{tail(log)}")
             try:
                 conn = await asyncpg.connect(self._pg_dsn("postgres"), timeout=5)
             except (OSError, asyncpg.PostgresError, TimeoutError):
@@ -359,30 +299,19 @@ class RealLetta:
         self.start_seconds = time.monotonic() - began
 
     async def _wait_healthy(self) -> None:
-        proc = self._letta
-        assert proc is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"letta server exited with {proc.returncode}:\n"
-                        f"{_tail(self.workdir / 'letta.log')}"
-                    )
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with http.get(f"{self.url}/v1/health/") as resp:
-                        if resp.status == 200:
-                            return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"letta not healthy within {START_TIMEOUT:.0f}s:\n"
-                        f"{_tail(self.workdir / 'letta.log')}"
-                    )
-                await asyncio.sleep(0.25)
+        assert self._letta is not None
+        await wait_until_answers(
+            f"{self.url}/v1/health/",
+            self._letta,
+            "letta server",
+            lambda: tail(self.workdir / "letta.log"),
+            START_TIMEOUT,
+            interval=0.25,
+        )
 
     async def stop_letta(self, sig: int = signal.SIGTERM) -> None:
         """Stop the Letta server alone (SIGKILL: as if it crashed); the database stays."""
-        await _stop(self._letta, sig)
+        await stop(self._letta, sig, STOP_GRACE)
         self._letta = None
 
     async def restart(self) -> None:
@@ -393,8 +322,8 @@ class RealLetta:
         """Stop everything (Letta first, PostgreSQL with a fast shutdown) and remove the
         work directory."""
         await self.stop_letta()
-        await _stop(self._llm)
-        await _stop(self._pg, signal.SIGINT)
+        await stop(self._llm, grace=STOP_GRACE)
+        await stop(self._pg, signal.SIGINT, STOP_GRACE)
         self._llm = self._pg = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 

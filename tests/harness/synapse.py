@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
-import ctypes
 import hashlib
 import hmac
-import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,6 +16,7 @@ from ruamel.yaml import YAML
 
 from tests.harness.config import free_port
 from tests.harness.matrix_user import MatrixError, MatrixUser
+from tests.harness.processes import spawn, stop, tail, wait_until_answers
 
 START_TIMEOUT = 90.0
 STOP_GRACE = 10.0
@@ -70,20 +65,10 @@ root:
 disable_existing_loggers: false
 """
 
-_running: set[subprocess.Popen[bytes]] = set()
-
 
 def fresh_localpart(prefix: str = "user") -> str:
     """A localpart no other test has used: tests isolate by fresh users and rooms."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
-
-
-def _die_with_parent() -> None:
-    # Runs in the forked child: if the test process is killed outright, the kernel sends
-    # SIGTERM to Synapse so that no homeserver outlives the test run. (Tied to the thread that
-    # forks, so start() must run on the event loop thread, never via to_thread.)
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _prepare_workdir(workdir: Path) -> Path:
@@ -95,25 +80,6 @@ def _prepare_workdir(workdir: Path) -> Path:
 def _absolute(path: Path) -> Path:
     # Synapse resolves relative registration paths against its own cwd (the workdir).
     return Path(path).resolve()
-
-
-def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    # Last resort when a test session ends without running fixture teardown.
-    for proc in list(_running):
-        _kill_group(proc, signal.SIGKILL)
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "<no log>"
 
 
 class SynapseServer:
@@ -238,43 +204,18 @@ class SynapseServer:
             yaml.dump(config, fh)
 
     def _spawn(self) -> None:
-        with self.stdout_path.open("wb") as out:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group, so stop() gets every child
-                preexec_fn=_die_with_parent,
-            )
-        _running.add(self._proc)
+        argv = [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config_path)]
+        self._proc = spawn(argv, self.stdout_path, cwd=self.workdir)
 
     async def _wait_until_up(self) -> None:
         assert self._proc is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                if self._proc.poll() is not None:
-                    raise RuntimeError(
-                        f"Synapse exited with {self._proc.returncode} during start-up:\n"
-                        f"{self._log_tail()}"
-                    )
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(f"{self.url}/_matrix/client/versions") as resp:
-                        if resp.status == 200:
-                            return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"Synapse did not answer within {START_TIMEOUT:.0f}s:\n{self._log_tail()}"
-                    )
-                await asyncio.sleep(0.1)
+        url = f"{self.url}/_matrix/client/versions"
+        await wait_until_answers(url, self._proc, "Synapse", self._log_tail, START_TIMEOUT)
 
     def _log_tail(self) -> str:
         return (
-            f"--- {self.log_path} ---\n{_tail(self.log_path)}\n"
-            f"--- {self.stdout_path} ---\n{_tail(self.stdout_path)}"
+            f"--- {self.log_path} ---\n{tail(self.log_path)}\n"
+            f"--- {self.stdout_path} ---\n{tail(self.stdout_path)}"
         )
 
     async def stop(self) -> None:
@@ -282,18 +223,8 @@ class SynapseServer:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            _kill_group(proc, signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc, signal.SIGKILL)
-                await asyncio.to_thread(proc.wait)
-        _running.discard(proc)
-        self._proc = None
+        proc, self._proc = self._proc, None
+        await stop(proc, grace=STOP_GRACE)
 
     async def _http(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -6,10 +6,8 @@ start; test users register with a registration token (Tuwunel has no shared-secr
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from ruamel.yaml import YAML
 
 from .config import free_port
 from .matrix_user import MatrixUser
+from .processes import spawn, stop, tail, wait_until_answers
 
 ENV = "TUWUNEL_BIN"
 
@@ -103,49 +102,19 @@ class TuwunelServer:
         self.config_path.write_text(tomli_w.dumps(config))
 
     def _spawn(self) -> None:
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [self.binary, "-c", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self._proc = spawn([self.binary, "-c", str(self.config_path)], self.log_path)
 
     async def _wait_until_up(self, timeout: float = 120) -> None:
-        session = await self._http()
-        async with asyncio.timeout(timeout):
-            while True:
-                assert self._proc is not None
-                if self._proc.poll() is not None:
-                    raise RuntimeError(f"Tuwunel exited: {self._log_tail()}")
-                try:
-                    async with session.get(f"{self.url}/_matrix/client/versions") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        assert self._proc is not None
+        url = f"{self.url}/_matrix/client/versions"
+        await wait_until_answers(url, self._proc, "Tuwunel", lambda: tail(self.log_path), timeout)
 
     async def stop(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.to_thread(proc.wait), 30)
-        except TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await asyncio.to_thread(proc.wait)
+        await stop(proc, grace=30)
 
     async def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
