@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-import attrs
 import pytest
 import pytest_asyncio
 
 from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.inbox import InboxEvent, InboxStore
-from letta_appservice.inbox.web import WebServer
 from letta_appservice.inbox.worker import InboxWorker, Retry
-from letta_appservice.metrics import Metrics
-from tests.harness.config import free_port
-
-HS_TOKEN = "hs-token-for-fault-tests-0123"
+from tests.harness.endpoint import Endpoint, endpoint_on
+from tests.harness.observe import eventually, spy_queries
 
 
 def event(n: int | str, room: str = "!room:test.local", **over: Any) -> dict[str, Any]:
@@ -37,46 +31,6 @@ def event(n: int | str, room: str = "!room:test.local", **over: Any) -> dict[str
     }
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 30) -> None:
-    """Poll with a generous deadline (never a timed assertion)."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-@attrs.define
-class Endpoint:
-    url: str
-    store: InboxStore
-    http: aiohttp.ClientSession
-    wakes: list[int]
-
-    async def put(self, txn: str, body: Any) -> tuple[int, dict[str, Any]]:
-        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        async with self.http.put(
-            f"{self.url}/_matrix/app/v1/transactions/{txn}",
-            data=data,
-            headers={"Authorization": f"Bearer {HS_TOKEN}"},
-        ) as resp:
-            return resp.status, await resp.json()
-
-    async def raw(self, request: bytes) -> tuple[int, dict[str, Any]]:
-        """A request written byte by byte (headers aiohttp's client would refuse to send)."""
-        host, port = self.url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(request)
-        await writer.drain()
-        response = await reader.read()
-        writer.close()
-        head, _, body = response.partition(b"\r\n\r\n")
-        return int(head.split()[1]), json.loads(body)
-
-    async def event_ids(self) -> list[str]:
-        rows = await self.store.db.fetch("SELECT event_id FROM inbox ORDER BY seq")
-        return [r["event_id"] for r in rows]
-
-
 @pytest_asyncio.fixture
 async def store(database_url: str) -> AsyncIterator[InboxStore]:
     db = await open_database(DatabaseURL.parse(database_url), in_child=False)
@@ -85,26 +39,10 @@ async def store(database_url: str) -> AsyncIterator[InboxStore]:
 
 
 @pytest_asyncio.fixture
-async def endpoint(store: InboxStore) -> AsyncIterator[Endpoint]:
-    wakes: list[int] = []
-
-    async def ready() -> dict[str, Any]:
-        return {}
-
-    server = WebServer(
-        hs_token=HS_TOKEN,
-        max_body_size=1024 * 1024,
-        inbox=store,
-        on_stored=lambda: wakes.append(1),
-        query_user=lambda _mxid: asyncio.sleep(0, False),
-        ready_check=ready,
-        metrics=Metrics(),
-    )
-    port = free_port()
-    await server.start("127.0.0.1", port)
-    async with aiohttp.ClientSession() as http:
-        yield Endpoint(f"http://127.0.0.1:{port}", store, http, wakes)
-    await server.stop()
+async def endpoint(database_url: str) -> AsyncIterator[Endpoint]:
+    # A body limit past the default 64 KiB: deeply nested JSON must reach the parser.
+    async with endpoint_on(database_url, max_body_size=1024 * 1024) as e:
+        yield e
 
 
 # --- 1. transaction ids reused after a homeserver restart ---------------------------------------
@@ -225,7 +163,7 @@ async def test_a_busy_lane_does_not_starve_an_idle_one(store: InboxStore) -> Non
     worker = InboxWorker(store, handler, claim_batch=5, max_claimed=20)
     await worker.start()
     try:
-        await until(lambda: asyncio.sleep(0, "$eidle" in handled))
+        await eventually(lambda: asyncio.sleep(0, "$eidle" in handled))
         release.set()
         await worker.wait_idle(timeout=60)
     finally:
@@ -245,7 +183,7 @@ async def test_parked_events_survive_a_restart_in_order(store: InboxStore) -> No
     first = InboxWorker(store, stuck, claim_batch=5, max_claimed=20, lane_cap=4)
     await first.start()
     await asyncio.wait_for(started.wait(), 30)
-    await until(
+    await eventually(
         lambda: store.db.fetchval("SELECT COUNT(*) = 26 FROM inbox WHERE lane IS NOT NULL")
     )
     await first.stop()
@@ -317,16 +255,7 @@ async def test_metrics_scrapes_cost_no_inbox_query(
     await worker.wait_idle()
     await worker.stop()
     await endpoint.put("b", {"events": [event(4)]})
-    queries: list[str] = []
-    db = endpoint.store.db
-    for name in ("fetch", "fetchrow", "fetchval", "execute"):
-        real = getattr(db, name)
-
-        async def spy(query: str, *args: Any, _real: Any = real) -> Any:
-            queries.append(query)
-            return await _real(query, *args)
-
-        monkeypatch.setattr(db, name, spy)
+    queries = spy_queries(endpoint.store.db, monkeypatch)
     for _ in range(5):
         async with endpoint.http.get(f"{endpoint.url}/metrics") as r:
             text = await r.text()

@@ -3,27 +3,13 @@ query (the room table is held in memory, shared by every RoomStore on the databa
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from letta_appservice.db.room import INVITED, RoomRow, RoomStore
+from tests.harness.observe import spy_queries
 from tests.harness.routing import ALICE, ROOM, Routing
 
 UNKNOWN = "!unknown:bridge.test"
-
-
-def spy_queries(db: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    queries: list[str] = []
-    for name in ("fetch", "fetchrow", "fetchval", "execute"):
-        real = getattr(db, name)
-
-        async def spy(query: str, *args: Any, _real: Any = real) -> Any:
-            queries.append(query)
-            return await _real(query, *args)
-
-        monkeypatch.setattr(db, name, spy)
-    return queries
 
 
 async def test_rooms_we_do_not_serve_are_routed_without_a_query(

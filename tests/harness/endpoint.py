@@ -3,6 +3,7 @@ drives it: for the transaction and inbox tests."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -45,6 +46,20 @@ class Endpoint:
         ) as resp:
             return resp.status, await resp.json()
 
+    async def raw(self, request: bytes) -> tuple[int, dict[str, Any]]:
+        """A request written byte by byte (headers aiohttp's client would refuse to send)."""
+        host, port = self.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request)
+        await writer.drain()
+        response = await reader.read()
+        writer.close()
+        head, _, body = response.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
+
+    async def event_ids(self) -> list[str]:
+        return [event_id for event_id, _txn in await self.rows()]
+
     async def rows(self) -> list[tuple[str, str]]:
         rows = await self.store.db.fetch("SELECT event_id, txn_id FROM inbox ORDER BY seq")
         return [(r["event_id"], r["txn_id"]) for r in rows]
@@ -53,7 +68,7 @@ class Endpoint:
 @contextlib.asynccontextmanager
 async def endpoint_on(database_url: str, **overrides: Any) -> AsyncIterator[Endpoint]:
     """``overrides``: WebServer arguments in place of the defaults (query_user, ready_check,
-    refresh_gauges)."""
+    max_body_size, refresh_gauges)."""
     db = await open_database(DatabaseURL.parse(database_url), in_child=False)
     store = InboxStore(db)
     wakes: list[int] = []
@@ -64,10 +79,14 @@ async def endpoint_on(database_url: str, **overrides: Any) -> AsyncIterator[Endp
     async def ready() -> dict[str, Any]:
         return {"database": True, "homeserver": True}
 
-    options: dict[str, Any] = {"query_user": query_user, "ready_check": ready, **overrides}
+    options: dict[str, Any] = {
+        "query_user": query_user,
+        "ready_check": ready,
+        "max_body_size": MAX_BODY,
+        **overrides,
+    }
     server = WebServer(
         hs_token=HS_TOKEN,
-        max_body_size=MAX_BODY,
         inbox=store,
         on_stored=lambda: wakes.append(1),
         metrics=Metrics(),

@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from letta_appservice.app import App
 from tests.harness.matrix_user import MatrixUser
 
@@ -49,3 +51,17 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30) 
             if await check():
                 return
             await asyncio.sleep(0.05)
+
+
+def spy_queries(db: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every statement ``db`` runs from now on (for promises of "no query")."""
+    queries: list[str] = []
+    for name in ("fetch", "fetchrow", "fetchval", "execute"):
+        real = getattr(db, name)
+
+        async def spy(query: str, *args: Any, _real: Any = real) -> Any:
+            queries.append(query)
+            return await _real(query, *args)
+
+        monkeypatch.setattr(db, name, spy)
+    return queries
