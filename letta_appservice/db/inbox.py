@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -277,9 +277,7 @@ class InboxStore:
         await self._after_ingest()
         async with self.db.acquire() as conn, conn.transaction():
             for lane, seqs in lanes.items():
-                for start in range(0, len(seqs), 500):
-                    chunk = seqs[start : start + 500]
-                    marks = ", ".join(f"${i + 3}" for i in range(len(chunk)))
+                for chunk, marks in _seq_chunks(seqs, first=3):
                     await conn.execute(
                         f"UPDATE inbox SET state=$1, lane=$2 WHERE seq IN ({marks})",
                         PENDING,
@@ -307,9 +305,7 @@ class InboxStore:
     async def finish_many(self, seqs: Sequence[int], state: str = DONE) -> None:
         """Mark many claimed events finished in one statement per chunk."""
         await self._after_ingest()
-        for start in range(0, len(seqs), 500):
-            chunk = seqs[start : start + 500]
-            marks = ", ".join(f"${i + 3}" for i in range(len(chunk)))
+        for chunk, marks in _seq_chunks(seqs, first=3):
             await self._fetch(
                 f"UPDATE inbox SET state=$1, updated_at=$2 WHERE seq IN ({marks})",
                 state,
@@ -370,3 +366,10 @@ class InboxStore:
         await self.db.execute("DELETE FROM appservice_txn WHERE received_at < $1", older_than_ms)
         await self.recount()
         return len(rows)
+
+
+def _seq_chunks(seqs: Sequence[int], *, first: int) -> Iterator[tuple[Sequence[int], str]]:
+    """``seqs`` 500 at a time, each chunk with its ``$first, …`` placeholders."""
+    for start in range(0, len(seqs), 500):
+        chunk = seqs[start : start + 500]
+        yield chunk, ", ".join(f"${i + first}" for i in range(len(chunk)))
