@@ -29,7 +29,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from aiohttp import web
 from mautrix.appservice import AppService
 from mautrix.appservice.state_store import ASStateStore
 from mautrix.client.state_store.memory import MemoryStateStore
@@ -38,12 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from letta_appservice.app import App
 from letta_appservice.config import parse_config
-from letta_appservice.db.agent import AgentRow
-from letta_appservice.db.database import DatabaseURL, open_database
-from letta_appservice.db.room import AGENT, RoomRow, RoomStore
 from tests.harness.config import free_port
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.postgres import admin_dsn, database_url
+from tests.harness.stub_homeserver import StubHomeserver, seed_agent_rooms
 
 DOMAIN = "bench.local"
 HS_TOKEN = "bench-hs-token-0123456789abcdef"
@@ -139,66 +136,12 @@ async def run_baseline(count: int, agent_every: int) -> dict[str, float]:
         await az.stop()
 
 
-class StubHomeserver:
-    """Answers the client-server requests the bridge makes with plausible bodies (no work)."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._any)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
-
-    async def _any(self, request: web.Request) -> web.Response:
-        path = request.path
-        user = request.query.get("user_id", f"@letta:{DOMAIN}")
-        if "/send/" in path or ("/state/" in path and request.method == "PUT"):
-            return web.json_response({"event_id": f"${uuid.uuid4().hex}"})
-        if "/state/m.room.member/" in path:
-            name = path.rsplit("/", 1)[-1]
-            return web.json_response({"membership": "join", "displayname": name[1:6]})
-        if path.endswith("/whoami"):
-            return web.json_response({"user_id": user})
-        if path.endswith("/capabilities"):
-            return web.json_response({"capabilities": {"m.room_versions": {"default": "11"}}})
-        if "/appservice/" in path and path.endswith("/ping"):
-            return web.json_response({"duration_ms": 1})
-        if path.endswith("/createRoom"):
-            return web.json_response({"room_id": f"!{uuid.uuid4().hex}:{DOMAIN}"})
-        if path.endswith("/joined_rooms"):
-            return web.json_response({"joined_rooms": []})
-        if path.endswith("/register"):
-            return web.json_response({"user_id": user})
-        return web.json_response({})
-
-
 async def seed(database: str, letta: FakeLetta) -> str:
     """One bridged agent with its room, as a reconcile would have left it."""
     fake = letta.add_agent("Busy")
-    db = await open_database(DatabaseURL.parse(database), in_child=False)
     room_id = f"!agent:{DOMAIN}"
-    try:
-        mxid = f"@agent_{fake.id.removeprefix('agent-').replace('-', '_')}:{DOMAIN}"
-        row = AgentRow(fake.id, mxid, "Busy", room_id=room_id, displayname="Busy")
-        row.room_name, row.in_space = "Busy", True
-        await db.execute(
-            f"INSERT INTO agent ({AgentRow._fields}) VALUES"
-            " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT DO NOTHING",
-            *row.values(),
-        )
-        await RoomStore(db).upsert(RoomRow(room_id, AGENT, fake.id, bridged_at=0))
-    finally:
-        await db.stop()
+    mxid = f"@agent_{fake.id.removeprefix('agent-').replace('-', '_')}:{DOMAIN}"
+    await seed_agent_rooms(database, [(fake.id, "Busy", mxid, room_id)])
     return room_id
 
 
@@ -223,7 +166,7 @@ def config(database: str, hs_url: str, letta_url: str, port: int) -> Any:
 
 
 async def run_app(database: str, count: int, agent_every: int, backlog: int) -> dict[str, float]:
-    hs, letta = StubHomeserver(), FakeLetta()
+    hs, letta = StubHomeserver(DOMAIN), FakeLetta()
     await hs.start()
     await letta.start()
     room_id = await seed(database, letta)
