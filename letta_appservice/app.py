@@ -15,7 +15,6 @@ from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.appservice.state_store.asyncpg import PgASStateStore
 from mautrix.errors import MatrixError
-from mautrix.types import Event
 from mautrix.util.async_db import Database
 
 from . import __version__
@@ -362,8 +361,8 @@ class App:
     async def handle_event(self, event: InboxEvent) -> None:
         """Work on one stored event. The state store learns room state here (memberships,
         power levels) because we serve transactions ourselves instead of mautrix."""
-        if "state_key" in event.event:  # both only look at state events; parsing costs
-            evt = Event.deserialize(event.event)
+        # Both only look at state events (parsing costs); a malformed one is passed over.
+        if "state_key" in event.event and (evt := event.parsed) is not None:
             await self.state_store.update_state(evt)
             if await self.reconciler.observe(evt):
                 self.scheduler.poke()  # drift (a kick, a removed space child): repair soon

@@ -31,7 +31,7 @@ async def test_faults_lose_block_and_repeat_nothing(database_url: str, tmp_path:
     events = int(os.environ.get("LETTA_APPSERVICE_FAULT_EVENTS", "10000"))
     kills = int(os.environ.get("LETTA_APPSERVICE_FAULT_KILLS", "5"))
     report = await FaultRun(seed, events, kills, database_url, tmp_path).run()
-    print(report.summary())
+    print(report.summary(), *report.problems, sep="\n")
     replay = f"replay: LETTA_APPSERVICE_FAULT_SEED={seed} LETTA_APPSERVICE_FAULT_EVENTS={events}"
     assert report.events >= events
     assert report.kills == kills, f"{replay}\n{report.summary()}"

@@ -363,3 +363,42 @@ async def test_a_room_without_a_name_is_asked_once(routing: Routing) -> None:
         await routing.router.handle(routing.event(BOB, DM, text))
     asked = [p for p in routing.router.puppets.asked if "m.room.name" in p]  # type: ignore[attr-defined]
     assert len(asked) == 1
+
+
+async def test_a_state_event_whose_content_does_not_fit_its_type_is_passed_over(
+    routing: Routing,
+) -> None:
+    """Found by the fault suite: mautrix refused these, the handler raised, and the event was
+    failed with a traceback (``before``: the app's state store update; the membership path)."""
+    seen = Seen()
+    routing.router.memberships = seen  # type: ignore[assignment]
+    malformed = [
+        state(routing, "m.room.member", BOB, ROOM, {"membership": 7}, BOB),
+        state(routing, "m.room.power_levels", BOB, ROOM, {"users": [1]}),
+    ]
+    for event in malformed:
+        assert event.parsed is None
+        await routing.router.handle(event)
+    assert seen.calls == []
+    good = state(routing, "m.room.member", BOB, ROOM, {"membership": "join"}, BOB)
+    assert good.parsed is not None and good.parsed.state_key == BOB
+
+
+async def test_a_message_with_a_time_that_is_not_a_number_is_not_a_crash(
+    routing: Routing,
+) -> None:
+    """Found by the fault suite: ``int("soon")`` failed the event with a traceback. A time
+    that is not an integer counts as none (as a missing one always did)."""
+    fresh = "!own2:bridge.test"
+    await routing.rooms.upsert(
+        RoomRow(fresh, "agent", "agent-2", bridged_at=int(time.time() * 1000))
+    )
+    await routing.join(fresh, BOB, "@agent_2:bridge.test", BOT)
+    for room in (ROOM, fresh):  # bridged long ago; just now
+        for written in ("soon", [1], 1.5e12, None):
+            event = routing.event(BOB, room, f"at {written!r}")
+            raw = json.loads(event.event_json)
+            raw["origin_server_ts"] = written
+            await routing.router.handle(attrs.evolve(event, event_json=json.dumps(raw)))
+    texts = [j.content.rsplit("\n", 1)[1] for j in routing.turn.jobs]
+    assert texts == ["at 'soon'", "at [1]", "at 1500000000000.0", "at None"]

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from mautrix.api import Method, Path
 from mautrix.errors import MatrixRequestError
-from mautrix.types import Event, Member, Membership, MessageEvent, RoomID, StateEvent, UserID
+from mautrix.types import Member, Membership, MessageEvent, RoomID, StateEvent, UserID
 
 from ..config import Config
 from ..db.agent import ACTIVE, AgentRow, AgentStore
@@ -137,7 +137,7 @@ class Router:
         if event.event_type == "m.room.message":
             await self._message(event)
         elif event.event_type == "m.room.member":
-            evt = Event.deserialize(event.event)
+            evt = event.parsed
             if isinstance(evt, StateEvent):
                 await self.memberships.member(evt)
         elif event.event_type == e2ee.ENCRYPTION and event.event.get("state_key") == "":
@@ -173,7 +173,7 @@ class Router:
         ):
             return  # a room we do not serve, and no command: no parsing, no query (load)
         if not media:
-            evt = Event.deserialize(raw)
+            evt = event.parsed
             if isinstance(evt, MessageEvent) and await self.commands.maybe_handle(evt):
                 return
         bot = self.loops.is_bot(sender, content)
@@ -183,7 +183,8 @@ class Router:
         room = await self.rooms.get(room_id)
         if room is None or room.kind not in (AGENT, INVITED):
             return
-        if int(raw.get("origin_server_ts") or 0) < room.bridged_at - BRIDGED_GRACE_MS:
+        written = raw.get("origin_server_ts")  # a sender's claim: any JSON, or none
+        if (written if isinstance(written, int) else 0) < room.bridged_at - BRIDGED_GRACE_MS:
             return  # written before the room was bridged
         agents = await self._agents(room)
         if not agents and room.kind == INVITED and self.permissions.is_user(sender):

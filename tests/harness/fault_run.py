@@ -33,6 +33,7 @@ from tests.harness.config import free_port
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.fault_traffic import (
     ANSWER,
+    BRIDGED_AT,
     COMMAND,
     DOMAIN,
     MEDIA,
@@ -155,7 +156,7 @@ class FaultRun:
             room = f"!agentroom{n}:{DOMAIN}"
             self.rooms[room] = agent_mxid(TEMPLATE, DOMAIN, agent.id)
             seeded.append((agent.id, agent.name, self.rooms[room], room))
-        await seed_agent_rooms(self.database, seeded)
+        await seed_agent_rooms(self.database, seeded, BRIDGED_AT)
         config = _config(self.hs_proxy.url, self.letta_proxy.url, self.database, free_port())
         self.process = BridgeProcess(self.workdir, config)
         await self._start()

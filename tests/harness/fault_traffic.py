@@ -25,6 +25,7 @@ MAX_ASKS_PER_ROOM = 50  # the loop guard passes on 60 messages per room in 5 min
 MAX_EVENTS_PER_TXN = 100  # as Synapse batches them
 UNKNOWN_ROOMS = 30
 PEOPLE = 40
+BRIDGED_AT = 1_700_000_000_000  # when the agent rooms were bridged (ms); traffic is later
 Event = dict[str, Any]
 
 
@@ -82,7 +83,7 @@ class Traffic:
             "room_id": room,
             "sender": sender,
             "type": etype,
-            "origin_server_ts": 1_700_000_000_000 + self.serial,
+            "origin_server_ts": BRIDGED_AT + self.serial,
             "content": content,
             "unsigned": {"age": self.rng.randint(0, 5000)},
             **extra,
@@ -185,8 +186,13 @@ class Traffic:
                 state_key="",
             ),
             lambda: self._event(room, person, "m.room.redaction", {"redacts": self._id()}),
-            lambda: self._event(
-                room, person, "m.room.message", {"msgtype": "m.text", "body": "late"}, unsigned=[]
+            lambda: self._event(  # written before the room was bridged, or it says not when
+                room,
+                person,
+                msg,
+                {"msgtype": "m.text", "body": "late"},
+                origin_server_ts=self.rng.choice((BRIDGED_AT - 3_600_000, "soon", [1], None)),
+                unsigned=[],
             ),
         ]
         return self.rng.choice(choices)()

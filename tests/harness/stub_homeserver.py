@@ -99,7 +99,9 @@ class StubHomeserver:
         return web.json_response({})
 
 
-async def seed_agent_rooms(database: str, agents: Sequence[tuple[str, str, str, str]]) -> None:
+async def seed_agent_rooms(
+    database: str, agents: Sequence[tuple[str, str, str, str]], bridged_at: int = 0
+) -> None:
     """Bridged agents with their rooms, as a reconcile would have left them on a stub
     homeserver (which cannot create rooms): ``(agent_id, name, mxid, room_id)`` each."""
     db = await open_database(DatabaseURL.parse(database), in_child=False)
@@ -112,6 +114,6 @@ async def seed_agent_rooms(database: str, agents: Sequence[tuple[str, str, str, 
                 f"INSERT INTO agent ({AgentRow._fields}) VALUES ({marks}) ON CONFLICT DO NOTHING",
                 *row.values(),
             )
-            await RoomStore(db).upsert(RoomRow(room_id, AGENT, agent_id, bridged_at=0))
+            await RoomStore(db).upsert(RoomRow(room_id, AGENT, agent_id, bridged_at=bridged_at))
     finally:
         await db.stop()
