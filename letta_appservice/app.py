@@ -13,7 +13,6 @@ from typing import Any
 import aiohttp
 from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI, IntentAPI
-from mautrix.appservice.state_store.asyncpg import PgASStateStore
 from mautrix.errors import MatrixError
 from mautrix.util.async_db import Database
 
@@ -42,6 +41,7 @@ from .letta import LettaClient
 from .letta.errors import safe_url
 from .matrix.puppets import Puppets
 from .matrix.rooms import RateLimitMiddleware, appservice_api
+from .matrix.state_store import StateStore
 from .metrics import Metrics
 from .permissions import Permissions
 from .reconcile.apply import Applier
@@ -63,7 +63,7 @@ class App:
     was started, in reverse."""
 
     db: Database
-    state_store: PgASStateStore
+    state_store: StateStore
     inbox: InboxStore
     agents: AgentStore
     bot_api: AppServiceAPI
@@ -98,8 +98,8 @@ class App:
         cfg = self.config
         self.db = await open_database(DatabaseURL.parse(cfg.appservice.database))
         self._started.push_async_callback(self.db.stop)
-        self.state_store = PgASStateStore(self.db)
-        await PgASStateStore.upgrade_table.upgrade(self.db)
+        self.state_store = StateStore(self.db)
+        await StateStore.upgrade_table.upgrade(self.db)
         http = self._client_session()
         self._started.push_async_callback(http.close)
         self.letta = LettaClient(
