@@ -7,7 +7,9 @@ well-formed message for an agent is answered exactly once and every event is acc
         .venv/bin/python -m pytest -q -p no:randomly tests/test_fault_suite.py
 
 The seed (default 12; ``random`` for a new one) is printed with every failure so the run can
-be replayed. How it works and what it guarantees: docs/testing.md and tests/harness/fault_run.py.
+be replayed. PostgreSQL runs ``LETTA_APPSERVICE_FAULT_PG_EVENTS`` (default 2,500) events unless
+``LETTA_APPSERVICE_FAULT_EVENTS`` is set. How it works and what it guarantees:
+docs/testing.md and tests/harness/fault_run.py.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ def _seed() -> int:
 
 async def test_faults_lose_block_and_repeat_nothing(database_url: str, tmp_path: Path) -> None:
     seed = _seed()
-    events = int(os.environ.get("LETTA_APPSERVICE_FAULT_EVENTS", "10000"))
+    # PostgreSQL runs fewer by default: both in full would not fit CI's few minutes.
+    pg = not database_url.startswith("sqlite:")
+    default = os.environ.get("LETTA_APPSERVICE_FAULT_PG_EVENTS", "2500") if pg else "10000"
+    events = int(os.environ.get("LETTA_APPSERVICE_FAULT_EVENTS", default))
     kills = int(os.environ.get("LETTA_APPSERVICE_FAULT_KILLS", "5"))
     report = await FaultRun(seed, events, kills, database_url, tmp_path).run()
     print(report.summary(), *report.problems, sep="\n")
