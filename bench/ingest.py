@@ -39,7 +39,7 @@ from letta_appservice.app import App
 from letta_appservice.config import parse_config
 from tests.harness.config import free_port
 from tests.harness.fake_letta import FakeLetta
-from tests.harness.postgres import admin_dsn, database_url
+from tests.harness.postgres import admin_dsn, database_url, drop_database
 from tests.harness.stub_homeserver import StubHomeserver, seed_agent_rooms
 
 DOMAIN = "bench.local"
@@ -195,17 +195,6 @@ async def run_app(database: str, count: int, agent_every: int, backlog: int) -> 
         await app.stop()
         await letta.stop()
         await hs.stop()
-
-
-async def drop_database(conn: asyncpg.Connection, name: str) -> None:
-    """Drop the round's database once its last session (autovacuum's too) has gone."""
-    for _ in range(100):
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            break
-        except asyncpg.ObjectInUseError:
-            await asyncio.sleep(0.2)
-    await conn.close()
 
 
 async def main() -> None:

@@ -282,7 +282,9 @@ async def test_a_member_profile_the_database_cannot_hold_is_kept_without_it(
             member = Member(Membership.JOIN, displayname=name)  # type: ignore[arg-type]
             await states.set_member(room, alice, member)
             assert await states.get_member(room, alice) == Member(Membership.JOIN)
-        await states.set_member(room, UserID("@nul\x00:test.local"), Member(Membership.JOIN))
+        nul = UserID("@nul\x00:test.local")
+        await states.set_member(room, nul, Member(Membership.JOIN))
+        assert await states.get_member(room, nul) is None
         await states.set_members(room, {alice: Member(Membership.JOIN, displayname="A\x00")})
         assert await states.get_members(room) == [alice]
     finally:

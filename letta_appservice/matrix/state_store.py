@@ -30,6 +30,12 @@ def _profile(member: Profile) -> Member:
 
 
 class StateStore(PgASStateStore):
+    async def get_member(self, room_id: RoomID, user_id: UserID) -> Member | None:
+        # A member event's previous membership is looked up by its state key, whatever it holds.
+        if storable_text(user_id) is None:
+            return None
+        return await super().get_member(room_id, user_id)
+
     async def set_member(self, room_id: RoomID, user_id: UserID, member: Profile) -> None:
         if storable_text(user_id) is not None:
             await super().set_member(room_id, user_id, _profile(member))
