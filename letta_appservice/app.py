@@ -7,11 +7,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
-from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.errors import MatrixError
 from mautrix.util.async_db import Database
@@ -40,14 +39,16 @@ from .inbox.worker import InboxWorker
 from .letta import LettaClient
 from .letta.errors import safe_url
 from .matrix.puppets import Puppets
-from .matrix.rooms import RateLimitMiddleware, appservice_api
+from .matrix.rooms import RateLimitMiddleware, appservice_api, default_room_version
 from .matrix.state_store import StateStore
 from .metrics import Metrics
 from .permissions import Permissions
 from .reconcile.apply import Applier
 from .reconcile.drift import DriftCheck
+from .reconcile.homeserver import HomeserverChanged
+from .reconcile.homeserver import check as check_homeserver
 from .reconcile.plan import ReconcileSettings
-from .reconcile.reconciler import Reconciler
+from .reconcile.reconciler import PassSummary, Reconciler
 from .reconcile.scheduler import Scheduler
 from .reconcile.space import Space
 
@@ -78,14 +79,18 @@ class App:
     worker: InboxWorker
     web: WebServer
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, on_failure: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.identity = Identity.from_config(config)
         self.metrics = Metrics()
         self.started_at = time.time()
         self.homeserver_ok = False
         self.ping_ms: int | None = None  # set once the homeserver has reached us
-        self._ready = asyncio.Event()
+        self._ready = asyncio.Event()  # set when the link works, or when self.failure is set
+        # Why the bridge must stop on its own (the homeserver changed under it); on_failure
+        # is then called (the CLI stops).
+        self.failure: HomeserverChanged | None = None
+        self._on_failure = on_failure
         # Every homeserver request, counted (tests and benchmarks prove "no calls" with it).
         self.matrix_request_count = 0
         self.recent_matrix_requests: deque[tuple[str, str]] = deque(maxlen=500)
@@ -95,6 +100,28 @@ class App:
     # --- wiring --------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        cfg = self.config
+        await self._open()
+        await self.web.start(cfg.appservice.hostname, cfg.appservice.port)
+        self._started.push_async_callback(self.web.stop)
+        await self.worker.start()
+        self._started.push_async_callback(self.worker.stop)
+        # Registers the bot, checks both directions, then starts the scheduler.
+        self._spawn(self._bootstrap(), "bootstrap")
+        self._spawn(housekeeping.run_periodically(self.inbox, self._sent, self._turns), "prune")
+        self._spawn(self._greet_letta(), "letta-version")
+        self._started.push_async_callback(self._cancel_tasks)
+        log.info("letta-appservice %s started as %s", __version__, cfg.bot_mxid)
+
+    async def provision(self) -> PassSummary:
+        """``move-homeserver`` once the old state is set aside: the bot on the new homeserver,
+        then one full reconcile pass (puppets, rooms, space); nothing is served."""
+        await self._open()
+        await self._register_bot()
+        return await self._reconcile_pass(full=True)
+
+    async def _open(self) -> None:
+        """The database, the clients and every part, wired; nothing running yet."""
         cfg = self.config
         self.db = await open_database(DatabaseURL.parse(cfg.appservice.database))
         self._started.push_async_callback(self.db.stop)
@@ -116,22 +143,13 @@ class App:
         self._wire(cfg)
         self._started.push_async_callback(self.conversations.stop)
         self._started.push_async_callback(self.scheduler.stop)
-        await self.web.start(cfg.appservice.hostname, cfg.appservice.port)
-        self._started.push_async_callback(self.web.stop)
-        await self.worker.start()
-        self._started.push_async_callback(self.worker.stop)
-        # Registers the bot, checks both directions, then starts the scheduler.
-        self._spawn(self._bootstrap(), "bootstrap")
-        self._spawn(housekeeping.run_periodically(self.inbox, self._sent, self._turns), "prune")
-        self._spawn(self._greet_letta(), "letta-version")
-        self._started.push_async_callback(self._cancel_tasks)
-        log.info("letta-appservice %s started as %s", __version__, cfg.bot_mxid)
 
     def _wire(self, cfg: Config) -> None:
         """Every part of both flows, each given what it needs."""
         db, identity = self.db, self.identity
         self.inbox, self.agents = InboxStore(db), AgentStore(db)
         rooms, state, notices = RoomStore(db), BridgeState(db), UserNoticeStore(db)
+        self._state = state
         self._turns, self._sent = TurnStore(db), SentEventStore(db)
         permissions = Permissions.from_config(cfg)
         # timer -> reconciler -> Matrix
@@ -283,11 +301,16 @@ class App:
         delay = 1.0
         while True:
             try:
-                await self.bot_intent.ensure_registered()
-                await self.bot_intent.whoami()
-                await self.bot_intent.set_displayname(cfg.appservice.bot_displayname)
-                self.reconciler.use_room_version(await self._default_room_version())
+                await self._register_bot()
+                settings, address = self.reconciler.settings, cfg.homeserver.address
+                await check_homeserver(self.bot_api, self._state, self.agents, settings, address)
                 break
+            except HomeserverChanged as e:
+                log.error("The homeserver changed: %s. Stopping: run move-homeserver.", e)
+                self.failure = e
+                self._ready.set()
+                self._on_failure()
+                return
             except (aiohttp.ClientError, TimeoutError, MatrixError) as e:
                 log.error(
                     "Cannot use the homeserver at %s as %s: %s. Check homeserver.address and "
@@ -323,20 +346,24 @@ class App:
                 delay = min(delay * 2, 300)
         self._ready.set()
 
+    async def _register_bot(self) -> None:
+        await self.bot_intent.ensure_registered()
+        await self.bot_intent.whoami()
+        await self.bot_intent.set_displayname(self.config.appservice.bot_displayname)
+        self.reconciler.use_room_version(await default_room_version(self.bot_api))
+
     async def wait_ready(self, timeout: float = 60) -> None:
-        """Wait until the homeserver link works both ways."""
+        """Wait until the homeserver link works both ways; raises the reason if the bridge
+        stopped on its own instead."""
         async with asyncio.timeout(timeout):
             await self._ready.wait()
+        if self.failure is not None:
+            raise self.failure
 
-    async def _reconcile_pass(self, full: bool) -> Any:
+    async def _reconcile_pass(self, full: bool) -> PassSummary:
         summary = await self.reconciler.run_pass(full)
         self.metrics.observe_reconcile(summary)
         return summary
-
-    async def _default_room_version(self) -> str:
-        caps = await self.bot_intent.api.request(Method.GET, Path.v3.capabilities)
-        versions = (caps.get("capabilities") or {}).get("m.room_versions") or {}
-        return str(versions.get("default") or "")
 
     async def query_user(self, mxid: str) -> bool:
         """User query: only puppets of agents we bridge exist (registered on demand)."""
