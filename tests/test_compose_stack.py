@@ -5,9 +5,7 @@ healthy, a person talking to an agent through it, and nothing left after `down`.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from tests.harness.compose_stack import (
 from tests.harness.docker_engine import Containers, docker
 from tests.harness.events import reply_to
 from tests.harness.matrix_user import MatrixUser
+from tests.harness.observe import wait_for_alias
 from tests.harness.stand_ins import REPO, build_tuwunel_image, tuwunel_version
 from tests.harness.tuwunel import register_with_token
 
@@ -55,14 +54,6 @@ async def test_the_tuwunel_image_packages_a_binary_with_the_legacy_builder(
         assert layout.stdout.strip() == "/usr/bin/tuwunel", layout.describe()
     finally:
         await docker("image", "rm", tag, check=False)
-
-
-async def wait_for_alias(user: MatrixUser, alias: str, timeout: float = 300) -> str:
-    deadline = time.monotonic() + timeout
-    while (room_id := await user.resolve_alias(alias)) is None:
-        assert time.monotonic() < deadline, f"{alias} did not appear within {timeout:.0f}s"
-        await asyncio.sleep(2)
-    return room_id
 
 
 @pytest.mark.tuwunel
