@@ -17,6 +17,7 @@ from letta_appservice.db.agent import DELETED, AgentRow, AgentStore
 from letta_appservice.db.bridge_state import BridgeState
 from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.room import AGENT, INVITED, MANAGEMENT, MOVED, RoomRow, RoomStore
+from letta_appservice.matrix import rooms as mx
 from letta_appservice.reconcile.homeserver import (
     MOVES_KEY,
     SERVER_KEY,
@@ -25,7 +26,7 @@ from letta_appservice.reconcile.homeserver import (
 )
 from letta_appservice.reconcile.plan import ReconcileSettings
 from letta_appservice.reconcile.space import SPACE_KEY, SPACE_NAME_KEY
-from tests.harness.apps import Apps
+from tests.harness.apps import Apps, Bridge
 from tests.harness.cli import cli
 from tests.harness.config import ADMIN, INSTANCES, SERVER_NAME, make_config
 from tests.harness.conversation import dm_with, enter, provision
@@ -133,6 +134,24 @@ async def test_a_populated_bridge_moves_from_synapse_to_a_fresh_homeserver(
         await admin.close()
     finally:
         await new.stop()
+
+
+async def test_a_bot_out_of_all_its_rooms_is_no_move(
+    apps: Apps, bridge: Bridge, fake_letta: FakeLetta, sqlite_url: str
+) -> None:
+    app = await apps.start(namespace=bridge)
+    [agent] = await provision(app, fake_letta, "Stays")
+    space_id = await BridgeState(app.db).get(SPACE_KEY)
+    await apps.stop(app)  # the bot is then taken out of both rooms while the bridge is down
+    app = await apps.start(namespace=bridge, ready=False)
+    await app.scheduler.stop()
+    for room in (agent.room, space_id):
+        await mx.leave(app.bot_api, room)
+    await apps.stop(app)
+
+    # The aliases still point at the rooms: no move, the start goes on (drift repair's turn).
+    app = await apps.start(sqlite_url, namespace=bridge)
+    assert app.failure is None and app.homeserver_ok
 
 
 async def test_a_database_of_another_server_name_stops_the_bridge(
