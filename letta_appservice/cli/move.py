@@ -6,7 +6,6 @@ puppets, new rooms and a new space."""
 from __future__ import annotations
 
 import aiohttp
-from mautrix.appservice.state_store.asyncpg import PgASStateStore
 
 from ..app import App
 from ..config import Config
@@ -15,6 +14,7 @@ from ..db.bridge_state import BridgeState
 from ..db.database import DatabaseURL, open_database
 from ..legacy.checks import ImportAborted, check_homeserver, refuse_if_running
 from ..matrix import rooms
+from ..matrix.state_store import StateStore
 from ..reconcile import homeserver
 from ..reconcile.homeserver import HomeserverChanged, Move
 from ..reconcile.plan import ReconcileSettings
@@ -36,8 +36,8 @@ async def set_aside(config: Config) -> tuple[str, Move]:
             raise MoveAborted(str(e)) from None
         db = await open_database(DatabaseURL.parse(config.appservice.database), in_child=False)
         try:
-            state_store = PgASStateStore(db)
-            await PgASStateStore.upgrade_table.upgrade(db)
+            state_store = StateStore(db)
+            await StateStore.upgrade_table.upgrade(db)
             api = rooms.appservice_api(config, state_store, http, retries=0)
             try:
                 await check_homeserver(api, address)
