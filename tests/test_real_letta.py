@@ -362,7 +362,8 @@ async def test_a_message_sent_while_letta_restarts_is_answered_once_it_is_back(
     assert reply["content"]["body"] == echo_of("While Letta is down.", "Patient")
     _, after = await scene.ask(room, agent_id, "After the restart.")
     assert after["content"]["body"] == echo_of("After the restart.", "Patient")
-    assert len(replies(scene.admin, room, puppet, asked)) == 1
+    # Answered once; a slow machine may also have seen the "queued, will be retried" notice.
+    assert len(replies(scene.admin, room, puppet, asked, "m.text")) == 1
     assert await user_messages(scene.letta, agent_id, "While Letta is down.") == 1
 
 

@@ -182,7 +182,9 @@ class FaultRun:
         killer: asyncio.Task[None] | None = None
         async with aiohttp.ClientSession() as http:
             for n, push in enumerate(pushes):
-                if n in kill_at and (killer is None or killer.done()):
+                if n in kill_at:
+                    if killer is not None:  # a slow restart must not swallow the next kill
+                        await killer
                     killer = asyncio.create_task(self._kill_and_restart(self.rng.random() / 4))
                 status = await self._put(http, push)
                 if push.valid and status != 200:
