@@ -45,6 +45,7 @@ NO_EARS = (
     "Agents on this bridge cannot listen to voice or audio messages (no transcription is set "
     "up); say it in words."
 )
+NO_FOLDERS = "This Letta server cannot take files; paste the text instead."
 NO_VIDEO = "Agents cannot watch videos; this one was not passed on. Describe it in words."
 BROKEN = "This {what} could not be fetched from the homeserver; it was not passed on."
 
@@ -88,7 +89,11 @@ def media_of(content: Mapping[str, Any]) -> Media | None:
 
 
 def _mb(n: int) -> str:
-    return f"{n / (1024 * 1024):.1f} MB".replace(".0 MB", " MB")
+    """A size as people read it: 5 MB, 1.5 MB, 800 KB, 120 bytes."""
+    for unit, scale in (("MB", 1024 * 1024), ("KB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}".replace(".0 ", " ")
+    return f"{n} bytes"
 
 
 def _too_big(media: Media, limit: int, size: int | None = None) -> str:
@@ -180,6 +185,8 @@ class MediaIntake:
         except LettaError as exc:
             if exc.status == 415:
                 return Refused(UNREADABLE.format(name=_quoted(media.filename)))
+            if exc.kind == "not_found":  # a server without folders (or sources)
+                return Refused(NO_FOLDERS)
             raise
         name = meta.get("file_name") or media.filename
         state = str(meta.get("processing_status") or "")

@@ -218,8 +218,6 @@ class Conversations:
     async def _ask(self, job: Job, poster: Poster) -> list[Part]:
         s, agent_id = self.settings, job.agent.agent_id
         message_id = otid(job.event_id, agent_id)
-        conversation = await self.rooms.of(agent_id, job.room_id, job.relation)
-        self._conversation[agent_id] = conversation
         content = job.content
         if job.media is not None:
             api = self.puppets.api(job.agent.mxid)
@@ -229,6 +227,8 @@ class Conversations:
             if isinstance(prepared, Refused):
                 return [Part(NOTICE, prepared.text)]
             content = prepared
+        conversation = await self.rooms.of(agent_id, job.room_id, job.relation)
+        self._conversation[agent_id] = conversation
         if s.streaming:
             stream = self.calls.stream(
                 agent_id, conversation, content, name=job.name, otid=message_id, stream_tokens=True
