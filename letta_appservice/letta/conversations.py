@@ -126,13 +126,15 @@ class TurnCalls:
 
     async def cancel(self, agent_id: str, conversation_id: str | None) -> None:
         """Cancel the running turn; nothing to cancel is not an error."""
-        if conversation_id is None:
-            await self.client.cancel(agent_id)
-            return
-        try:
-            await self.client._call(
-                "POST", _path(conversation_id, "cancel"), idempotent=True, final={409}
-            )
-        except LettaError as exc:
-            if exc.status != 409:  # "No active runs to cancel"
-                raise
+        if conversation_id is not None:
+            try:
+                await self.client._call(
+                    "POST", _path(conversation_id, "cancel"), idempotent=True, final={409}
+                )
+                return
+            except LettaError as exc:
+                if exc.status != 409:
+                    raise
+            # 409 "No active runs": 0.16.8 records no conversation on a run it does not
+            # stream; the agent's cancel finds it (the bridge runs one turn per agent).
+        await self.client.cancel(agent_id)
