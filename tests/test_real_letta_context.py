@@ -139,7 +139,7 @@ async def test_media_over_the_limits_or_of_other_kinds_get_notices(
     admin = scene.admin
     big = await admin.send_media(room, "m.image", "big.png", PNG + bytes(2000), "image/png")
     assert await notice_for(scene, room, agent_id, big) == (
-        "This image is 2.1 KB; agents on this bridge take images up to 1000 bytes. It was not "
+        "This image is 2 KB; agents on this bridge take images up to 1000 bytes. It was not "
         "passed on."
     )
     # No size in the event: the download stops at the limit.
