@@ -88,6 +88,23 @@ async def test_new_switches_the_room_to_a_fresh_conversation(
     assert len(await conversations(scene, agent_id)) == 2
 
 
+async def test_threads_have_their_own_conversations_when_configured(
+    scene: Scene, sqlite_url: str
+) -> None:
+    agent_id = await scene.agent("Threader")
+    await scene.start(sqlite_url, letta={"conversations": "thread"})
+    room = await scene.room(agent_id)
+    root, _ = await scene.ask(room, agent_id, "The password is osprey.")
+    asked = await scene.admin.send_text(room, "In the thread? RECALL", thread_root=root)
+    reply = await scene.admin.wait_for_event(
+        room, reply_to(scene.bridge.mxid(agent_id), asked), timeout=WAIT
+    )
+    assert reply["content"]["m.relates_to"]["rel_type"] == "m.thread"
+    assert "In the thread?" in reply["content"]["body"]
+    assert "osprey" not in reply["content"]["body"]
+    assert len(await conversations(scene, agent_id)) == 2
+
+
 # --- media -------------------------------------------------------------------------------------
 
 
