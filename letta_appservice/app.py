@@ -16,9 +16,12 @@ from mautrix.errors import MatrixError
 from mautrix.util.async_db import Database
 
 from . import __version__
+from .chat.conversations import RoomConversations
 from .chat.loops import LoopGuard
+from .chat.media import MediaIntake
 from .chat.memberships import Memberships
 from .chat.router import Router
+from .chat.transcribe import Transcriber
 from .chat.turn import Conversations, TurnSettings
 from .commands import CommandProcessor, Management, Services
 from .config import Config
@@ -27,6 +30,7 @@ from .db.bridge_state import BridgeState
 from .db.database import DatabaseURL, open_database
 from .db.inbox import InboxEvent, InboxStore
 from .db.invited_agent import InvitedAgentStore
+from .db.letta_conversation import LettaConversationStore
 from .db.room import RoomStore
 from .db.sent_event import SentEventStore
 from .db.turn import TurnStore
@@ -37,7 +41,9 @@ from .inbox import housekeeping
 from .inbox.web import WebServer
 from .inbox.worker import InboxWorker
 from .letta import LettaClient
-from .letta.errors import safe_url
+from .letta.conversations import TurnCalls
+from .letta.errors import LettaError, safe_url
+from .letta.folders import Folders
 from .matrix.puppets import Puppets
 from .matrix.rooms import RateLimitMiddleware, appservice_api, default_room_version
 from .matrix.state_store import StateStore
@@ -74,6 +80,7 @@ class App:
     reconciler: Reconciler
     scheduler: Scheduler
     conversations: Conversations
+    room_conversations: RoomConversations
     commands: CommandProcessor
     router: Router
     worker: InboxWorker
@@ -137,6 +144,11 @@ class App:
             on_request=self.metrics.observe_letta,
         )
         self._started.push_async_callback(self.letta.close)
+        media = cfg.media
+        self.transcriber = Transcriber(
+            media.transcription_url, media.transcription_key, media.transcription_model
+        )
+        self._started.push_async_callback(self.transcriber.close)
         self.bot_api = appservice_api(cfg, self.state_store, http)
         self.bot_intent = self.bot_api.bot_intent()
         self.puppets = Puppets(self.bot_api, self.state_store)
@@ -175,9 +187,13 @@ class App:
         )
         self.scheduler = Scheduler(self._reconcile_pass, cfg.letta.sync_interval, state)
         # push -> durable inbox -> router -> Letta -> puppet reply
+        self.room_conversations = RoomConversations(
+            TurnCalls(self.letta), LettaConversationStore(db), cfg.letta.conversations
+        )
         self.conversations = Conversations(
             settings=TurnSettings.from_config(cfg),
-            letta=self.letta,
+            rooms=self.room_conversations,
+            intake=MediaIntake(cfg.media, Folders(self.letta), self.transcriber),
             puppets=self.puppets,
             turns=self._turns,
             sent=self._sent,
@@ -196,6 +212,7 @@ class App:
             reconciler=self.reconciler,
             scheduler=self.scheduler,
             conversations=self.conversations,
+            room_conversations=self.room_conversations,
             puppets=self.puppets,
             started_at=self.started_at,
         )
@@ -269,6 +286,8 @@ class App:
         version = await self.letta.server_version(retry=True)
         if version:
             log.info("Letta %s at %s", version, safe_url(self.letta.base_url))
+        with contextlib.suppress(LettaError):  # says so once when there are no conversations
+            await self.room_conversations.enabled()
 
     async def stop(self) -> None:
         """Stop everything that was started, in reverse order (the web server first: the

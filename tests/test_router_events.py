@@ -208,11 +208,17 @@ async def test_a_job_carries_everything_the_turn_needs(routing: Routing) -> None
     assert job.agent.agent_id == "agent-1"
 
 
+HUGE_IMAGE: dict[str, Any] = {
+    "url": "mxc://bridge.test/cat",
+    "info": {"mimetype": "image/png", "size": 50 * 1024 * 1024},
+}
+
+
 async def test_every_notice_replies_to_the_message_under_its_own_part_number(
     routing: Routing,
 ) -> None:
     await routing.router.handle(routing.event(STRANGER, ROOM, "let me in"))
-    image = routing.event(BOB, ROOM, "cat.png")
+    image = routing.event(BOB, ROOM, "cat.png", **HUGE_IMAGE)
     image = attrs.evolve(image, event_json=image.event_json.replace('"m.text"', '"m.image"'))
     await routing.router.handle(image)
     await routing.agents.upsert(agent(1, room_id=ROOM, paused=True, displayname="Sleepy"))
@@ -306,14 +312,14 @@ async def test_notices_stay_in_the_persons_thread_and_name_what_was_sent(
     routing: Routing,
 ) -> None:
     thread = {"m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}}
-    image = routing.event(BOB, ROOM, "cat.png", **thread)
+    image = routing.event(BOB, ROOM, "cat.png", **thread, **HUGE_IMAGE)
     image = attrs.evolve(image, event_json=image.event_json.replace('"m.text"', '"m.image"'))
     await routing.router.handle(image)
     [(_, _, source, part, relation)] = routing.turn.notice_calls
     assert (source, part) == (image.event_id, MEDIA_NOTICE_PART)
     assert relation["rel_type"] == "m.thread" and relation["event_id"] == "$root"
-    assert routing.turn.notices[0][2].startswith(
-        "Agents on this bridge read text only: this image was not passed on"
+    assert routing.turn.notices[0][2] == (
+        "This image is 50 MB; agents on this bridge take images up to 5 MB. It was not passed on."
     )
 
 

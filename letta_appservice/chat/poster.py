@@ -19,6 +19,7 @@ from ..db.sent_event import SentEventStore
 from ..inbox.worker import Retry
 from ..matrix.format import NOTICE, TEXT
 from .content import edit_content, edit_suffix, message_content, txn_id
+from .media import Media
 from .parts import Part
 
 log = logging.getLogger("letta_appservice.poster")
@@ -48,6 +49,7 @@ class Job:
     # False where an agent may well stay silent (a group room an admin opened to every
     # message, the agent not named): no "finished without a reply" notice there.
     expects_reply: bool = True
+    media: Media | None = None  # an image, file or voice message: fetched in the turn
 
 
 def homeserver_trouble(e: BaseException) -> bool:

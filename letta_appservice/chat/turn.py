@@ -17,11 +17,13 @@ from ..db.agent import AgentRow
 from ..db.sent_event import SentEventStore
 from ..db.turn import TurnStore
 from ..inbox.worker import Retry
-from ..letta import LettaClient, LettaError
+from ..letta import LettaError
 from ..matrix.format import NOTICE
 from ..matrix.puppets import Puppets
 from ..metrics import Metrics
 from .content import DELAY_NOTICE_PART, otid
+from .conversations import RoomConversations
+from .media import MediaIntake, Refused
 from .parts import Part, build_parts, duration, error_text, gave_up_text, waiting_text
 from .poster import Job, Poster, Typing, homeserver_retry
 from .streaming import relay
@@ -77,14 +79,16 @@ class Conversations:
         self,
         *,
         settings: TurnSettings,
-        letta: LettaClient,
+        rooms: RoomConversations,
+        intake: MediaIntake,
         puppets: Puppets,
         turns: TurnStore,
         sent: SentEventStore,
         metrics: Metrics,
     ) -> None:
         self.settings = settings
-        self.letta = letta
+        # Every Letta call of a turn goes through calls, with the room's conversation.
+        self.rooms, self.calls, self.intake = rooms, rooms.calls, intake
         self.puppets = puppets
         self.turns = turns
         self.sent = sent
@@ -94,6 +98,7 @@ class Conversations:
         # answers never wait behind agents that are thinking.
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._running: dict[str, asyncio.Task[list[Part]]] = {}
+        self._conversation: dict[str, str | None] = {}  # of each agent's running turn
         self._cancelled: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -146,7 +151,7 @@ class Conversations:
             self._cancelled.add(agent_id)
             task.cancel()
         try:
-            await self.letta.cancel(agent_id)
+            await self.calls.cancel(agent_id, self._conversation.get(agent_id))
         except LettaError as e:
             log.warning("Letta could not cancel the run of %s: %s", agent_id, e)
         return waiting
@@ -199,7 +204,7 @@ class Conversations:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         try:
-            await self.letta.cancel(agent_id)
+            await self.calls.cancel(agent_id, self._conversation.get(agent_id))
         except LettaError as e:
             log.warning("Letta could not cancel the run of %s: %s", agent_id, e)
         text = DEADLINE.format(limit=duration(self.settings.deadline))
@@ -213,9 +218,20 @@ class Conversations:
     async def _ask(self, job: Job, poster: Poster) -> list[Part]:
         s, agent_id = self.settings, job.agent.agent_id
         message_id = otid(job.event_id, agent_id)
+        content = job.content
+        if job.media is not None:
+            api = self.puppets.api(job.agent.mxid)
+            prepared = await self.intake.content(
+                api, agent_id, job.media, job.content, again=job.attempts > 0
+            )
+            if isinstance(prepared, Refused):
+                return [Part(NOTICE, prepared.text)]
+            content = prepared
+        conversation = await self.rooms.of(agent_id, job.room_id, job.relation)
+        self._conversation[agent_id] = conversation
         if s.streaming:
-            stream = self.letta.stream_message(
-                agent_id, job.content, name=job.name, otid=message_id, stream_tokens=True
+            stream = self.calls.stream(
+                agent_id, conversation, content, name=job.name, otid=message_id, stream_tokens=True
             )
             async with stream:
                 return await relay(
@@ -225,8 +241,8 @@ class Conversations:
                     s.show_tools,
                     expects_reply=job.expects_reply,
                 )
-        response = await self.letta.send_message(
-            agent_id, job.content, name=job.name, otid=message_id
+        response = await self.calls.send(
+            agent_id, conversation, content, name=job.name, otid=message_id
         )
         return build_parts(
             response.messages,

@@ -32,6 +32,10 @@ class Conversations(Protocol):
     async def cancel(self, agent_id: str) -> bool: ...
 
 
+class RoomConversations(Protocol):
+    async def start_fresh(self, room_id: str, agent_id: str | None = None) -> bool: ...
+
+
 @attrs.define
 class Services:
     """The bridge parts commands use (the app builds them)."""
@@ -48,6 +52,7 @@ class Services:
     reconciler: Reconciler
     scheduler: Scheduler
     conversations: Conversations
+    room_conversations: RoomConversations
     puppets: Puppets  # its per-puppet lock keeps a reset and a pass apart
     started_at: float
 
