@@ -208,7 +208,7 @@ def run(config: Config, cmd: Invocation) -> int:
             await app.stop()
             # Logged once everything is closed: the line that says the stop was clean.
             log.info("Stopped")
-            failure = app.failure
+            failure = app.link.failure
 
     try:
         asyncio.run(serve())

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 from mautrix.appservice import AppServiceAPI, IntentAPI
-from mautrix.errors import MatrixError
 from mautrix.util.async_db import Database
 
 from . import __version__
@@ -35,7 +34,6 @@ from .db.room import RoomStore
 from .db.sent_event import SentEventStore
 from .db.turn import TurnStore
 from .db.user_notice import UserNoticeStore
-from .errors import describe
 from .identity import Identity
 from .inbox import housekeeping
 from .inbox.web import WebServer
@@ -45,14 +43,13 @@ from .letta.conversations import TurnCalls
 from .letta.errors import LettaError, safe_url
 from .letta.folders import Folders
 from .matrix.puppets import Puppets
-from .matrix.rooms import RateLimitMiddleware, appservice_api, default_room_version
+from .matrix.rooms import RateLimitMiddleware, appservice_api
 from .matrix.state_store import StateStore
 from .metrics import Metrics
 from .permissions import Permissions
 from .reconcile.apply import Applier
 from .reconcile.drift import DriftCheck
-from .reconcile.homeserver import HomeserverChanged
-from .reconcile.homeserver import check as check_homeserver
+from .reconcile.link import HomeserverLink
 from .reconcile.plan import ReconcileSettings
 from .reconcile.reconciler import PassSummary, Reconciler
 from .reconcile.scheduler import Scheduler
@@ -91,13 +88,7 @@ class App:
         self.identity = Identity.from_config(config)
         self.metrics = Metrics()
         self.started_at = time.time()
-        self.homeserver_ok = False
-        self.ping_ms: int | None = None  # set once the homeserver has reached us
-        self._ready = asyncio.Event()  # set when the link works, or when self.failure is set
-        # Why the bridge must stop on its own (the homeserver changed under it); on_failure
-        # is then called (the CLI stops).
-        self.failure: HomeserverChanged | None = None
-        self._on_failure = on_failure
+        self._on_failure = on_failure  # the homeserver changed under us: the CLI stops
         # Every homeserver request, counted (tests and benchmarks prove "no calls" with it).
         self.matrix_request_count = 0
         self.recent_matrix_requests: deque[tuple[str, str]] = deque(maxlen=500)
@@ -114,7 +105,7 @@ class App:
         await self.worker.start()
         self._started.push_async_callback(self.worker.stop)
         # Registers the bot, checks both directions, then starts the scheduler.
-        self._spawn(self._bootstrap(), "bootstrap")
+        self._spawn(self.link.run(), "bootstrap")
         self._spawn(housekeeping.run_periodically(self.inbox, self._sent, self._turns), "prune")
         self._spawn(self._greet_letta(), "letta-version")
         self._started.push_async_callback(self._cancel_tasks)
@@ -124,7 +115,7 @@ class App:
         """``move-homeserver`` once the old state is set aside: the bot on the new homeserver,
         then one full reconcile pass (puppets, rooms, space); nothing is served."""
         await self._open()
-        await self._register_bot()
+        await self.link.register_bot()
         return await self._reconcile_pass(full=True)
 
     async def _open(self) -> None:
@@ -161,7 +152,6 @@ class App:
         db, identity = self.db, self.identity
         self.inbox, self.agents = InboxStore(db), AgentStore(db)
         rooms, state, notices = RoomStore(db), BridgeState(db), UserNoticeStore(db)
-        self._state = state
         self._turns, self._sent = TurnStore(db), SentEventStore(db)
         permissions = Permissions.from_config(cfg)
         # timer -> reconciler -> Matrix
@@ -186,6 +176,15 @@ class App:
             request_count=lambda: self.matrix_request_count,
         )
         self.scheduler = Scheduler(self._reconcile_pass, cfg.letta.sync_interval, state)
+        self.link = HomeserverLink(
+            cfg,
+            bot_api=self.bot_api,
+            reconciler=self.reconciler,
+            scheduler=self.scheduler,
+            state=state,
+            agents=self.agents,
+            on_failure=self._on_failure,
+        )
         # push -> durable inbox -> router -> Letta -> puppet reply
         self.room_conversations = RoomConversations(
             TurnCalls(self.letta), LettaConversationStore(db), cfg.letta.conversations
@@ -313,71 +312,8 @@ class App:
 
     # --- homeserver ----------------------------------------------------------------------------
 
-    async def _bootstrap(self) -> None:
-        """Register the bot and check both directions of the homeserver link, retrying with a
-        clear error until they work (never exiting silently)."""
-        cfg = self.config
-        delay = 1.0
-        while True:
-            try:
-                await self._register_bot()
-                settings, address = self.reconciler.settings, cfg.homeserver.address
-                await check_homeserver(self.bot_api, self._state, self.agents, settings, address)
-                break
-            except HomeserverChanged as e:
-                log.error("The homeserver changed: %s. Stopping: run move-homeserver.", e)
-                self.failure = e
-                self._ready.set()
-                self._on_failure()
-                return
-            except (aiohttp.ClientError, TimeoutError, MatrixError) as e:
-                log.error(
-                    "Cannot use the homeserver at %s as %s: %s. Check homeserver.address and "
-                    "that registration.yaml is loaded by the homeserver. Retrying in %.0f s.",
-                    cfg.homeserver.address,
-                    cfg.bot_mxid,
-                    describe(e),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60)
-        self.homeserver_ok = True
-        self.scheduler.start()
-        delay = 1.0
-        while True:
-            try:
-                self.ping_ms = await self.bot_intent.appservice_ping(cfg.appservice.id)
-                log.info(
-                    "Homeserver reached us at %s (%d ms)", cfg.appservice.address, self.ping_ms
-                )
-                break
-            except (aiohttp.ClientError, TimeoutError, MatrixError) as e:
-                log.error(
-                    "The homeserver cannot reach this appservice at %s: %s. Check that "
-                    "appservice.address (the registration url) is reachable from the "
-                    "homeserver and that the registration id is %r. Retrying in %.0f s.",
-                    cfg.appservice.address,
-                    describe(e),
-                    cfg.appservice.id,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 300)
-        self._ready.set()
-
-    async def _register_bot(self) -> None:
-        await self.bot_intent.ensure_registered()
-        await self.bot_intent.whoami()
-        await self.bot_intent.set_displayname(self.config.appservice.bot_displayname)
-        self.reconciler.use_room_version(await default_room_version(self.bot_api))
-
     async def wait_ready(self, timeout: float = 60) -> None:
-        """Wait until the homeserver link works both ways; raises the reason if the bridge
-        stopped on its own instead."""
-        async with asyncio.timeout(timeout):
-            await self._ready.wait()
-        if self.failure is not None:
-            raise self.failure
+        await self.link.wait_ready(timeout)
 
     async def _reconcile_pass(self, full: bool) -> PassSummary:
         summary = await self.reconciler.run_pass(full)
@@ -400,7 +336,7 @@ class App:
             db_ok = await self.db.fetchval("SELECT 1") == 1
         except Exception:
             db_ok = False
-        return {"database": db_ok, "homeserver": self.homeserver_ok}
+        return {"database": db_ok, "homeserver": self.link.homeserver_ok}
 
     # --- events --------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ async def test_bot_registers_answers_whoami_and_the_ping_round_trip_works(
 ) -> None:
     app = await apps.start()
     assert (await app.bot_intent.whoami()).user_id == f"@letta:{SERVER_NAME}"
-    assert app.ping_ms is not None and app.ping_ms >= 0
+    assert app.link.ping_ms is not None and app.link.ping_ms >= 0
     user = await homeserver.register_user(fresh_localpart())
     profile = await user.request("GET", f"/_matrix/client/v3/profile/@letta:{SERVER_NAME}")
     assert profile["displayname"] == "Letta Bridge"
@@ -132,7 +132,7 @@ async def test_homeserver_that_cannot_reach_us_is_reported(
     app = await apps.start(instance="lab", appservice={"port": free_port()}, ready=False)
     line = await _log_line(caplog, "The homeserver cannot reach this appservice at")
     assert "appservice.address" in line and "Retrying in" in line
-    assert app.homeserver_ok and app.ping_ms is None
+    assert app.link.homeserver_ok and app.link.ping_ms is None
     assert app.config.appservice.hs_token not in caplog.text
     await apps.stop(app)
 

@@ -151,7 +151,7 @@ async def test_a_bot_out_of_all_its_rooms_is_no_move(
 
     # The aliases still point at the rooms: no move, the start goes on (drift repair's turn).
     app = await apps.start(sqlite_url, namespace=bridge)
-    assert app.failure is None and app.homeserver_ok
+    assert app.link.failure is None and app.link.homeserver_ok
 
 
 async def test_a_database_of_another_server_name_stops_the_bridge(

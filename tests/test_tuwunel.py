@@ -43,7 +43,7 @@ async def test_registered_through_the_admin_room_the_bridge_comes_up(
 
         async with Apps(server.url, fake_letta.url, f"sqlite:{tmp_path / 'b.db'}") as apps:
             app = await apps.start(instance="lab")  # waits for the ping both ways
-            assert app.ping_ms is not None
+            assert app.link.ping_ms is not None
             fake_letta.add_agent("Tuwunel Agent")
             await app.scheduler.run_now()
             rows = await app.agents.all()
