@@ -4,8 +4,9 @@ the event was made, never from the bridge's own checks.
 
 Rooms: the agents' rooms (seeded) and rooms the bridge does not serve. In an agent room a
 permitted person's text is a question (one answer, exactly once), ``!letta help`` a command
-(one reply), a person from another server is refused once per room, media is refused once per
-room and person; everything else is quiet. Asks stay below the loop guard's backstop per room.
+(one reply), a person from another server is refused once per room and person, media is
+answered (or refused) once per message; everything else is quiet. Asks stay below the loop
+guard's backstop per room.
 """
 
 from __future__ import annotations
