@@ -131,7 +131,8 @@ class Traffic:
             sender = f"@mallory{self.rng.randrange(3)}:{FOREIGN}"
             content = {"msgtype": "m.text", "body": "let me in"}
             return self._event(room, sender, "m.room.message", content), REFUSAL
-        if r < 0.60:
+        if r < 0.60 and self.asks[room] < MAX_ASKS_PER_ROOM:  # an image is a question too
+            self.asks[room] += 1
             content = {"msgtype": "m.image", "body": "cat.png", "url": "mxc://x/y"}
             return self._event(room, person, "m.room.message", content), MEDIA
         return self._quiet(room, self.agent_rooms[room]), QUIET
