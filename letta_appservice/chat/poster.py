@@ -48,6 +48,8 @@ class Job:
     # False where an agent may well stay silent (a group room an admin opened to every
     # message, the agent not named): no "finished without a reply" notice there.
     expects_reply: bool = True
+    # Agent-to-agent messages passed on so far in this chain (0: a person's message).
+    hop: int = 0
 
 
 def homeserver_trouble(e: BaseException) -> bool:

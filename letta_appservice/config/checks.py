@@ -129,6 +129,12 @@ def _str_list(v: list[Any]) -> str:
     return "" if all(isinstance(x, str) for x in v) else "must be a list of strings"
 
 
+def _tool_agents(v: str) -> str:
+    if v in ("all", "none") or (v.startswith("tag:") and v[4:].strip()):
+        return ""
+    return f"must be all, none or tag:<letta tag>, got {v!r}"
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     return lambda v: "" if v in options else f"must be one of {', '.join(options)}, got {v!r}"
 
