@@ -16,6 +16,7 @@ SECRET_KEYS = (
     "appservice.as_token",
     "appservice.hs_token",
     "appservice.database",
+    "tools.send_token",
     "letta.api_key",
 )
 # RFC 2606 names: the example's placeholders; no real server can have them.

@@ -1,0 +1,49 @@
+"""The Matrix tools' own code as Letta gets it, and a Letta server without the tool API (the
+fake Letta: the real one has it; tests/test_tools.py covers what the tools do)."""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+from letta_appservice.tools.source import NAMES, SOURCES
+from tests.harness.apps import Apps
+from tests.harness.conversation import provision
+from tests.harness.fake_letta import FakeLetta
+
+
+def test_each_tool_is_one_stdlib_function_documenting_its_arguments() -> None:
+    assert NAMES == (
+        "matrix_list_rooms",
+        "matrix_read_room",
+        "matrix_send_message",
+        "matrix_message_person",
+        "matrix_talk_to_agent",
+    )
+    for name, source in SOURCES.items():
+        [function] = ast.parse(source).body
+        assert isinstance(function, ast.FunctionDef) and function.name == name
+        doc = ast.get_docstring(function) or ""
+        for arg in function.args.args:
+            assert f"\n    {arg.arg}: " in doc, (name, arg.arg)
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(function)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        assert imported == {"json", "os", "urllib"}
+
+
+async def test_a_letta_without_the_tool_api_gets_no_tools_and_one_log_line(
+    apps: Apps, fake_letta: FakeLetta, caplog: Any
+) -> None:
+    caplog.set_level("INFO", logger="letta_appservice")
+    app = await apps.start(tools={"agents": "all"})
+    await provision(app, fake_letta, "Plain")
+    await app.scheduler.run_now()
+    await app.scheduler.run_now()
+    lines = [r for r in caplog.records if "has no custom-tool API" in r.getMessage()]
+    assert len(lines) == 1
+    # Nothing was written to Letta for it; the agent still talks (conversation tests).
+    assert not [r for r in fake_letta.requests if r.method in ("PUT", "PATCH")]
