@@ -267,3 +267,42 @@ async def _notice_anywhere(stage: Stage, text: str) -> Event:
             for room in stage.rooms.values():
                 with contextlib.suppress(TimeoutError):
                     return await stage.admin.wait_for_event(room, match, 2)
+
+
+async def test_a_steady_pass_writes_nothing_and_an_admin_switches_tools_off_and_on(
+    stage: Stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync, alpha = stage.app.tools.sync, stage.ids["Alpha"]
+    secret = await stage.secret("Alpha")
+    letta_writes: list[str] = []
+    for name in ("upsert", "attach", "detach", "set_secrets"):
+        method = getattr(sync.letta, name)
+
+        async def spy(*args: Any, _name: str = name, _method: Any = method) -> Any:
+            letta_writes.append(_name)
+            return await _method(*args)
+
+        monkeypatch.setattr(sync.letta, name, spy)
+    await stage.app.scheduler.run_now()
+    assert letta_writes == []
+    # Off: the tools leave the agent in Letta, and so does its secret.
+    await stage.admin.send_text(stage.rooms["Alpha"], f"!letta tools {alpha} off")
+    await eventually(lambda: _lacks_tools(stage, alpha), WAIT)
+    agent = await stage.letta.call("GET", f"/v1/agents/{alpha}", include="agent.secrets")
+    assert not [s for s in agent["secrets"] if s["key"].startswith("LETTA_APPSERVICE_")]
+    assert not await sync.check(alpha, secret)
+    # A pass keeps it off (the admin's switch beats `tools.agents: all`); on brings them back
+    # with a new secret.
+    await stage.app.scheduler.run_now()
+    assert await _lacks_tools(stage, alpha)
+    await stage.admin.send_text(stage.rooms["Alpha"], f"!letta tools {alpha} on")
+    await eventually(lambda: _has_tools(stage, alpha), WAIT)
+    assert await stage.secret("Alpha") != secret
+
+
+async def _lacks_tools(stage: Stage, agent_id: str) -> bool:
+    return not set(TOOLS) & set(await stage.letta.tools(agent_id))
+
+
+async def _has_tools(stage: Stage, agent_id: str) -> bool:
+    return set(TOOLS) <= set(await stage.letta.tools(agent_id))

@@ -56,6 +56,7 @@ class Tools:
         metrics: Metrics,
     ) -> None:
         cfg = config.tools
+        self.sync = sync
         actions = MatrixActions(
             identity=identity,
             permissions=permissions,

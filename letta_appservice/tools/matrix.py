@@ -186,7 +186,7 @@ class MatrixActions:
                 return room_id
         body = {"preset": "trusted_private_chat", "is_direct": True, "invite": [user]}
         room_id = await rooms.create_room(api, body)
-        await self.rooms.upsert(RoomRow(room_id, INVITED, owner=user))
+        await self.rooms.upsert(RoomRow(room_id, INVITED, agent.agent_id, owner=user))
         await self.invited.add(room_id, agent.agent_id)
         await self.store.set_dm(agent.agent_id, user, room_id)
         return room_id

@@ -62,21 +62,27 @@ class ToolSync:
         """Set up or take down the tools of the agents whose state differs from what they
         should have. Failures are logged and left for the next pass."""
         async with self._lock:
-            if not await self._register():
-                return
             rows = await self.store.all()
-            for agent in agents:
-                row = rows.get(agent.id)
+            todo = [(a, rows.get(a.id)) for a in agents if self._differs(a, rows.get(a.id))]
+            if not todo or not await self._register():
+                return
+            for agent, row in todo:
                 try:
                     await self._settle(agent, row)
                 except LettaError as e:
                     log.warning("Matrix tools of agent %s not set up yet: %s", agent.id, e)
 
+    def _differs(self, agent: Agent, row: AgentToolRow | None) -> bool:
+        synced = row.synced if row is not None else None
+        return synced != self.version if self.wanted(agent, row) else synced is not None
+
     async def _settle(self, agent: Agent, row: AgentToolRow | None) -> None:
-        want = self.wanted(agent, row)
-        if want and (row is None or row.synced != self.version):
+        if not self._differs(agent, row):
+            return
+        if self.wanted(agent, row):
             await self._set_up(agent.id, row or AgentToolRow(agent.id))
-        elif not want and row is not None and row.synced is not None:
+        else:
+            assert row is not None
             await self._take_down(agent.id, row)
 
     async def _register(self) -> bool:

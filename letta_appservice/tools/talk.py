@@ -14,6 +14,7 @@ import attrs
 
 from ..chat.content import reply_relation
 from ..chat.incoming import letta_content, sender_name
+from ..chat.loops import MARKER
 from ..chat.parts import Part
 from ..chat.turn import Conversations, Job
 from ..db.agent import ACTIVE, AgentRow, AgentStore
@@ -184,7 +185,7 @@ class Talks:
         )
         log.info("Agent chain stopped at hop %d: %s -> %s", hop, caller.agent_id, target.agent_id)
         owner = target if target.room_id == room_id else caller
-        content = {"msgtype": NOTICE, "body": text}
+        content = {"msgtype": NOTICE, "body": text, MARKER: {"bot": True, "tool": TOOL}}
         await send(self.puppets.api(owner.mxid), room_id, content)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
