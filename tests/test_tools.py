@@ -200,6 +200,27 @@ async def test_an_agent_talks_to_another_and_gets_its_answer(stage: Stage) -> No
     assert "ping 42" in answer["content"]["body"]
 
 
+async def test_a_slow_answer_reaches_the_asking_agent_later_as_a_message(stage: Stage) -> None:
+    stage.app.tools.talks.talk_wait = 0  # Beta always takes longer than this
+    answer = await stage.ask(
+        "Alpha", call("matrix_talk_to_agent", agent=stage.names["Beta"], message="late ping")
+    )
+    assert "has not answered yet" in answer["content"]["body"]
+    beta_room = stage.rooms["Beta"]
+    asked = await stage.admin.wait_for_event(
+        beta_room, from_tool(stage.mxid("Alpha"), "matrix_talk_to_agent"), WAIT
+    )
+    beta_said = await stage.admin.wait_for_event(
+        beta_room, reply_to(stage.mxid("Beta"), asked["event_id"]), WAIT
+    )
+    # Alpha was told Beta's answer as a message, and answered it there.
+    alpha_said = await stage.admin.wait_for_event(
+        beta_room, reply_to(stage.mxid("Alpha"), beta_said["event_id"]), WAIT
+    )
+    body = alpha_said["content"]["body"]
+    assert "The answer to your message to Beta" in body and "late ping" in body
+
+
 async def test_agents_asking_each_other_in_circles_stop_at_the_hop_limit(stage: Stage) -> None:
     names = [stage.names["Beta"], stage.names["Alpha"]]
     message = "the end"

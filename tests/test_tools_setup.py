@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from letta_appservice.db.agent_tool import AgentToolRow, AgentToolStore
+from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.tools.source import NAMES, SOURCES
 from tests.harness.apps import Apps
 from tests.harness.conversation import provision
@@ -47,3 +49,20 @@ async def test_a_letta_without_the_tool_api_gets_no_tools_and_one_log_line(
     assert len(lines) == 1
     # Nothing was written to Letta for it; the agent still talks (conversation tests).
     assert not [r for r in fake_letta.requests if r.method in ("PUT", "PATCH")]
+
+
+async def test_tool_rows_and_direct_chats_are_stored(database_url: str) -> None:
+    db = await open_database(DatabaseURL.parse(database_url), in_child=False)
+    try:
+        store = AgentToolStore(db)
+        await store.upsert(AgentToolRow("agent-1", "ab" * 32, None, "v1"))
+        await store.upsert(AgentToolRow("agent-2", None, False, None))
+        await store.upsert(AgentToolRow("agent-1", "cd" * 32, True, "v2"))
+        assert await store.get("agent-1") == AgentToolRow("agent-1", "cd" * 32, True, "v2")
+        assert (await store.all())["agent-2"] == AgentToolRow("agent-2", None, False, None)
+        assert await store.dm("agent-1", "@a:x") is None
+        await store.set_dm("agent-1", "@a:x", "!old:x")
+        await store.set_dm("agent-1", "@a:x", "!new:x")
+        assert await store.dm("agent-1", "@a:x") == "!new:x"
+    finally:
+        await db.stop()
