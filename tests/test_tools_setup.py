@@ -6,12 +6,15 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+import aiohttp
+
 from letta_appservice.db.agent_tool import AgentToolRow, AgentToolStore
 from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.tools.source import NAMES, SOURCES
 from tests.harness.apps import Apps
-from tests.harness.conversation import provision
+from tests.harness.conversation import enter, provision
 from tests.harness.fake_letta import FakeLetta
+from tests.harness.matrix_user import MatrixUser
 
 
 def test_each_tool_is_one_stdlib_function_documenting_its_arguments() -> None:
@@ -66,3 +69,35 @@ async def test_tool_rows_and_direct_chats_are_stored(database_url: str) -> None:
         assert await store.dm("agent-1", "@a:x") == "!new:x"
     finally:
         await db.stop()
+
+
+async def test_a_script_posts_as_an_agent_with_the_send_token(
+    apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
+) -> None:
+    token = "s3nd-token-for-scripts"
+    app = await apps.start(tools={"send_token": token})
+    [notifier] = await provision(app, fake_letta, "Notifier")
+    await enter(app, admin_user, notifier.room)
+    url = f"http://127.0.0.1:{app.config.appservice.port}/_letta_appservice/send"
+    body = {"agent": "Notifier", "room": notifier.room, "text": "Deploy **finished**"}
+
+    async def post(auth: str | None, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {auth}"} if auth is not None else {}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json=payload, headers=headers) as resp:
+                return resp.status, await resp.json()
+
+    assert (await post("wrong-token-wrong-token", {**body, "text": "forged"}))[0] == 403
+    assert (await post(None, {**body, "text": "forged"}))[0] == 403
+    status, answer = await post(token, {**body, "room": "!elsewhere:test.local"})
+    assert status == 400 and "not a member" in answer["error"]
+    status, answer = await post(token, body)
+    assert status == 200 and answer["room_id"] == notifier.room
+    posted = await admin_user.wait_for_event(
+        notifier.room, lambda e: e["event_id"] == answer["event_id"]
+    )
+    assert posted["sender"] == notifier.mxid
+    assert "Deploy <strong>finished</strong>" in posted["content"]["formatted_body"]
+    assert posted["content"]["org.letta.appservice"]["api"] == "send"
+    bodies = [e["content"].get("body") for e in admin_user.events_seen(notifier.room)]
+    assert "forged" not in bodies

@@ -38,6 +38,19 @@ def _error(status: int, text: str) -> web.Response:
     return web.json_response({"error": text}, status=status)
 
 
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    return header[7:] if header.startswith("Bearer ") else ""
+
+
+def _homeserver_failed(e: Exception) -> web.Response:
+    reason = getattr(e, "errcode", None) or type(e).__name__
+    return _error(502, f"The Matrix homeserver refused or failed ({reason}); try later.")
+
+
+HOMESERVER_ERRORS = (MatrixRequestError, MatrixConnectionError, aiohttp.ClientError)
+
+
 def _str(args: dict[str, Any], key: str) -> str:
     value = args.get(key)
     if not isinstance(value, str):
@@ -116,9 +129,7 @@ class ToolApi:
 
     async def _call(self, request: web.Request, tool: str) -> web.Response:
         agent_id = request.headers.get("X-Letta-Agent-Id", "")
-        header = request.headers.get("Authorization", "")
-        secret = header[7:] if header.startswith("Bearer ") else ""
-        if not await self.sync.check(agent_id, secret):
+        if not await self.sync.check(agent_id, _bearer(request)):
             log.warning("Refused a %.60r tool call for agent %.60r: bad secret", tool, agent_id)
             return _error(403, DENIED)
         agent = await self.agents.get(agent_id)
@@ -143,17 +154,15 @@ class ToolApi:
             result = await handler(agent, args)
         except ToolError as e:
             return _error(400, str(e))
-        except (MatrixRequestError, MatrixConnectionError, aiohttp.ClientError) as e:
+        except HOMESERVER_ERRORS as e:
             log.warning("Tool %s of agent %s: homeserver error: %s", tool, agent_id, e)
-            reason = getattr(e, "errcode", None) or type(e).__name__
-            return _error(502, f"The Matrix homeserver refused or failed ({reason}); try later.")
+            return _homeserver_failed(e)
         return web.json_response({"result": result})
 
     async def send(self, request: web.Request) -> web.Response:
         """POST {"agent": <id or name>, "room": <room>, "text": <Markdown>} with the send token:
         posts as the agent's puppet into one of its rooms."""
-        header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else ""
+        token = _bearer(request)
         if not self._send_token:
             return _error(404, "The send API is off (tools.send_token is empty).")
         if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), self._send_token):
@@ -169,9 +178,8 @@ class ToolApi:
             return _error(400, "The body must be a JSON object with agent, room and text.")
         except ToolError as e:
             return _error(400, str(e))
-        except (MatrixRequestError, MatrixConnectionError, aiohttp.ClientError) as e:
-            reason = getattr(e, "errcode", None) or type(e).__name__
-            return _error(502, f"The Matrix homeserver refused or failed ({reason}).")
+        except HOMESERVER_ERRORS as e:
+            return _homeserver_failed(e)
         self.calls.labels("send_api", "ok").inc()
         return web.json_response({"event_id": event_id, "room_id": room_id})
 
