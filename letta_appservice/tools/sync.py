@@ -26,6 +26,7 @@ from .source import NAMES, SECRET_ENV, SOURCES, TAG, URL_ENV, VERSION
 log = logging.getLogger("letta_appservice.tools")
 # Kinds of answer meaning "this server has no such API" (404, 405, a 422 for the body).
 NO_API = ("not_found", "client", "validation")
+CONCURRENCY = 8  # agents set up at once (each takes about seven Letta requests)
 
 
 def secret_hash(secret: str) -> str:
@@ -66,11 +67,16 @@ class ToolSync:
             todo = [(a, rows.get(a.id)) for a in agents if self._differs(a, rows.get(a.id))]
             if not todo or not await self._register():
                 return
-            for agent, row in todo:
-                try:
-                    await self._settle(agent, row)
-                except LettaError as e:
-                    log.warning("Matrix tools of agent %s not set up yet: %s", agent.id, e)
+            gate = asyncio.Semaphore(CONCURRENCY)
+
+            async def one(agent: Agent, row: AgentToolRow | None) -> None:
+                async with gate:
+                    try:
+                        await self._settle(agent, row)
+                    except LettaError as e:
+                        log.warning("Matrix tools of agent %s not set up yet: %s", agent.id, e)
+
+            await asyncio.gather(*(one(agent, row) for agent, row in todo))
 
     def _differs(self, agent: Agent, row: AgentToolRow | None) -> bool:
         synced = row.synced if row is not None else None
