@@ -138,7 +138,7 @@ class App:
         rooms, state, notices = RoomStore(db), BridgeState(db), UserNoticeStore(db)
         self._turns, self._sent = TurnStore(db), SentEventStore(db)
         permissions = Permissions.from_config(cfg)
-        tools = tool_sync(cfg, self.letta, db)
+        tools_in_letta = tool_sync(cfg, self.letta, db)
         # timer -> reconciler -> Matrix
         settings = ReconcileSettings.from_config(cfg)
         self.reconciler = Reconciler(
@@ -159,7 +159,7 @@ class App:
                 state_store=self.state_store,
             ),
             request_count=lambda: self.matrix_request_count,
-            on_agents=tools.on_pass,
+            on_agents=tools_in_letta.on_pass,
         )
         self.scheduler = Scheduler(self._reconcile_pass, cfg.letta.sync_interval, state)
         # push -> durable inbox -> router -> Letta -> puppet reply
@@ -186,7 +186,7 @@ class App:
             conversations=self.conversations,
             puppets=self.puppets,
             started_at=self.started_at,
-            tools=tools,
+            tools=tools_in_letta,
         )
         management = Management(
             bot_api=self.bot_api, bot_mxid=cfg.bot_mxid, permissions=permissions, rooms=rooms
@@ -244,7 +244,7 @@ class App:
         )
         self.tools = Tools(
             cfg,
-            sync=tools,
+            sync=tools_in_letta,
             identity=identity,
             permissions=permissions,
             puppets=self.puppets,
