@@ -54,6 +54,7 @@ from .reconcile.plan import ReconcileSettings
 from .reconcile.reconciler import PassSummary, Reconciler
 from .reconcile.scheduler import Scheduler
 from .reconcile.space import Space
+from .tools import Tools, tool_sync
 
 log = logging.getLogger("letta_appservice")
 USER_AGENT = f"letta-appservice/{__version__}"
@@ -82,6 +83,7 @@ class App:
     router: Router
     worker: InboxWorker
     web: WebServer
+    tools: Tools
 
     def __init__(self, config: Config, on_failure: Callable[[], None] = lambda: None) -> None:
         self.config = config
@@ -145,6 +147,7 @@ class App:
         self.puppets = Puppets(self.bot_api, self.state_store)
         self._wire(cfg)
         self._started.push_async_callback(self.conversations.stop)
+        self._started.push_async_callback(self.tools.stop)
         self._started.push_async_callback(self.scheduler.stop)
 
     def _wire(self, cfg: Config) -> None:
@@ -154,6 +157,7 @@ class App:
         rooms, state, notices = RoomStore(db), BridgeState(db), UserNoticeStore(db)
         self._turns, self._sent = TurnStore(db), SentEventStore(db)
         permissions = Permissions.from_config(cfg)
+        tools_in_letta = tool_sync(cfg, self.letta, db)
         # timer -> reconciler -> Matrix
         settings = ReconcileSettings.from_config(cfg)
         self.reconciler = Reconciler(
@@ -174,6 +178,7 @@ class App:
                 state_store=self.state_store,
             ),
             request_count=lambda: self.matrix_request_count,
+            on_agents=tools_in_letta.on_pass,
         )
         self.scheduler = Scheduler(self._reconcile_pass, cfg.letta.sync_interval, state)
         self.link = HomeserverLink(
@@ -214,6 +219,7 @@ class App:
             room_conversations=self.room_conversations,
             puppets=self.puppets,
             started_at=self.started_at,
+            tools=tools_in_letta,
         )
         management = Management(
             bot_api=self.bot_api, bot_mxid=cfg.bot_mxid, permissions=permissions, rooms=rooms
@@ -269,6 +275,19 @@ class App:
             metrics=self.metrics,
             refresh_gauges=self._refresh_gauges,
         )
+        self.tools = Tools(
+            cfg,
+            sync=tools_in_letta,
+            identity=identity,
+            permissions=permissions,
+            puppets=self.puppets,
+            agents=self.agents,
+            rooms=rooms,
+            invited=invited,
+            conversations=self.conversations,
+            metrics=self.metrics,
+        )
+        self.tools.mount(self.web.app)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))

@@ -172,6 +172,11 @@ POSITIVE = "must be greater than 0"
             " {room} is not one of them",
         ),
         ("bridge.show_tools", "loud", "must be one of off, notice, got 'loud'"),
+        ("tools.agents", "some", "must be all, none or tag:<letta tag>, got 'some'"),
+        ("tools.agents", "tag:", "must be all, none or tag:<letta tag>, got 'tag:'"),
+        ("tools.url", "sandbox", "must be an http(s) URL like http://host:port, got 'sandbox'"),
+        ("tools.max_hops", 0, POSITIVE),
+        ("tools.send_token", 12345, "must be a string"),
         ("bridge.remote_rooms", "all", "must be one of admins, users, got 'all'"),
         (
             "bridge.bot_users",
@@ -229,7 +234,9 @@ def test_bad_values_are_refused_naming_the_key(key: str, value: Any, message: st
     assert refusal_of(value, key) == f"{key}: {message}"
 
 
-@pytest.mark.parametrize("key", ["appservice.as_token", "appservice.database", "letta.api_key"])
+@pytest.mark.parametrize(
+    "key", ["appservice.as_token", "appservice.database", "letta.api_key", "tools.send_token"]
+)
 def test_secrets_are_never_echoed(key: str) -> None:
     secret = 123456789 if key != "appservice.database" else ["postgres://u:hunter2@db/x"]
     got = refusal(key, secret)

@@ -50,6 +50,8 @@ class Job:
     # message, the agent not named): no "finished without a reply" notice there.
     expects_reply: bool = True
     media: Media | None = None  # an image, file or voice message: fetched in the turn
+    # Agent-to-agent messages passed on so far in this chain (0: a person's message).
+    hop: int = 0
 
 
 def homeserver_trouble(e: BaseException) -> bool:

@@ -99,6 +99,7 @@ class Conversations:
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._running: dict[str, asyncio.Task[list[Part]]] = {}
         self._conversation: dict[str, str | None] = {}  # of each agent's running turn
+        self._hops: dict[str, int] = {}  # agent id -> hop of the turn it is in
         self._cancelled: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -156,6 +157,10 @@ class Conversations:
             log.warning("Letta could not cancel the run of %s: %s", agent_id, e)
         return waiting
 
+    def hop(self, agent_id: str) -> int:
+        """The hop of the agent's running turn (what its tools pass on goes one further)."""
+        return self._hops.get(agent_id, 0)
+
     async def stop(self) -> None:
         tasks = list(self._background)
         for task in tasks:
@@ -170,6 +175,7 @@ class Conversations:
         async with lock, self._slots:
             task = asyncio.create_task(self._ask_posting(job, poster), name=f"letta-{agent_id}")
             self._running[agent_id] = task
+            self._hops[agent_id] = job.hop
             started = time.monotonic()
             try:
                 # asyncio.wait, not a timeout around the await: the deadline must not be
@@ -189,6 +195,7 @@ class Conversations:
                 return await self._failed(job, poster, e)
             finally:
                 self._running.pop(agent_id, None)
+                self._hops.pop(agent_id, None)
                 self._cancelled.discard(agent_id)
             # A whole turn, streaming included (requests: the client's).
             self.metrics.letta_latency.labels("turn").observe(time.monotonic() - started)

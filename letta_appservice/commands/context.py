@@ -16,6 +16,7 @@ from ..db.room import RoomStore
 from ..letta.client import LettaClient
 from ..matrix.puppets import Puppets
 from ..permissions import Permissions
+from ..tools.sync import ToolSync
 from .args import Args, CommandResult, md_code, resolve_agent
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class Services:
     room_conversations: RoomConversations
     puppets: Puppets  # its per-puppet lock keeps a reset and a pass apart
     started_at: float
+    tools: ToolSync | None = None  # the agents' Matrix tools (None: not wired, as in tests)
 
     @property
     def domain(self) -> str:

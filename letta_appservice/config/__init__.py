@@ -43,6 +43,7 @@ from .checks import (
     _regex_list,
     _str_list,
     _token,
+    _tool_agents,
     _username_template,
 )
 from .media import MediaConfig, media_config
@@ -61,6 +62,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "LETTA_BASE_URL": "letta.base_url",
     "LETTA_APPSERVICE_LOG_LEVEL": "logging.level",
     "LETTA_APPSERVICE_LOG_FORMAT": "logging.format",
+    "LETTA_APPSERVICE_SEND_TOKEN": "tools.send_token",
 }
 # Keys the operator must set (in the file or the environment): no default fits two deployments.
 REQUIRED = (
@@ -150,6 +152,18 @@ class GuardConfig:
 
 
 @attrs.frozen
+class ToolsConfig:
+    """The agents' Matrix tools (tools.*)."""
+
+    agents: str = "all"  # all | none | tag:<letta tag>
+    url: str = ""  # how Letta's sandbox reaches the tool API ("" = appservice.address)
+    talk_wait: float = 60.0
+    max_hops: int = 3
+    calls_per_minute: int = 30
+    send_token: str = attrs.field(default="", repr=False)
+
+
+@attrs.frozen
 class Config:
     homeserver: HomeserverConfig
     appservice: AppserviceConfig
@@ -158,6 +172,7 @@ class Config:
     logging: LoggingConfig
     guards: GuardConfig = GuardConfig()
     media: MediaConfig = attrs.field(factory=MediaConfig)
+    tools: ToolsConfig = ToolsConfig()
 
     @property
     def bot_mxid(self) -> str:
@@ -373,4 +388,12 @@ class _Validator:
                 tuple(g("bridge.bot_users", list, _regex_list)),
             ),
             media=media_config(g),
+            tools=ToolsConfig(
+                agents=g("tools.agents", str, _tool_agents),
+                url=g("tools.url", str, lambda v: v and _http_url(v)).rstrip("/"),
+                talk_wait=g("tools.talk_wait", float, _positive),
+                max_hops=g("tools.max_hops", int, _positive),
+                calls_per_minute=g("tools.calls_per_minute", int, _positive),
+                send_token=g("tools.send_token", str, lambda v: v and _token(v)),
+            ),
         )

@@ -16,6 +16,7 @@ SECRET_KEYS = (
     "appservice.as_token",
     "appservice.hs_token",
     "appservice.database",
+    "tools.send_token",
     "letta.api_key",
     "media.transcription_key",
 )
@@ -129,6 +130,12 @@ def _regex_list(v: list[Any]) -> str:
 
 def _str_list(v: list[Any]) -> str:
     return "" if all(isinstance(x, str) for x in v) else "must be a list of strings"
+
+
+def _tool_agents(v: str) -> str:
+    if v in ("all", "none") or (v.startswith("tag:") and v[4:].strip()):
+        return ""
+    return f"must be all, none or tag:<letta tag>, got {v!r}"
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:

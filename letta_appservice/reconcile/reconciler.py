@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -25,7 +25,7 @@ from ..config import Config
 from ..db.agent import ACTIVE, AgentStore
 from ..errors import describe
 from ..identity import Identity
-from ..letta import LettaClient, LettaError
+from ..letta import Agent, LettaClient, LettaError
 from ..matrix import rooms
 from .apply import Applier
 from .drift import DriftCheck
@@ -82,6 +82,7 @@ class Reconciler:
         applier: Applier,
         request_count: Callable[[], int],
         concurrency: int = 8,
+        on_agents: Callable[[list[Agent]], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -95,6 +96,8 @@ class Reconciler:
         self.applier = applier
         self._request_count = request_count
         self._concurrency = concurrency
+        # Told the bridged agents after each pass that listed them (the Matrix tools).
+        self.on_agents = on_agents
         # Repairs learned from pushed events, done by the next pass: agent id -> reasons.
         self._dirty: dict[str, set[str]] = {}
         self._space_dirty: set[str] = set()
@@ -213,7 +216,11 @@ class Reconciler:
         # Marks of agents that are not active (or gone) have nothing left to repair.
         for agent_id in set(self._dirty) - {c.agent_id for c in changes}:
             self._dirty.pop(agent_id, None)
-        await self._apply_all(changes, dirty, space_id, summary)
+        try:
+            await self._apply_all(changes, dirty, space_id, summary)
+        finally:
+            if self.on_agents is not None:
+                await self.on_agents([a for a in listed if a.id in desired])
 
     async def _apply_all(
         self,

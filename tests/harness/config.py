@@ -56,6 +56,9 @@ class Instance:
                 "space_name": self.space_name,
                 "permissions": {SERVER_NAME: "user", ADMIN: "admin"},
             },
+            # Off unless a test is about them: setting up the tools costs Letta requests for
+            # every agent (tests/test_tools.py switches them on).
+            "tools": {"agents": "none"},
         }
 
     def write_registration(self, path: Path) -> Path:
