@@ -19,13 +19,16 @@ from mautrix.types import Event
 from mautrix.util.async_db import Database
 
 from . import __version__
+from .chat.approvals import Cards
 from .chat.loops import LoopGuard
 from .chat.memberships import Memberships
+from .chat.reactions import Reactions
 from .chat.router import Router
 from .chat.turn import Conversations, TurnSettings
 from .commands import CommandProcessor, Management, Services
 from .config import Config
 from .db.agent import AgentStore
+from .db.approval import ApprovalStore
 from .db.bridge_state import BridgeState
 from .db.database import DatabaseURL, open_database
 from .db.inbox import InboxEvent, InboxStore
@@ -158,6 +161,8 @@ class App:
         )
         self.scheduler = Scheduler(self._reconcile_pass, cfg.letta.sync_interval, state)
         # push -> durable inbox -> router -> Letta -> puppet reply
+        approvals = ApprovalStore(db)
+        cards = Cards(store=approvals, puppets=self.puppets)
         self.conversations = Conversations(
             settings=TurnSettings.from_config(cfg),
             letta=self.letta,
@@ -165,6 +170,7 @@ class App:
             turns=self._turns,
             sent=self._sent,
             metrics=self.metrics,
+            on_card=cards.opened,
         )
         services = Services(
             config=cfg,
@@ -212,6 +218,18 @@ class App:
             state_store=self.state_store,
             puppets=self.puppets,
             conversations=self.conversations,
+            reactions=Reactions(
+                policy=cfg.bridge.approvers,
+                identity=identity,
+                permissions=permissions,
+                agents=self.agents,
+                approvals=approvals,
+                turns=self._turns,
+                notices=notices,
+                letta=self.letta,
+                cards=cards,
+                conversations=self.conversations,
+            ),
             memberships=memberships,
             commands=self.commands,
             before=self.handle_event,

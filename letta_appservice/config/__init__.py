@@ -125,6 +125,8 @@ class BridgeConfig:
     show_reasoning: str
     show_tools: str
     permissions: Mapping[str, str]
+    approvers: str = "asker"  # who decides approval cards: asker (or an admin), users, admins
+    thinking_placeholder: bool = False
 
 
 @attrs.frozen
@@ -353,6 +355,8 @@ class _Validator:
                 show_reasoning=g("bridge.show_reasoning", str, _choice(DISPLAY_MODES)),
                 show_tools=g("bridge.show_tools", str, _choice(DISPLAY_MODES)),
                 permissions=_permissions(g("bridge.permissions", Mapping)),
+                approvers=g("bridge.approvers", str, _choice(("asker", "users", "admins"))),
+                thinking_placeholder=g("bridge.thinking_placeholder", bool),
             ),
             logging=LoggingConfig(
                 level=_level(g("logging.level", str, _level_check)),
