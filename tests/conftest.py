@@ -18,8 +18,9 @@ from tests.harness.fake_letta import FakeLetta
 from tests.harness.homeserver import Homeserver, start_homeserver
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.postgres import pg_database
-from tests.harness.real_letta import RealLetta
+from tests.harness.real_letta import LettaAdmin, RealLetta
 from tests.harness.routing import Routing, routing_setup
+from tests.harness.scene import Scene
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -106,6 +107,28 @@ async def real_letta() -> AsyncIterator[RealLetta]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest_asyncio.fixture
+async def letta(real_letta: RealLetta) -> AsyncIterator[LettaAdmin]:
+    """What a person does in Letta's own API (create agents, give them tools)."""
+    admin = LettaAdmin(real_letta.url)
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture
+async def scene(
+    homeserver: Homeserver, real_letta: RealLetta, letta: LettaAdmin, admin_user: MatrixUser
+) -> AsyncIterator[Scene]:
+    """One test's bridge on the real Letta, with its own puppet namespace and Letta tag."""
+    apps = Apps(homeserver.url, real_letta.url)
+    try:
+        yield Scene(apps, letta, admin_user)
+    finally:
+        await apps.close()
 
 
 # --- end of the real Letta block ----------------------------------------------------------
