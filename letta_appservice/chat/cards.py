@@ -86,7 +86,7 @@ def card_text(calls: Sequence[ToolCall], who: str) -> tuple[str, str]:
         if len(calls) > 1:
             plain.append(f"{call.name}:")
             rich.append(f"<p><code>{html.escape(call.name)}</code>:</p>")
-        plain.append(arguments)
+        plain.append(f"```\n{arguments}\n```")
         rich.append(f"<pre><code>{html.escape(arguments)}</code></pre>")
     how = (
         f"React {APPROVE_KEY} to approve or {DENY_KEY} to deny, or reply "
