@@ -15,7 +15,7 @@ from letta_appservice.app import App
 from tests.harness.conversation import handled, new_user
 from tests.harness.homeserver import Homeserver
 from tests.harness.matrix_user import MatrixUser
-from tests.harness.scene import WAIT, Event, Scene, latest_text, replies, reply_to
+from tests.harness.scene import WAIT, Event, Scene, echo_of, latest_text, replies, reply_to
 from tests.harness.synapse import fresh_localpart
 
 pytestmark = pytest.mark.real_letta
@@ -237,3 +237,21 @@ async def test_a_stop_sign_stops_a_slow_streamed_answer_and_the_next_message_is_
     reply = await user.wait_for_event(room, reply_to(puppet, queued), timeout=WAIT)
     assert reply["content"]["body"].endswith("\nAnd after the nap?")
     assert replies(user, room, puppet, slow, "m.text") == []  # the nap's answer never came
+
+
+async def test_a_thinking_placeholder_becomes_the_answer(scene: Scene, sqlite_url: str) -> None:
+    agent_id = await scene.agent("Thinker")
+    await scene.start(sqlite_url, bridge={"thinking_placeholder": True})
+    room = await scene.room(agent_id)
+    puppet = scene.bridge.mxid(agent_id)
+    text = "Slowly, please. SLEEP 4"
+    asked = await scene.admin.send_text(room, text)
+    placeholder = await scene.admin.wait_for_event(
+        room, reply_to(puppet, asked, "m.notice"), timeout=WAIT
+    )
+    assert placeholder["content"]["body"] == "thinking…"
+    expected = echo_of(text, "Thinker")
+    await scene.admin.wait_for_event(
+        room, lambda _e: latest_text(scene.admin, room, placeholder) == expected, timeout=WAIT
+    )
+    assert replies(scene.admin, room, puppet, asked) == [placeholder]  # one message, edited
