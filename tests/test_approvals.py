@@ -255,3 +255,23 @@ async def test_a_thinking_placeholder_becomes_the_answer(scene: Scene, sqlite_ur
         room, lambda _e: latest_text(scene.admin, room, placeholder) == expected, timeout=WAIT
     )
     assert replies(scene.admin, room, puppet, asked) == [placeholder]  # one message, edited
+
+
+async def test_a_card_decided_in_letta_meanwhile_says_so_instead_of_failing(
+    scene: Scene, homeserver: Homeserver, sqlite_url: str
+) -> None:
+    a = await approval_scene(scene, homeserver, sqlite_url)
+    asked, card = await a.ask(4)
+    pending = await scene.letta.pending_approval(a.agent_id)
+    call_id = pending["tool_call"]["tool_call_id"]
+    approval = {"type": "approval", "tool_call_id": call_id, "approve": True}
+    body = {"messages": [{"type": "approval", "approvals": [approval]}]}
+    await scene.letta.call("POST", f"/v1/agents/{a.agent_id}/messages", body)  # Letta's UI
+    await a.react(a.asker, card["event_id"], APPROVE)
+    await a.asker.wait_for_event(
+        a.room,
+        lambda _e: "Already decided in Letta" in latest_text(a.asker, a.room, card),
+        timeout=WAIT,
+    )
+    assert replies(a.asker, a.room, a.puppet, asked, "m.text") == []
+    assert "may not" not in str(a.asker.events_seen(a.room))
