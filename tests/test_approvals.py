@@ -107,6 +107,13 @@ async def approval_scene(
     return a
 
 
+def tool_result(answer: Event) -> Any:
+    """What the tool gave Letta, as the fake LLM repeats it ("tool result: <json>")."""
+    body = str(answer["content"]["body"])
+    assert body.startswith("tool result: "), body
+    return json.loads(body.removeprefix("tool result: "))
+
+
 def reactions_on(user: MatrixUser, room: str, sender: str, event_id: str) -> set[str]:
     return {
         e["content"]["m.relates_to"]["key"]
@@ -136,7 +143,7 @@ async def test_a_tool_needing_approval_shows_a_card_and_the_askers_tick_runs_it(
 
     await a.react(a.asker, card["event_id"], APPROVE)
     answer = await a.answer(asked)
-    assert answer["content"]["body"] == "tool result: rolled 4 on a d6"
+    assert tool_result(answer)["message"] == "rolled 4 on a d6"
     await a.asker.wait_for_event(
         a.room,
         lambda _e: f"Approved by {a.asker.mxid}" in latest_text(a.asker, a.room, card),
@@ -190,7 +197,7 @@ async def test_a_tick_by_someone_else_changes_nothing(
     assert len(said) == 1
     # The asker still decides.
     await a.react(a.asker, card["event_id"], APPROVE)
-    assert (await a.answer(asked))["content"]["body"] == "tool result: rolled 4 on a d8"
+    assert tool_result(await a.answer(asked))["message"] == "rolled 4 on a d8"
 
 
 async def test_a_card_survives_a_bridge_restart(
@@ -202,7 +209,7 @@ async def test_a_card_survives_a_bridge_restart(
     await scene.start(database_url)
     await a.react(a.asker, card["event_id"], APPROVE)
     answer = await a.answer(asked)
-    assert answer["content"]["body"] == "tool result: rolled 4 on a d12"
+    assert tool_result(answer)["message"] == "rolled 4 on a d12"
 
 
 async def test_a_stop_sign_stops_a_slow_streamed_answer_and_the_next_message_is_answered(
