@@ -217,33 +217,50 @@ async def test_a_stop_sign_stops_a_slow_streamed_answer_and_the_next_message_is_
 ) -> None:
     agent_id = await scene.agent("Sleeper")
     tool = await scene.letta.add_tool(agent_id, nap_tool(fresh_localpart("nap")))
-    await scene.start(sqlite_url, letta={"streaming": True}, bridge={"show_tools": "notice"})
+    bridge = {"thinking_placeholder": True}
+    await scene.start(sqlite_url, letta={"streaming": True}, bridge=bridge)
     room = await scene.room(agent_id)
     user = await new_user(homeserver, "napper")
     await scene.admin.invite(room, user.mxid)
     await user.join(room)
     puppet = scene.bridge.mxid(agent_id)
-    slow = await user.send_text(room, f"Nap: CALL {tool} " + json.dumps({"seconds": 40}))
+    nap = f"Nap: CALL {tool} " + json.dumps({"seconds": 40})
+
+    async def stop(slow: str, on: str, placeholder: Event) -> None:
+        """🛑 on ``on``: the answer to ``slow`` (its placeholder) says it was stopped."""
+        relates = {"rel_type": "m.annotation", "event_id": on, "key": STOP}
+        stop_at = time.monotonic()
+        await user.send_event(room, "m.reaction", {"m.relates_to": relates})
+        await user.wait_for_event(
+            room, lambda _e: "Stopped by" in latest_text(user, room, placeholder), timeout=WAIT
+        )
+        log.warning("🛑 to the stopped answer: %.2f s", time.monotonic() - stop_at)
+        assert user.mxid in latest_text(user, room, placeholder)
+        assert replies(user, room, puppet, slow) == [placeholder]  # no more of that answer
+
+    async def answered(asked: str, text: str) -> None:
+        """The answer to ``asked`` echoes ``text`` (in its first message, or the placeholder
+        that became it)."""
+
+        def done(_e: Event) -> bool:
+            said = replies(user, room, puppet, asked)
+            return bool(said) and latest_text(user, room, said[0]).endswith(text)
+
+        await user.wait_for_event(room, done, timeout=WAIT)
+
+    # 🛑 on the agent's pending answer; the message queued behind it is answered.
+    slow = await user.send_text(room, nap)
     queued = await user.send_text(room, "And after the nap?")
-    # The streamed answer so far: the tool call, shown while the tool runs.
-    call = await user.wait_for_event(room, reply_to(puppet, slow, "m.notice"), timeout=WAIT)
-    assert "Tool call" in call["content"]["body"]
-    stop_at = time.monotonic()
-    await user.send_event(
-        room,
-        "m.reaction",
-        {"m.relates_to": {"rel_type": "m.annotation", "event_id": call["event_id"], "key": STOP}},
-    )
-    stopped = await user.wait_for_event(
-        room,
-        lambda e: reply_to(puppet, slow, "m.notice")(e) and "Stopped by" in e["content"]["body"],
-        timeout=WAIT,
-    )
-    log.warning("🛑 to the stop notice: %.2f s", time.monotonic() - stop_at)
-    assert user.mxid in stopped["content"]["body"]
-    reply = await user.wait_for_event(room, reply_to(puppet, queued), timeout=WAIT)
-    assert reply["content"]["body"].endswith("\nAnd after the nap?")
-    assert replies(user, room, puppet, slow, "m.text") == []  # the nap's answer never came
+    thinking = await user.wait_for_event(room, reply_to(puppet, slow, "m.notice"), timeout=WAIT)
+    assert thinking["content"]["body"] == "thinking…"
+    await stop(slow, thinking["event_id"], thinking)
+    await answered(queued, "\nAnd after the nap?")
+    # 🛑 on one's own message works the same.
+    slow = await user.send_text(room, nap)
+    thinking = await user.wait_for_event(room, reply_to(puppet, slow, "m.notice"), timeout=WAIT)
+    await stop(slow, slow, thinking)
+    after = await user.send_text(room, "Awake?")
+    await answered(after, "\nAwake?")
 
 
 async def test_a_thinking_placeholder_becomes_the_answer(scene: Scene, sqlite_url: str) -> None:
