@@ -29,7 +29,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from aiohttp import web
 from mautrix.appservice import AppService
 from mautrix.appservice.state_store import ASStateStore
 from mautrix.client.state_store.memory import MemoryStateStore
@@ -38,12 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from letta_appservice.app import App
 from letta_appservice.config import parse_config
-from letta_appservice.db.agent import AgentRow
-from letta_appservice.db.database import DatabaseURL, open_database
-from letta_appservice.db.room import AGENT, RoomRow, RoomStore
 from tests.harness.config import free_port
 from tests.harness.fake_letta import FakeLetta
-from tests.harness.postgres import admin_dsn, database_url
+from tests.harness.postgres import admin_dsn, database_url, drop_database
+from tests.harness.stub_homeserver import StubHomeserver, seed_agent_rooms
 
 DOMAIN = "bench.local"
 HS_TOKEN = "bench-hs-token-0123456789abcdef"
@@ -51,6 +48,9 @@ AS_TOKEN = "bench-as-token-0123456789abcdef"
 EVENTS_PER_TXN = 50
 SENDERS = 50
 UNKNOWN_ROOMS = 40
+# Agent transactions go round these rooms: the loop guard passes at most 60 turns per room in
+# 5 minutes, and a real busy bridge spreads its turns over many agents.
+AGENT_ROOMS = 20
 
 
 class _MemoryASStateStore(MemoryStateStore, ASStateStore):
@@ -95,14 +95,20 @@ async def put_all(url: str, bodies: list[tuple[str, bytes]]) -> list[float]:
     return latencies
 
 
-async def drive(url: str, count: int, agent_room: str, agent_every: int) -> dict[str, float]:
+def agent_room(n: int, agent_every: int) -> str:
+    return f"!agent{n // agent_every % AGENT_ROOMS}:{DOMAIN}"
+
+
+async def drive(url: str, count: int, agent_every: int) -> dict[str, float]:
     tag = uuid.uuid4().hex[:6]
     warm = [(f"w{tag}{n}", transaction("w", n, unknown_room(n))) for n in range(20)]
     await put_all(url, warm)
     bodies = [
         (
             f"t{tag}{n}",
-            transaction("t", n, agent_room if n % agent_every == 0 else unknown_room(n)),
+            transaction(
+                "t", n, agent_room(n, agent_every) if n % agent_every == 0 else unknown_room(n)
+            ),
         )
         for n in range(count)
     ]
@@ -134,72 +140,19 @@ async def run_baseline(count: int, agent_every: int) -> dict[str, float]:
     az.matrix_event_handler(noop)
     await az.start("127.0.0.1", port)
     try:
-        return await drive(f"http://127.0.0.1:{port}", count, f"!agent:{DOMAIN}", agent_every)
+        return await drive(f"http://127.0.0.1:{port}", count, agent_every)
     finally:
         await az.stop()
 
 
-class StubHomeserver:
-    """Answers the client-server requests the bridge makes with plausible bodies (no work)."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._any)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
-
-    async def _any(self, request: web.Request) -> web.Response:
-        path = request.path
-        user = request.query.get("user_id", f"@letta:{DOMAIN}")
-        if "/send/" in path or ("/state/" in path and request.method == "PUT"):
-            return web.json_response({"event_id": f"${uuid.uuid4().hex}"})
-        if "/state/m.room.member/" in path:
-            name = path.rsplit("/", 1)[-1]
-            return web.json_response({"membership": "join", "displayname": name[1:6]})
-        if path.endswith("/whoami"):
-            return web.json_response({"user_id": user})
-        if path.endswith("/capabilities"):
-            return web.json_response({"capabilities": {"m.room_versions": {"default": "11"}}})
-        if "/appservice/" in path and path.endswith("/ping"):
-            return web.json_response({"duration_ms": 1})
-        if path.endswith("/createRoom"):
-            return web.json_response({"room_id": f"!{uuid.uuid4().hex}:{DOMAIN}"})
-        if path.endswith("/joined_rooms"):
-            return web.json_response({"joined_rooms": []})
-        if path.endswith("/register"):
-            return web.json_response({"user_id": user})
-        return web.json_response({})
-
-
-async def seed(database: str, letta: FakeLetta) -> str:
-    """One bridged agent with its room, as a reconcile would have left it."""
-    fake = letta.add_agent("Busy")
-    db = await open_database(DatabaseURL.parse(database), in_child=False)
-    room_id = f"!agent:{DOMAIN}"
-    try:
+async def seed(database: str, letta: FakeLetta) -> None:
+    """Bridged agents with their rooms, as a reconcile would have left them."""
+    rows = []
+    for i in range(AGENT_ROOMS):
+        fake = letta.add_agent(f"Busy {i}")
         mxid = f"@agent_{fake.id.removeprefix('agent-').replace('-', '_')}:{DOMAIN}"
-        row = AgentRow(fake.id, mxid, "Busy", room_id=room_id, displayname="Busy")
-        row.room_name, row.in_space = "Busy", True
-        await db.execute(
-            f"INSERT INTO agent ({AgentRow._fields}) VALUES"
-            " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT DO NOTHING",
-            *row.values(),
-        )
-        await RoomStore(db).upsert(RoomRow(room_id, AGENT, fake.id, bridged_at=0))
-    finally:
-        await db.stop()
-    return room_id
+        rows.append((fake.id, fake.name, mxid, f"!agent{i}:{DOMAIN}"))
+    await seed_agent_rooms(database, rows)
 
 
 def config(database: str, hs_url: str, letta_url: str, port: int) -> Any:
@@ -223,17 +176,17 @@ def config(database: str, hs_url: str, letta_url: str, port: int) -> Any:
 
 
 async def run_app(database: str, count: int, agent_every: int, backlog: int) -> dict[str, float]:
-    hs, letta = StubHomeserver(), FakeLetta()
+    hs, letta = StubHomeserver(DOMAIN), FakeLetta()
     await hs.start()
     await letta.start()
-    room_id = await seed(database, letta)
+    await seed(database, letta)
     port = free_port()
     app = App(config(database, hs.url, letta.url, port))
     await app.start()
     try:
         await app.wait_ready(timeout=60)
         url = f"http://127.0.0.1:{port}"
-        result = await drive(url, count, room_id, agent_every)
+        result = await drive(url, count, agent_every)
         await app.worker.wait_idle(timeout=600)
         turns = len(letta.message_log)
         # Backlog: stored while the worker is stopped, then drained.
@@ -254,17 +207,6 @@ async def run_app(database: str, count: int, agent_every: int, backlog: int) -> 
         await hs.stop()
 
 
-async def drop_database(conn: asyncpg.Connection, name: str) -> None:
-    """Drop the round's database once its last session (autovacuum's too) has gone."""
-    for _ in range(100):
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            break
-        except asyncpg.ObjectInUseError:
-            await asyncio.sleep(0.2)
-    await conn.close()
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--transactions", type=int, default=400)
@@ -277,9 +219,10 @@ async def main() -> None:
     n = args.transactions
     print(
         f"{n} transactions x {EVENTS_PER_TXN} events ({SENDERS} senders, one room each: 1 in"
-        f" {args.agent_every} to a bridged agent's room, the rest to {UNKNOWN_ROOMS} unknown"
-        f" rooms), one in flight, loopback HTTP; real app and router; {args.rounds} rounds,"
-        f" paths alternating, median round shown; backlog {args.backlog} events\n"
+        f" {args.agent_every} to one of {AGENT_ROOMS} bridged agents' rooms, the rest to"
+        f" {UNKNOWN_ROOMS} unknown rooms), one in flight, loopback HTTP; real app and router;"
+        f" {args.rounds} rounds, paths alternating, median round shown;"
+        f" backlog {args.backlog} events\n"
     )
     labels = ["mautrix AppService, no-op handler (baseline)", "letta-appservice, SQLite"]
     if not args.skip_postgres:

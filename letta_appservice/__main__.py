@@ -70,6 +70,11 @@ def parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true",
         help="check the homeserver and the rooms and report; write nothing",
     )  # fmt: skip
+    sub.add_parser(
+        "move-homeserver",
+        help="the bridge now runs on another homeserver: set the old rooms and space aside and "
+        "provision every agent there (stop the appservice first)",
+    )
     return p
 
 
@@ -109,7 +114,9 @@ def dispatch(args: argparse.Namespace, cmd: Invocation) -> int:
     setup_logging(config.logging)
     if args.command == "import-legacy":
         return import_legacy(config, args.mappings, args.space, args.dry_run)
-    return run(config)
+    if args.command == "move-homeserver":
+        return move_homeserver(config)
+    return run(config, cmd)
 
 
 def db_upgrade(config: Config) -> int:
@@ -161,12 +168,34 @@ def import_legacy(config: Config, mappings: str, space: str | None, dry_run: boo
     return 0
 
 
-def run(config: Config) -> int:
+def move_homeserver(config: Config) -> int:
+    from mautrix.errors import MatrixConnectionError
+
+    from .cli.move import MoveAborted
+    from .cli.move import move_homeserver as move
+
+    try:
+        complete, lines = asyncio.run(move(config))
+    except MoveAborted as e:
+        print(f"letta-appservice: move-homeserver: {e} (nothing was changed)", file=sys.stderr)
+        return 1
+    except MatrixConnectionError as e:
+        print(f"letta-appservice: move-homeserver: lost the homeserver ({e})", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0 if complete else 1
+
+
+def run(config: Config, cmd: Invocation) -> int:
     from .app import App
+    from .reconcile.homeserver import HomeserverChanged
+
+    failure: HomeserverChanged | None = None
 
     async def serve() -> None:
-        app = App(config)
+        nonlocal failure
         stop = asyncio.Event()
+        app = App(config, on_failure=stop.set)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -179,6 +208,7 @@ def run(config: Config) -> int:
             await app.stop()
             # Logged once everything is closed: the line that says the stop was clean.
             log.info("Stopped")
+            failure = app.failure
 
     try:
         asyncio.run(serve())
@@ -186,6 +216,14 @@ def run(config: Config) -> int:
         # Typically the port is taken; say so plainly rather than with a traceback.
         print(f"letta-appservice: {e}", file=sys.stderr)
         return 1
+    if failure is not None:
+        print(
+            f"letta-appservice: the homeserver changed: {failure}. If the bridge now runs on "
+            f"a new homeserver, run `{cmd.command('move-homeserver')}`: it provisions every "
+            "agent there and keeps the old rooms aside.",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG if failure.key else 1
     return 0
 
 

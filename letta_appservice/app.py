@@ -7,23 +7,23 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
-from mautrix.api import Method, Path
 from mautrix.appservice import AppServiceAPI, IntentAPI
-from mautrix.appservice.state_store.asyncpg import PgASStateStore
 from mautrix.errors import MatrixError
-from mautrix.types import Event
 from mautrix.util.async_db import Database
 
 from . import __version__
 from .chat.approvals import Cards
+from .chat.conversations import RoomConversations
 from .chat.loops import LoopGuard
+from .chat.media import MediaIntake
 from .chat.memberships import Memberships
 from .chat.reactions import Reactions
 from .chat.router import Router
+from .chat.transcribe import Transcriber
 from .chat.turn import Conversations, TurnSettings
 from .commands import CommandProcessor, Management, Services
 from .config import Config
@@ -33,6 +33,7 @@ from .db.bridge_state import BridgeState
 from .db.database import DatabaseURL, open_database
 from .db.inbox import InboxEvent, InboxStore
 from .db.invited_agent import InvitedAgentStore
+from .db.letta_conversation import LettaConversationStore
 from .db.room import RoomStore
 from .db.sent_event import SentEventStore
 from .db.turn import TurnStore
@@ -43,15 +44,20 @@ from .inbox import housekeeping
 from .inbox.web import WebServer
 from .inbox.worker import InboxWorker
 from .letta import LettaClient
-from .letta.errors import safe_url
+from .letta.conversations import TurnCalls
+from .letta.errors import LettaError, safe_url
+from .letta.folders import Folders
 from .matrix.puppets import Puppets
-from .matrix.rooms import RateLimitMiddleware, appservice_api
+from .matrix.rooms import RateLimitMiddleware, appservice_api, default_room_version
+from .matrix.state_store import StateStore
 from .metrics import Metrics
 from .permissions import Permissions
 from .reconcile.apply import Applier
 from .reconcile.drift import DriftCheck
+from .reconcile.homeserver import HomeserverChanged
+from .reconcile.homeserver import check as check_homeserver
 from .reconcile.plan import ReconcileSettings
-from .reconcile.reconciler import Reconciler
+from .reconcile.reconciler import PassSummary, Reconciler
 from .reconcile.scheduler import Scheduler
 from .reconcile.space import Space
 
@@ -67,7 +73,7 @@ class App:
     was started, in reverse."""
 
     db: Database
-    state_store: PgASStateStore
+    state_store: StateStore
     inbox: InboxStore
     agents: AgentStore
     bot_api: AppServiceAPI
@@ -77,19 +83,24 @@ class App:
     reconciler: Reconciler
     scheduler: Scheduler
     conversations: Conversations
+    room_conversations: RoomConversations
     commands: CommandProcessor
     router: Router
     worker: InboxWorker
     web: WebServer
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, on_failure: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.identity = Identity.from_config(config)
         self.metrics = Metrics()
         self.started_at = time.time()
         self.homeserver_ok = False
         self.ping_ms: int | None = None  # set once the homeserver has reached us
-        self._ready = asyncio.Event()
+        self._ready = asyncio.Event()  # set when the link works, or when self.failure is set
+        # Why the bridge must stop on its own (the homeserver changed under it); on_failure
+        # is then called (the CLI stops).
+        self.failure: HomeserverChanged | None = None
+        self._on_failure = on_failure
         # Every homeserver request, counted (tests and benchmarks prove "no calls" with it).
         self.matrix_request_count = 0
         self.recent_matrix_requests: deque[tuple[str, str]] = deque(maxlen=500)
@@ -100,26 +111,7 @@ class App:
 
     async def start(self) -> None:
         cfg = self.config
-        self.db = await open_database(DatabaseURL.parse(cfg.appservice.database))
-        self._started.push_async_callback(self.db.stop)
-        self.state_store = PgASStateStore(self.db)
-        await PgASStateStore.upgrade_table.upgrade(self.db)
-        http = self._client_session()
-        self._started.push_async_callback(http.close)
-        self.letta = LettaClient(
-            cfg.letta.base_url,
-            cfg.letta.api_key,
-            timeout=cfg.letta.timeout,
-            page_size=cfg.letta.page_size,
-            on_request=self.metrics.observe_letta,
-        )
-        self._started.push_async_callback(self.letta.close)
-        self.bot_api = appservice_api(cfg, self.state_store, http)
-        self.bot_intent = self.bot_api.bot_intent()
-        self.puppets = Puppets(self.bot_api, self.state_store)
-        self._wire(cfg)
-        self._started.push_async_callback(self.conversations.stop)
-        self._started.push_async_callback(self.scheduler.stop)
+        await self._open()
         await self.web.start(cfg.appservice.hostname, cfg.appservice.port)
         self._started.push_async_callback(self.web.stop)
         await self.worker.start()
@@ -131,11 +123,48 @@ class App:
         self._started.push_async_callback(self._cancel_tasks)
         log.info("letta-appservice %s started as %s", __version__, cfg.bot_mxid)
 
+    async def provision(self) -> PassSummary:
+        """``move-homeserver`` once the old state is set aside: the bot on the new homeserver,
+        then one full reconcile pass (puppets, rooms, space); nothing is served."""
+        await self._open()
+        await self._register_bot()
+        return await self._reconcile_pass(full=True)
+
+    async def _open(self) -> None:
+        """The database, the clients and every part, wired; nothing running yet."""
+        cfg = self.config
+        self.db = await open_database(DatabaseURL.parse(cfg.appservice.database))
+        self._started.push_async_callback(self.db.stop)
+        self.state_store = StateStore(self.db)
+        await StateStore.upgrade_table.upgrade(self.db)
+        http = self._client_session()
+        self._started.push_async_callback(http.close)
+        self.letta = LettaClient(
+            cfg.letta.base_url,
+            cfg.letta.api_key,
+            timeout=cfg.letta.timeout,
+            page_size=cfg.letta.page_size,
+            on_request=self.metrics.observe_letta,
+        )
+        self._started.push_async_callback(self.letta.close)
+        media = cfg.media
+        self.transcriber = Transcriber(
+            media.transcription_url, media.transcription_key, media.transcription_model
+        )
+        self._started.push_async_callback(self.transcriber.close)
+        self.bot_api = appservice_api(cfg, self.state_store, http)
+        self.bot_intent = self.bot_api.bot_intent()
+        self.puppets = Puppets(self.bot_api, self.state_store)
+        self._wire(cfg)
+        self._started.push_async_callback(self.conversations.stop)
+        self._started.push_async_callback(self.scheduler.stop)
+
     def _wire(self, cfg: Config) -> None:
         """Every part of both flows, each given what it needs."""
         db, identity = self.db, self.identity
         self.inbox, self.agents = InboxStore(db), AgentStore(db)
         rooms, state, notices = RoomStore(db), BridgeState(db), UserNoticeStore(db)
+        self._state = state
         self._turns, self._sent = TurnStore(db), SentEventStore(db)
         permissions = Permissions.from_config(cfg)
         # timer -> reconciler -> Matrix
@@ -161,11 +190,14 @@ class App:
         )
         self.scheduler = Scheduler(self._reconcile_pass, cfg.letta.sync_interval, state)
         # push -> durable inbox -> router -> Letta -> puppet reply
-        approvals = ApprovalStore(db)
-        cards = Cards(store=approvals, puppets=self.puppets)
+        self.room_conversations = RoomConversations(
+            TurnCalls(self.letta), LettaConversationStore(db), cfg.letta.conversations
+        )
+        cards = Cards(store=ApprovalStore(db), puppets=self.puppets)
         self.conversations = Conversations(
             settings=TurnSettings.from_config(cfg),
-            letta=self.letta,
+            rooms=self.room_conversations,
+            intake=MediaIntake(cfg.media, Folders(self.letta), self.transcriber),
             puppets=self.puppets,
             turns=self._turns,
             sent=self._sent,
@@ -185,6 +217,7 @@ class App:
             reconciler=self.reconciler,
             scheduler=self.scheduler,
             conversations=self.conversations,
+            room_conversations=self.room_conversations,
             puppets=self.puppets,
             started_at=self.started_at,
         )
@@ -223,10 +256,7 @@ class App:
                 identity=identity,
                 permissions=permissions,
                 agents=self.agents,
-                approvals=approvals,
-                turns=self._turns,
                 notices=notices,
-                letta=self.letta,
                 cards=cards,
                 conversations=self.conversations,
             ),
@@ -270,6 +300,8 @@ class App:
         version = await self.letta.server_version(retry=True)
         if version:
             log.info("Letta %s at %s", version, safe_url(self.letta.base_url))
+        with contextlib.suppress(LettaError):  # says so once when there are no conversations
+            await self.room_conversations.enabled()
 
     async def stop(self) -> None:
         """Stop everything that was started, in reverse order (the web server first: the
@@ -302,11 +334,16 @@ class App:
         delay = 1.0
         while True:
             try:
-                await self.bot_intent.ensure_registered()
-                await self.bot_intent.whoami()
-                await self.bot_intent.set_displayname(cfg.appservice.bot_displayname)
-                self.reconciler.use_room_version(await self._default_room_version())
+                await self._register_bot()
+                settings, address = self.reconciler.settings, cfg.homeserver.address
+                await check_homeserver(self.bot_api, self._state, self.agents, settings, address)
                 break
+            except HomeserverChanged as e:
+                log.error("The homeserver changed: %s. Stopping: run move-homeserver.", e)
+                self.failure = e
+                self._ready.set()
+                self._on_failure()
+                return
             except (aiohttp.ClientError, TimeoutError, MatrixError) as e:
                 log.error(
                     "Cannot use the homeserver at %s as %s: %s. Check homeserver.address and "
@@ -342,20 +379,24 @@ class App:
                 delay = min(delay * 2, 300)
         self._ready.set()
 
+    async def _register_bot(self) -> None:
+        await self.bot_intent.ensure_registered()
+        await self.bot_intent.whoami()
+        await self.bot_intent.set_displayname(self.config.appservice.bot_displayname)
+        self.reconciler.use_room_version(await default_room_version(self.bot_api))
+
     async def wait_ready(self, timeout: float = 60) -> None:
-        """Wait until the homeserver link works both ways."""
+        """Wait until the homeserver link works both ways; raises the reason if the bridge
+        stopped on its own instead."""
         async with asyncio.timeout(timeout):
             await self._ready.wait()
+        if self.failure is not None:
+            raise self.failure
 
-    async def _reconcile_pass(self, full: bool) -> Any:
+    async def _reconcile_pass(self, full: bool) -> PassSummary:
         summary = await self.reconciler.run_pass(full)
         self.metrics.observe_reconcile(summary)
         return summary
-
-    async def _default_room_version(self) -> str:
-        caps = await self.bot_intent.api.request(Method.GET, Path.v3.capabilities)
-        versions = (caps.get("capabilities") or {}).get("m.room_versions") or {}
-        return str(versions.get("default") or "")
 
     async def query_user(self, mxid: str) -> bool:
         """User query: only puppets of agents we bridge exist (registered on demand)."""
@@ -380,8 +421,8 @@ class App:
     async def handle_event(self, event: InboxEvent) -> None:
         """Work on one stored event. The state store learns room state here (memberships,
         power levels) because we serve transactions ourselves instead of mautrix."""
-        if "state_key" in event.event:  # both only look at state events; parsing costs
-            evt = Event.deserialize(event.event)
+        # Both only look at state events (parsing costs); a malformed one is passed over.
+        if "state_key" in event.event and (evt := event.parsed) is not None:
             await self.state_store.update_state(evt)
             if await self.reconciler.observe(evt):
                 self.scheduler.poke()  # drift (a kick, a removed space child): repair soon

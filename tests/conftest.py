@@ -19,8 +19,10 @@ from tests.harness.homeserver import Homeserver, start_homeserver
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.postgres import pg_database
 from tests.harness.real_letta import LettaAdmin, RealLetta
+from tests.harness.real_scene import Scene
 from tests.harness.routing import Routing, routing_setup
-from tests.harness.scene import Scene
+from tests.harness.stand_ins import build_postgres_image, build_tuwunel_image
+from tests.harness.tuwunel import tuwunel_bin
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -111,7 +113,7 @@ async def real_letta() -> AsyncIterator[RealLetta]:
 
 @pytest_asyncio.fixture
 async def letta(real_letta: RealLetta) -> AsyncIterator[LettaAdmin]:
-    """What a person does in Letta's own API (create agents, give them tools)."""
+    """Letta's own API, as a person uses it (ADE, SDK)."""
     admin = LettaAdmin(real_letta.url)
     try:
         yield admin
@@ -123,7 +125,7 @@ async def letta(real_letta: RealLetta) -> AsyncIterator[LettaAdmin]:
 async def scene(
     homeserver: Homeserver, real_letta: RealLetta, letta: LettaAdmin, admin_user: MatrixUser
 ) -> AsyncIterator[Scene]:
-    """One test's bridge on the real Letta, with its own puppet namespace and Letta tag."""
+    """One test's bridge on the real Letta (tests/harness/real_scene.py)."""
     apps = Apps(homeserver.url, real_letta.url)
     try:
         yield Scene(apps, letta, admin_user)
@@ -162,6 +164,37 @@ async def appservice_image(
     workdir = tmp_path_factory.mktemp("docker-build")
     try:
         return await build_appservice_image(docker_base_image, REPO, workdir)
+    except (ImageError, CommandError) as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def tuwunel_binary() -> Path:
+    """The Tuwunel binary TUWUNEL_BIN names; the tests that need one skip without it."""
+    binary = tuwunel_bin()
+    if binary is None:
+        pytest.skip("TUWUNEL_BIN names no Tuwunel binary")
+    return Path(binary)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def tuwunel_image(
+    docker_base_image: str, tuwunel_binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """That binary packaged by docker/tuwunel.Dockerfile with the legacy builder."""
+    try:
+        return await build_tuwunel_image(
+            docker_base_image, tuwunel_binary, tmp_path_factory.mktemp("tuwunel-image")
+        )
+    except (ImageError, CommandError) as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def postgres_image(docker_base_image: str) -> str:
+    """The PostgreSQL stand-in (Debian's server, the official image's variables)."""
+    try:
+        return await build_postgres_image(docker_base_image)
     except (ImageError, CommandError) as e:
         pytest.fail(str(e), pytrace=False)
 

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-import json
 import signal
-import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest_asyncio
 
 from letta_appservice.chat.content import otid
 from letta_appservice.matrix.ids import agent_alias, agent_mxid
+from tests.harness.bridge_process import BridgeProcess
 from tests.harness.config import INSTANCES, SERVER_NAME
 from tests.harness.conversation import replies_seen, text_of
 from tests.harness.events import reply_to
@@ -30,67 +25,19 @@ from tests.harness.matrix_user import MatrixError, MatrixUser
 TEMPLATE = INSTANCES["letta"].username_template
 
 
-class Process:
-    """``python -m letta_appservice -c config.yaml`` in a working directory of its own."""
-
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
-        self.workdir = workdir
-        self.config_path = workdir / "config.yaml"
-        # JSON is YAML: the config file is written without a YAML library.
-        self.config_path.write_text(json.dumps(config), encoding="utf-8")
-        self.port = config["appservice"]["port"]
-        self.db_path = Path(config["appservice"]["database"].removeprefix("sqlite:"))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    async def start(self) -> None:
-        self.starts += 1
-        log = (self.workdir / f"appservice-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "letta_appservice", "-c", str(self.config_path)],
-            cwd=self.workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, self.log_tail()
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"http://127.0.0.1:{self.port}/ready") as resp:
-                        if resp.status == 200:
-                            return
-                await asyncio.sleep(0.1)
-        raise TimeoutError(f"the appservice did not become ready:\n{self.log_tail()}")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
-        self.proc = None
-
-    def log_tail(self) -> str:
-        path = self.workdir / f"appservice-{self.starts}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-30:])
-
-    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        with contextlib.closing(sqlite3.connect(self.db_path)) as conn, conn:
-            return conn.execute(sql, args).fetchall()
-
-
 @pytest_asyncio.fixture
 async def bridge_process(
     homeserver: Homeserver, fake_letta: FakeLetta, tmp_path: Path
-) -> AsyncIterator[Process]:
+) -> AsyncIterator[BridgeProcess]:
     data = INSTANCES["letta"].config_data(
         homeserver.url, f"sqlite:{tmp_path / 'bridge.db'}", fake_letta.url
     )
     data["logging"] = {"level": "INFO"}
-    process = Process(tmp_path, data)
+    process = BridgeProcess(tmp_path, data)
     try:
         yield process
     finally:
-        process.kill(signal.SIGTERM)
+        await process.kill(signal.SIGTERM)
 
 
 async def until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
@@ -110,7 +57,7 @@ async def until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any
 
 
 async def test_kill_9_mid_turn_or_after_a_lost_done_mark_answers_exactly_once(
-    bridge_process: Process, fake_letta: FakeLetta, admin_user: MatrixUser
+    bridge_process: BridgeProcess, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
     agent = fake_letta.add_agent("Crashy", delay=60)
     puppet = agent_mxid(TEMPLATE, SERVER_NAME, agent.id)
@@ -122,7 +69,7 @@ async def test_kill_9_mid_turn_or_after_a_lost_done_mark_answers_exactly_once(
     # 1. Killed while Letta works on the message.
     asked = await admin_user.send_text(room, "survive this")
     await fake_letta.wait_for_in_flight(agent.id, timeout=30)
-    bridge_process.kill()
+    await bridge_process.kill()
     for turn in list(fake_letta.turns):  # the dead process's request ends on Letta's side
         turn.cancel.set()
     await fake_letta.wait_for_messages(1)
@@ -137,7 +84,7 @@ async def test_kill_9_mid_turn_or_after_a_lost_done_mark_answers_exactly_once(
     reply = await admin_user.wait_for_event(room, reply_to(puppet, asked_again), timeout=60)
     in_inbox = "SELECT 1 FROM inbox WHERE event_id=?"
     await until(lambda: bridge_process.query(in_inbox, reply["event_id"]), "reply pushed back")
-    bridge_process.kill()
+    await bridge_process.kill()
     bridge_process.query(
         "UPDATE inbox SET state='processing' WHERE event_id IN (?, ?)", asked, asked_again
     )

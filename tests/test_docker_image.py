@@ -3,10 +3,8 @@ run as the README says: first run, registration, serving a real homeserver, heal
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -20,6 +18,7 @@ from letta_appservice.matrix.ids import agent_alias, agent_mxid
 from tests.harness.config import ADMIN, SERVER_NAME, free_port
 from tests.harness.docker_engine import Containers, docker, logs, state, wait_healthy
 from tests.harness.matrix_user import MatrixUser
+from tests.harness.observe import wait_for_alias
 from tests.harness.synapse import SynapseServer
 
 pytestmark = pytest.mark.docker
@@ -73,14 +72,6 @@ def edit_config(path: Path, port: int, letta_url: str) -> None:
 
 def load_yaml(path: Path) -> Any:
     return YAML(typ="safe").load(path.read_text())
-
-
-async def wait_for_alias(user: MatrixUser, alias: str, timeout: float = 180) -> str:
-    deadline = time.monotonic() + timeout
-    while (room_id := await user.resolve_alias(alias)) is None:
-        assert time.monotonic() < deadline, f"{alias} did not appear within {timeout:.0f}s"
-        await asyncio.sleep(1)
-    return room_id
 
 
 async def test_image_runs_as_uid_1000_with_a_data_volume_and_healthcheck(

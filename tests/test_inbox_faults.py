@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from mautrix.types import Member, Membership, RoomID, UserID
 
 from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.inbox import InboxEvent, InboxStore
 from letta_appservice.inbox.worker import InboxWorker, Retry
+from letta_appservice.matrix.state_store import StateStore
 from tests.harness.endpoint import Endpoint, endpoint_on
 from tests.harness.observe import eventually, spy_queries
 
@@ -263,3 +265,27 @@ async def test_metrics_scrapes_cost_no_inbox_query(
     assert 'letta_appservice_inbox_events{state="done"} 3.0' in text
     assert 'letta_appservice_inbox_events{state="pending"} 1.0' in text
     assert 'letta_appservice_inbox_events{state="processing"} 0.0' in text
+
+
+async def test_a_member_profile_the_database_cannot_hold_is_kept_without_it(
+    database_url: str,
+) -> None:
+    """Found by the fault suite on PostgreSQL: a display name with a NUL (or a number) failed
+    the member event, and every later lookup of that person's name, so they were never
+    answered; a user id with a NUL failed its member event."""
+    db = await open_database(DatabaseURL.parse(database_url), in_child=False)
+    try:
+        states = StateStore(db)
+        await StateStore.upgrade_table.upgrade(db)
+        room, alice = RoomID("!r:test.local"), UserID("@alice:test.local")
+        for name in ("Al\x00ice", 42):
+            member = Member(Membership.JOIN, displayname=name)  # type: ignore[arg-type]
+            await states.set_member(room, alice, member)
+            assert await states.get_member(room, alice) == Member(Membership.JOIN)
+        nul = UserID("@nul\x00:test.local")
+        await states.set_member(room, nul, Member(Membership.JOIN))
+        assert await states.get_member(room, nul) is None
+        await states.set_members(room, {alice: Member(Membership.JOIN, displayname="A\x00")})
+        assert await states.get_members(room) == [alice]
+    finally:
+        await db.stop()

@@ -54,10 +54,15 @@ async def test_commands_media_edits_and_notices_do_not_reach_the_agent(routing: 
     notice.event_json = notice.event_json.replace('"m.text"', '"m.notice"')
     await routing.router.handle(notice)
     assert routing.turn.jobs == []
-    image = routing.event(BOB, ROOM, "cat.png")
-    image.event_json = image.event_json.replace('"m.text"', '"m.image"')
-    await routing.router.handle(image)
-    assert routing.turn.jobs == [] and "read text only" in routing.turn.notices[0][2]
+    video = routing.event(BOB, ROOM, "clip.mp4", url="mxc://bridge.test/clip")
+    video.event_json = video.event_json.replace('"m.text"', '"m.video"')
+    await routing.router.handle(video)
+    assert routing.turn.jobs == [] and "cannot watch videos" in routing.turn.notices[0][2]
+    # An encrypted file (no url) cannot be fetched: nothing reaches the agent, nothing is said.
+    secret = routing.event(BOB, ROOM, "x.pdf", file={"url": "mxc://bridge.test/x"})
+    secret.event_json = secret.event_json.replace('"m.text"', '"m.file"')
+    await routing.router.handle(secret)
+    assert routing.turn.jobs == [] and len(routing.turn.notices) == 1
 
 
 async def test_a_message_deleted_before_its_turn_is_not_passed_on(routing: Routing) -> None:

@@ -208,11 +208,17 @@ async def test_a_job_carries_everything_the_turn_needs(routing: Routing) -> None
     assert job.agent.agent_id == "agent-1"
 
 
+HUGE_IMAGE: dict[str, Any] = {
+    "url": "mxc://bridge.test/cat",
+    "info": {"mimetype": "image/png", "size": 50 * 1024 * 1024},
+}
+
+
 async def test_every_notice_replies_to_the_message_under_its_own_part_number(
     routing: Routing,
 ) -> None:
     await routing.router.handle(routing.event(STRANGER, ROOM, "let me in"))
-    image = routing.event(BOB, ROOM, "cat.png")
+    image = routing.event(BOB, ROOM, "cat.png", **HUGE_IMAGE)
     image = attrs.evolve(image, event_json=image.event_json.replace('"m.text"', '"m.image"'))
     await routing.router.handle(image)
     await routing.agents.upsert(agent(1, room_id=ROOM, paused=True, displayname="Sleepy"))
@@ -306,14 +312,14 @@ async def test_notices_stay_in_the_persons_thread_and_name_what_was_sent(
     routing: Routing,
 ) -> None:
     thread = {"m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}}
-    image = routing.event(BOB, ROOM, "cat.png", **thread)
+    image = routing.event(BOB, ROOM, "cat.png", **thread, **HUGE_IMAGE)
     image = attrs.evolve(image, event_json=image.event_json.replace('"m.text"', '"m.image"'))
     await routing.router.handle(image)
     [(_, _, source, part, relation)] = routing.turn.notice_calls
     assert (source, part) == (image.event_id, MEDIA_NOTICE_PART)
     assert relation["rel_type"] == "m.thread" and relation["event_id"] == "$root"
-    assert routing.turn.notices[0][2].startswith(
-        "Agents on this bridge read text only: this image was not passed on"
+    assert routing.turn.notices[0][2] == (
+        "This image is 50 MB; agents on this bridge take images up to 5 MB. It was not passed on."
     )
 
 
@@ -363,3 +369,42 @@ async def test_a_room_without_a_name_is_asked_once(routing: Routing) -> None:
         await routing.router.handle(routing.event(BOB, DM, text))
     asked = [p for p in routing.router.puppets.asked if "m.room.name" in p]  # type: ignore[attr-defined]
     assert len(asked) == 1
+
+
+async def test_a_state_event_whose_content_does_not_fit_its_type_is_passed_over(
+    routing: Routing,
+) -> None:
+    """Found by the fault suite: mautrix refused these, the handler raised, and the event was
+    failed with a traceback (``before``: the app's state store update; the membership path)."""
+    seen = Seen()
+    routing.router.memberships = seen  # type: ignore[assignment]
+    malformed = [
+        state(routing, "m.room.member", BOB, ROOM, {"membership": 7}, BOB),
+        state(routing, "m.room.power_levels", BOB, ROOM, {"users": [1]}),
+    ]
+    for event in malformed:
+        assert event.parsed is None
+        await routing.router.handle(event)
+    assert seen.calls == []
+    good = state(routing, "m.room.member", BOB, ROOM, {"membership": "join"}, BOB)
+    assert good.parsed is not None and good.parsed.state_key == BOB
+
+
+async def test_a_message_with_a_time_that_is_not_a_number_is_not_a_crash(
+    routing: Routing,
+) -> None:
+    """Found by the fault suite: ``int("soon")`` failed the event with a traceback. A time
+    that is not an integer counts as none (as a missing one always did)."""
+    fresh = "!own2:bridge.test"
+    await routing.rooms.upsert(
+        RoomRow(fresh, "agent", "agent-2", bridged_at=int(time.time() * 1000))
+    )
+    await routing.join(fresh, BOB, "@agent_2:bridge.test", BOT)
+    for room in (ROOM, fresh):  # bridged long ago; just now
+        for written in ("soon", [1], 1.5e12, None):
+            event = routing.event(BOB, room, f"at {written!r}")
+            raw = json.loads(event.event_json)
+            raw["origin_server_ts"] = written
+            await routing.router.handle(attrs.evolve(event, event_json=json.dumps(raw)))
+    texts = [j.content.rsplit("\n", 1)[1] for j in routing.turn.jobs]
+    assert texts == ["at 'soon'", "at [1]", "at 1500000000000.0", "at None"]

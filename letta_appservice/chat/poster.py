@@ -20,6 +20,7 @@ from ..inbox.worker import Retry
 from ..letta.approvals import Decision
 from ..matrix.format import NOTICE, TEXT
 from .content import edit_content, edit_suffix, message_content, txn_id
+from .media import Media
 from .parts import Part
 
 log = logging.getLogger("letta_appservice.poster")
@@ -50,6 +51,7 @@ class Job:
     # False where an agent may well stay silent (a group room an admin opened to every
     # message, the agent not named): no "finished without a reply" notice there.
     expects_reply: bool = True
+    media: Media | None = None  # an image, file or voice message: fetched in the turn
     # A person's answer to an approval card: sent instead of ``content``; the turn goes on.
     decisions: tuple[Decision, ...] = ()
 

@@ -14,7 +14,7 @@ from ..db.turn import TurnStore
 from ..db.user_notice import UserNoticeStore
 from ..identity import Identity
 from ..inbox.worker import Retry
-from ..letta import LettaClient, LettaError
+from ..letta import LettaError
 from ..letta.approvals import Decision, pending_calls
 from ..permissions import Permissions
 from .approvals import Cards
@@ -29,6 +29,7 @@ from .cards import (
     who_may_decide,
 )
 from .content import APPROVAL_REFUSED_PART
+from .conversations import RoomConversations
 from .turn import Conversations, Job, backoff
 
 log = logging.getLogger("letta_appservice.reactions")
@@ -61,10 +62,7 @@ class Reactions:
         identity: Identity,
         permissions: Permissions,
         agents: AgentStore,
-        approvals: ApprovalStore,
-        turns: TurnStore,
         notices: UserNoticeStore,
-        letta: LettaClient,
         cards: Cards,
         conversations: Conversations,
     ) -> None:
@@ -72,12 +70,13 @@ class Reactions:
         self.identity = identity
         self.permissions = permissions
         self.agents = agents
-        self.approvals = approvals
-        self.turns = turns
         self.notices = notices
-        self.letta = letta
         self.cards = cards
         self.conversations = conversations
+        # The cards' table; the turns and conversations of the turns decisions continue.
+        self.approvals: ApprovalStore = cards.store
+        self.turns: TurnStore = conversations.turns
+        self.rooms: RoomConversations = conversations.rooms
 
     async def reaction(self, event: InboxEvent) -> None:
         found = reaction_key(event.event.get("content") or {})
@@ -143,9 +142,10 @@ class Reactions:
         if claimed is None:
             return  # someone else's decision came first
         ids = [call["id"] for call in claimed.calls]
-        if await self.turns.get(event.event_id, agent.agent_id) is None and not await self._waits(
-            agent.agent_id, ids, event.attempts
-        ):
+        waits = await self.turns.get(event.event_id, agent.agent_id) is not None
+        if not waits:
+            waits = await self._waits(agent.agent_id, claimed, ids, event.attempts)
+        if not waits:
             # Decided in Letta's own UI meanwhile: say so on the card instead of failing.
             await self.approvals.decided_elsewhere(card)
             await self.cards.show_decision(agent.mxid, attrs.evolve(claimed, decision=ELSEWHERE))
@@ -165,11 +165,14 @@ class Reactions:
         )
         await self.conversations.answer(job)
 
-    async def _waits(self, agent_id: str, ids: list[str], attempts: int) -> bool:
+    async def _waits(self, agent_id: str, row: ApprovalRow, ids: list[str], attempts: int) -> bool:
         """Whether Letta still waits on one of these calls (if it cannot tell, the decision
         is sent and Letta's answer is the judge)."""
         try:
-            pending = await pending_calls(self.letta, agent_id)
+            conversation = await self.rooms.of(agent_id, row.room_id, row.relation)
+            pending = await pending_calls(
+                self.rooms.calls.client, agent_id, conversation_id=conversation
+            )
         except LettaError as e:
             if e.retryable:
                 raise Retry(backoff(attempts), str(e)) from e

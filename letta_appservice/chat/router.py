@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from mautrix.api import Method, Path
 from mautrix.errors import MatrixRequestError
-from mautrix.types import Event, Member, Membership, MessageEvent, RoomID, StateEvent, UserID
+from mautrix.types import Member, Membership, MessageEvent, RoomID, StateEvent, UserID
 
 from ..config import Config
 from ..db.agent import ACTIVE, AgentRow, AgentStore
@@ -32,6 +32,7 @@ from .content import (
 )
 from .incoming import incoming_text, letta_content, media_kind, sender_name
 from .loops import LOOP_NOTICE, ROUTE, TELL, LoopGuard, answers_bridge
+from .media import describe, media_of, refusal
 from .memberships import Memberships, agent_ids
 from .poster import homeserver_retry, homeserver_trouble
 from .reactions import Reactions, control_lane
@@ -39,13 +40,8 @@ from .turn import Conversations, Job
 
 log = logging.getLogger("letta_appservice.router")
 NOT_PERMITTED = "not_permitted"
-MEDIA = "media"
 AGENT_GONE = "agent_gone"
 GONE = "{name} was deleted in Letta and cannot answer any more."
-TEXT_ONLY = (
-    "Agents on this bridge read text only: this {kind} was not passed on (nor will later ones "
-    "be). Describe it in words, or paste the text."
-)
 # The reconciler stores an agent room's row after creating it (invites included), so a person
 # can write a moment before the row's bridged_at; clocks of homeserver and bridge differ too.
 BRIDGED_GRACE_MS = 60_000
@@ -92,6 +88,7 @@ class Router:
         self.identity = identity
         self.prefix = config.bridge.command_prefix
         self.template = config.bridge.attribution_template
+        self.media = config.media
         self.permissions = permissions
         self.agents = agents
         self.rooms = rooms
@@ -144,7 +141,7 @@ class Router:
         elif event.event_type == "m.reaction":
             await self.reactions.reaction(event)
         elif event.event_type == "m.room.member":
-            evt = Event.deserialize(event.event)
+            evt = event.parsed
             if isinstance(evt, StateEvent):
                 await self.memberships.member(evt)
         elif event.event_type == e2ee.ENCRYPTION and event.event.get("state_key") == "":
@@ -182,7 +179,7 @@ class Router:
         if not media and await self.reactions.reply(event):
             return  # an answer to an approval card
         if not media:
-            evt = Event.deserialize(raw)
+            evt = event.parsed
             if isinstance(evt, MessageEvent) and await self.commands.maybe_handle(evt):
                 return
         bot = self.loops.is_bot(sender, content)
@@ -192,7 +189,8 @@ class Router:
         room = await self.rooms.get(room_id)
         if room is None or room.kind not in (AGENT, INVITED):
             return
-        if int(raw.get("origin_server_ts") or 0) < room.bridged_at - BRIDGED_GRACE_MS:
+        written = raw.get("origin_server_ts")  # a sender's claim: any JSON, or none
+        if (written if isinstance(written, int) else 0) < room.bridged_at - BRIDGED_GRACE_MS:
             return  # written before the room was bridged
         agents = await self._agents(room)
         if not agents and room.kind == INVITED and self.permissions.is_user(sender):
@@ -207,9 +205,13 @@ class Router:
             await self._once(event, targets[0], NOT_PERMITTED, REFUSED_NOTICE_PART, text)
             return
         relation = reply_relation(content, event.event_id)
-        if media:  # agents read text: the first one is answered, later ones pass silently
-            text = TEXT_ONLY.format(kind=media)
-            await self._once(event, targets[0], MEDIA, MEDIA_NOTICE_PART, text)
+        found = media_of(content) if media else None
+        why = refusal(found, self.media) if found else None
+        if why is not None:  # over a limit, a type agents cannot take: the person hears why
+            await self.conversations.notify(
+                targets[0], room_id, event.event_id, MEDIA_NOTICE_PART, why, relation
+            )
+        if why is not None or (media and found is None):  # (no url: an encrypted file)
             return
         chained = bot or answers_bridge(content, self.identity.is_bridge)
         verdict, why = self.loops.admit(room_id, event.event_id, chained=chained)
@@ -229,7 +231,7 @@ class Router:
                 continue
             api = self.puppets.api(agent.mxid)
             displayname = await self._displayname(room_id, sender, api)
-            text = incoming_text(content, displayname)
+            text = describe(found) if found else incoming_text(content, displayname)
             assert text is not None
             room_name = await self._room_name(room, agent)
             job = Job(
@@ -249,6 +251,7 @@ class Router:
                 received_at=event.received_at,
                 attempts=event.attempts,
                 expects_reply=bool(heard[agent.agent_id]),
+                media=found,
             )
             await self.conversations.answer(job)
 

@@ -19,13 +19,15 @@ from ..db.agent import AgentRow
 from ..db.sent_event import SentEventStore
 from ..db.turn import TurnStore
 from ..inbox.worker import Retry
-from ..letta import LettaClient, LettaError
+from ..letta import LettaError
 from ..letta.approvals import send_decisions, stream_decisions
 from ..matrix.format import NOTICE
 from ..matrix.puppets import Puppets
 from ..metrics import Metrics
 from .cards import ASKER, stopped_text, who_may_decide
 from .content import DELAY_NOTICE_PART, otid
+from .conversations import RoomConversations
+from .media import MediaIntake, Refused
 from .parts import Part, build_parts, duration, error_text, gave_up_text, waiting_text
 from .poster import Job, Poster, Typing, homeserver_retry
 from .streaming import relay
@@ -90,7 +92,8 @@ class Conversations:
         self,
         *,
         settings: TurnSettings,
-        letta: LettaClient,
+        rooms: RoomConversations,
+        intake: MediaIntake,
         puppets: Puppets,
         turns: TurnStore,
         sent: SentEventStore,
@@ -98,7 +101,8 @@ class Conversations:
         on_card: CardHook | None = None,
     ) -> None:
         self.settings = settings
-        self.letta = letta
+        # Every Letta call of a turn goes through calls, with the room's conversation.
+        self.rooms, self.calls, self.intake = rooms, rooms.calls, intake
         self.puppets = puppets
         self.turns = turns
         self.sent = sent
@@ -110,6 +114,7 @@ class Conversations:
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._running: dict[str, asyncio.Task[list[Part]]] = {}
         self._jobs: dict[str, tuple[Job, Poster]] = {}  # the turn running for each agent
+        self._conversation: dict[str, str | None] = {}  # of each agent's running turn
         self._cancelled: dict[str, str] = {}  # agent -> the notice ending its cancelled turn
         # Messages stopped (🛑) before their turn: (by whom, an admin?).
         self._stopped: OrderedDict[str, tuple[str, bool]] = OrderedDict()
@@ -197,7 +202,7 @@ class Conversations:
             self._cancelled[agent_id] = notice
             task.cancel()
         try:
-            await self.letta.cancel(agent_id)
+            await self.calls.cancel(agent_id, self._conversation.get(agent_id))
         except LettaError as e:
             log.warning("Letta could not cancel the run of %s: %s", agent_id, e)
         return waiting
@@ -252,7 +257,7 @@ class Conversations:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         try:
-            await self.letta.cancel(agent_id)
+            await self.calls.cancel(agent_id, self._conversation.get(agent_id))
         except LettaError as e:
             log.warning("Letta could not cancel the run of %s: %s", agent_id, e)
         text = DEADLINE.format(limit=duration(self.settings.deadline))
@@ -267,12 +272,32 @@ class Conversations:
         s, agent_id = self.settings, job.agent.agent_id
         message_id = otid(job.event_id, agent_id)
         approvers = who_may_decide(s.approvers, job.sender)
+        content = job.content
+        if job.media is not None:
+            api = self.puppets.api(job.agent.mxid)
+            prepared = await self.intake.content(
+                api, agent_id, job.media, job.content, again=job.attempts > 0
+            )
+            if isinstance(prepared, Refused):
+                return [Part(NOTICE, prepared.text)]
+            content = prepared
+        # A decision goes on in the conversation of the room (or thread) the card is in.
+        conversation = await self.rooms.of(agent_id, job.room_id, job.relation)
+        self._conversation[agent_id] = conversation
+        client = self.calls.client
         if s.streaming:
             if job.decisions:
-                stream = stream_decisions(self.letta, agent_id, job.decisions)
+                stream = stream_decisions(
+                    client, agent_id, job.decisions, conversation_id=conversation
+                )
             else:
-                stream = self.letta.stream_message(
-                    agent_id, job.content, name=job.name, otid=message_id, stream_tokens=True
+                stream = self.calls.stream(
+                    agent_id,
+                    conversation,
+                    content,
+                    name=job.name,
+                    otid=message_id,
+                    stream_tokens=True,
                 )
             async with stream:
                 return await relay(
@@ -284,10 +309,12 @@ class Conversations:
                     approvers=approvers,
                 )
         if job.decisions:
-            response = await send_decisions(self.letta, agent_id, job.decisions)
+            response = await send_decisions(
+                client, agent_id, job.decisions, conversation_id=conversation
+            )
         else:
-            response = await self.letta.send_message(
-                agent_id, job.content, name=job.name, otid=message_id
+            response = await self.calls.send(
+                agent_id, conversation, content, name=job.name, otid=message_id
             )
         return build_parts(
             response.messages,

@@ -14,7 +14,7 @@ from ..db.user_notice import UserNoticeStore
 from ..identity import Identity
 from ..letta.errors import LettaError
 from ..permissions import ADMIN
-from . import admin, info  # noqa: F401 - importing them declares their commands
+from . import admin, fresh, info  # noqa: F401 - importing them declares their commands
 from .args import CommandResult
 from .context import CommandContext, Services
 from .info import help_text

@@ -38,6 +38,10 @@ class Conversations(Protocol):
     def running(self, agent_id: str) -> RunningJob | None: ...
 
 
+class RoomConversations(Protocol):
+    async def start_fresh(self, room_id: str, agent_id: str | None = None) -> bool: ...
+
+
 @attrs.define
 class Services:
     """The bridge parts commands use (the app builds them)."""
@@ -54,6 +58,7 @@ class Services:
     reconciler: Reconciler
     scheduler: Scheduler
     conversations: Conversations
+    room_conversations: RoomConversations
     puppets: Puppets  # its per-puppet lock keeps a reset and a pass apart
     started_at: float
 

@@ -19,6 +19,7 @@ from ruamel.yaml.error import YAMLError
 
 from ..errors import ConfigError
 from .checks import (
+    CONVERSATION_MODES,
     DISPLAY_MODES,
     LOG_FORMATS,
     _choice,
@@ -44,6 +45,7 @@ from .checks import (
     _token,
     _username_template,
 )
+from .media import MediaConfig, media_config
 
 # Environment variables that override a config key (secrets and container-specific addresses).
 ENV_OVERRIDES: dict[str, str] = {
@@ -111,6 +113,7 @@ class LettaConfig:
     delay_notice: float
     filter_tags: tuple[str, ...]
     filter_name: str
+    conversations: str = "room"  # a Letta conversation per room, per thread, or "off"
 
 
 @attrs.frozen
@@ -156,6 +159,7 @@ class Config:
     bridge: BridgeConfig
     logging: LoggingConfig
     guards: GuardConfig = GuardConfig()
+    media: MediaConfig = attrs.field(factory=MediaConfig)
 
     @property
     def bot_mxid(self) -> str:
@@ -339,6 +343,7 @@ class _Validator:
                 delay_notice=g("letta.delay_notice", float, _positive),
                 filter_tags=tuple(g("letta.filter_tags", list, _str_list)),
                 filter_name=g("letta.filter_name", str, _regex),
+                conversations=g("letta.conversations", str, _choice(CONVERSATION_MODES)),
             ),
             bridge=BridgeConfig(
                 username_template=g("bridge.username_template", str, _username_template),
@@ -371,4 +376,5 @@ class _Validator:
                 g("bridge.remote_rooms", str, _choice(("admins", "users"))),
                 tuple(g("bridge.bot_users", list, _regex_list)),
             ),
+            media=media_config(g),
         )

@@ -17,11 +17,13 @@ SECRET_KEYS = (
     "appservice.hs_token",
     "appservice.database",
     "letta.api_key",
+    "media.transcription_key",
 )
 # RFC 2606 names: the example's placeholders; no real server can have them.
 EXAMPLE_DOMAINS = ("example.com", "example.net", "example.org")
 PERMISSION_LEVELS = ("user", "admin")
 DISPLAY_MODES = ("off", "notice")
+CONVERSATION_MODES = ("room", "thread", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 _LOCALPART_RE = re.compile(r"^[a-z0-9._=/-]+$")

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import attrs
+from mautrix.types import Event
+from mautrix.types.util.serializable import SerializerError
 from mautrix.util.async_db import Database, Scheme
 
 from .database import now_ms
@@ -53,6 +55,19 @@ class InboxEvent:
     def event(self) -> dict[str, Any]:
         """The event as pushed, parsed once (the router and its helpers all read it)."""
         return json.loads(self.event_json)
+
+    @functools.cached_property
+    def parsed(self) -> Event | None:
+        """The event as mautrix's types, parsed once; None when its content does not fit the
+        type it claims (a membership of 7, power levels that are not a map). Such an event
+        is passed over with a log line: it is a sender's doing, not the bridge's failure."""
+        try:
+            return Event.deserialize(self.event)
+        except SerializerError as e:
+            why = repr(e.__cause__ or e)
+            log.warning("%s (%.80s) is malformed, passed over: %s", self.event_id, self.event_type,
+                        why)  # fmt: skip
+            return None
 
 
 @attrs.frozen

@@ -12,8 +12,9 @@ from mautrix.util.async_db import Database
 from .database import now_ms
 
 # AGENT: an agent's own room (the reconciler's); INVITED: any room a person invited puppets
-# into (a DM or a group room); MANAGEMENT: a user's DM with the bot; ARCHIVED: a reset's old room.
-AGENT, INVITED, MANAGEMENT, ARCHIVED = "agent", "invited", "management", "archived"
+# into (a DM or a group room); MANAGEMENT: a user's DM with the bot; ARCHIVED: a reset's old room;
+# MOVED: a room on the homeserver the bridge left (move-homeserver), kept for the record only.
+AGENT, INVITED, MANAGEMENT, ARCHIVED, MOVED = "agent", "invited", "management", "archived", "moved"
 # The table is read again this often, for rows another process wrote (import-legacy).
 RELOAD_INTERVAL = 60.0
 

@@ -87,12 +87,23 @@ def stream_decisions(
     return LettaStream(open_stream, client.timeout, on_error=client._stream_failed)
 
 
-async def pending_calls(client: LettaClient, agent_id: str) -> tuple[ToolCall, ...]:
-    """The tool calls the agent waits on now (none when nothing is pending). Letta fills
-    `pending_approval` only when asked for it."""
-    path = f"/v1/agents/{quote(agent_id, safe='')}"
-    raw = await client._call("GET", path, params=[("include", PENDING_APPROVAL)], idempotent=True)
-    pending = raw.get("pending_approval") if isinstance(raw, Mapping) else None
+async def pending_calls(
+    client: LettaClient, agent_id: str, *, conversation_id: str | None = None
+) -> tuple[ToolCall, ...]:
+    """The tool calls the agent (in the conversation) waits on now: none when nothing is
+    pending. An agent's `pending_approval` is filled only when asked for; a conversation's
+    is its newest message."""
+    if conversation_id:
+        path = _messages_path(agent_id, conversation_id)
+        newest = await client._call(
+            "GET", path, params=[("limit", "1"), ("order", "desc")], idempotent=True
+        )
+        pending = newest[0] if isinstance(newest, list) and newest else None
+    else:
+        path = f"/v1/agents/{quote(agent_id, safe='')}"
+        params = [("include", PENDING_APPROVAL)]
+        raw = await client._call("GET", path, params=params, idempotent=True)
+        pending = raw.get("pending_approval") if isinstance(raw, Mapping) else None
     message = parse_message(pending) if isinstance(pending, Mapping) else None
     if message is None or message.kind != "approval":
         return ()

@@ -16,7 +16,7 @@ from .. import __version__
 from .errors import LettaError, http_error, read_detail, safe_url, transport_errors
 from .models import Agent, LettaResponse, parse_response
 from .stream import LettaStream
-from .versions import message_text_field, user_message
+from .versions import UserContent, message_text_field, user_message
 
 log = logging.getLogger("letta_appservice.letta")
 
@@ -33,8 +33,12 @@ def _operation(path: str) -> str:
     """A low-cardinality label for a request path (no agent ids)."""
     if path.startswith("/v1/health"):
         return "health"
+    if path.endswith("/cancel"):
+        return "cancel"
     if "/messages" in path:
-        return "cancel" if path.endswith("/cancel") else "message"
+        return "message"
+    if "/folders" in path or "/conversations" in path:  # creating, uploading, attaching
+        return "folders" if "/folders" in path else "conversations"
     return "list_agents" if path.rstrip("/") == "/v1/agents" else "get_agent"
 
 
@@ -101,12 +105,6 @@ class LettaClient:
         if self._own_session is not None:
             await self._own_session.close()
             self._own_session = None
-
-    async def __aenter__(self) -> LettaClient:
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.close()
 
     async def _call(
         self,
@@ -244,9 +242,6 @@ class LettaClient:
         except ValueError as exc:
             raise LettaError("protocol", str(exc)) from exc
 
-    async def _message(self, content: str, name: str | None, otid: str | None) -> dict[str, Any]:
-        return user_message(await self._message_field(), content, name, otid)
-
     async def server_version(self, *, retry: bool = False) -> str | None:
         """The server's version, asked once and remembered ("" when it has no usable health
         endpoint); None while it does not answer, and then asked again next time."""
@@ -264,21 +259,21 @@ class LettaClient:
     async def _send(
         self,
         post: Callable[[dict[str, Any]], Awaitable[_T]],
-        content: str,
+        content: UserContent,
         name: str | None,
         otid: str | None,
     ) -> _T:
         """POST a user message. A 422 may mean the server changed under us (an upgrade across
         0.6.15 while we ran): its version is asked again, and if the text belongs in the other
         field the message is sent once more (a 422 means it was not taken)."""
-        message = await self._message(content, name, otid)
+        message = user_message(await self._message_field(), content, name, otid)
         try:
             return await post(message)
         except LettaError as exc:
             if exc.kind != "validation":
                 raise
             self._version = None
-            again = await self._message(content, name, otid)
+            again = user_message(await self._message_field(), content, name, otid)
             if again.keys() == message.keys():
                 raise
             log.info("Letta is now %s: sending messages as it expects", self._version)
@@ -291,7 +286,12 @@ class LettaClient:
         return "content" if version is None else message_text_field(version)
 
     async def send_message(
-        self, agent_id: str, content: str, *, name: str | None = None, otid: str | None = None
+        self,
+        agent_id: str,
+        content: UserContent,
+        *,
+        name: str | None = None,
+        otid: str | None = None,
     ) -> LettaResponse:
         """Send one user message and wait for the whole turn. Not retried (see class doc)."""
         path = f"/v1/agents/{quote(agent_id, safe='')}/messages"
@@ -308,7 +308,7 @@ class LettaClient:
     def stream_message(
         self,
         agent_id: str,
-        content: str,
+        content: UserContent,
         *,
         name: str | None = None,
         otid: str | None = None,

@@ -219,6 +219,13 @@ async def present_members(api: AppServiceAPI, room_id: str) -> list[str]:
     ]
 
 
+async def default_room_version(api: AppServiceAPI) -> str:
+    """The room version the homeserver gives new rooms ("" when it does not say)."""
+    caps = await api.request(Method.GET, Path.v3.capabilities)
+    versions = (caps.get("capabilities") or {}).get("m.room_versions") or {}
+    return str(versions.get("default") or "")
+
+
 async def joined_rooms(api: AppServiceAPI) -> set[str]:
     resp = await api.request(Method.GET, Path.v3.joined_rooms)
     return set(resp.get("joined_rooms", []))

@@ -305,3 +305,32 @@ class FakeLetta:
             return web.json_response(reply)
         finally:
             turn.finish()
+
+
+async def serve(host: str, port: int, agents: list[str]) -> None:
+    """The fake Letta as a server of its own, with these agents, until SIGTERM or SIGINT."""
+    import signal
+
+    letta = FakeLetta()
+    for name in agents:
+        letta.add_agent(name)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    print(f"fake Letta on {await letta.start(host, port)}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await letta.stop()
+
+
+if __name__ == "__main__":
+    # In a container on the compose stack's network (tests/compose/stand-ins.yml).
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.harness.fake_letta")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8283)
+    parser.add_argument("--agent", action="append", default=[], help="an agent's name")
+    args = parser.parse_args()
+    asyncio.run(serve(args.host, args.port, args.agent))

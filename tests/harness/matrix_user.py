@@ -89,14 +89,10 @@ class MatrixUser:
         timeout: float = 60,
     ) -> dict[str, Any]:
         """Call ``path`` (already escaped, e.g. ``/_matrix/client/v3/...``) and return JSON."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {self.access_token}"}
-            )
         url = self.base_url + path
         if query:
             url += "?" + urlencode(query, doseq=True)
-        async with self._session.request(
+        async with self._http().request(
             method,
             URL(url, encoded=True),
             json=body,
@@ -107,6 +103,13 @@ class MatrixUser:
                 data = data if isinstance(data, dict) else {}
                 raise MatrixError(resp.status, data.get("errcode", ""), data.get("error", ""))
             return data if isinstance(data, dict) else {"result": data}
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {self.access_token}"}
+            )
+        return self._session
 
     async def close(self) -> None:
         if self._session is not None:
@@ -175,6 +178,32 @@ class MatrixUser:
         elif reply_to is not None:
             content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
         return await self.send_event(room_id, "m.room.message", content)
+
+    async def upload(self, data: bytes, content_type: str, filename: str) -> str:
+        """Upload to the media repository; the mxc URI."""
+        url = f"{self.base_url}/_matrix/media/v3/upload?" + urlencode({"filename": filename})
+        headers = {"Content-Type": content_type}
+        async with self._http().post(url, data=data, headers=headers) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status >= 300:
+                raise MatrixError(resp.status, body.get("errcode", ""), body.get("error", ""))
+            return str(body["content_uri"])
+
+    async def send_media(
+        self, room_id: str, msgtype: str, filename: str, data: bytes, mimetype: str, **extra: Any
+    ) -> str:
+        """Upload ``data`` and send it as ``msgtype`` (m.image, m.file, m.audio …); ``extra``
+        goes into the content (``info`` overrides the real size and type, a ``body`` differing
+        from the filename is a caption)."""
+        mxc = await self.upload(data, mimetype, filename)
+        content: dict[str, Any] = {
+            "msgtype": msgtype,
+            "body": filename,
+            "filename": filename,
+            "url": mxc,
+            "info": {"mimetype": mimetype, "size": len(data)},
+        }
+        return await self.send_event(room_id, "m.room.message", {**content, **extra})
 
     async def redact(self, room_id: str, event_id: str, reason: str | None = None) -> str:
         path = f"{CS}/rooms/{_q(room_id)}/redact/{_q(event_id)}/{uuid.uuid4().hex}"

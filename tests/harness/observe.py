@@ -4,6 +4,7 @@ raw requests made as one of its users, and polling for what the bridge finishes 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +42,15 @@ async def wait_until_left(app: App, mxid: str, room_id: str, timeout: float = 30
             if room_id not in await joined_rooms_of(app, mxid):
                 return
             await asyncio.sleep(0.1)
+
+
+async def wait_for_alias(user: MatrixUser, alias: str, timeout: float = 180) -> str:
+    """The room an alias points at, once it exists (made by the bridge in another process)."""
+    deadline = time.monotonic() + timeout
+    while (room_id := await user.resolve_alias(alias)) is None:
+        assert time.monotonic() < deadline, f"{alias} did not appear within {timeout:.0f}s"
+        await asyncio.sleep(1)
+    return room_id
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:

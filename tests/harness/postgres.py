@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
@@ -32,5 +33,18 @@ async def pg_database(prefix: str = "la_test") -> AsyncIterator[str]:
         await conn.execute(f'CREATE DATABASE "{name}"')
         yield database_url(name)
     finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await drop_database(conn, name)
+
+
+async def drop_database(conn: asyncpg.Connection, name: str) -> None:
+    """Drop database ``name`` once its last session has gone (an autovacuum worker after a
+    busy test too: ending it takes a privilege the test role lacks), and close ``conn``."""
+    try:
+        for _ in range(150):
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except (asyncpg.ObjectInUseError, asyncpg.InsufficientPrivilegeError):
+                await asyncio.sleep(0.2)
+    finally:
         await conn.close()

@@ -13,12 +13,19 @@ from typing import Any
 import attrs
 
 from letta_appservice.chat.content import txn_id
+from letta_appservice.chat.conversations import RoomConversations
+from letta_appservice.chat.media import MediaIntake
+from letta_appservice.chat.transcribe import Transcriber
 from letta_appservice.chat.turn import Conversations, Job, TurnSettings
+from letta_appservice.config.media import MediaConfig
 from letta_appservice.db.agent import AgentRow
 from letta_appservice.db.database import DatabaseURL, open_database
+from letta_appservice.db.letta_conversation import LettaConversationStore
 from letta_appservice.db.sent_event import SentEventStore
 from letta_appservice.db.turn import TurnStore
 from letta_appservice.letta import LettaClient
+from letta_appservice.letta.conversations import TurnCalls
+from letta_appservice.letta.folders import Folders
 from letta_appservice.metrics import Metrics
 from tests.harness.fake_letta import FakeAgent, FakeLetta
 
@@ -87,9 +94,11 @@ async def turns_setup(tmp_path: Path, fake: FakeLetta, **settings: Any) -> Async
     letta = LettaClient(fake.url, timeout=30, backoff=0.01)
     api = PuppetApi()
     turns, sent = TurnStore(db), SentEventStore(db)
+    rooms = RoomConversations(TurnCalls(letta), LettaConversationStore(db), "room")
+    intake = MediaIntake(MediaConfig(), Folders(letta), Transcriber("", "", "whisper-1"))
     conversations = Conversations(
-        settings=TurnSettings(**settings), letta=letta, puppets=api, turns=turns, sent=sent,  # type: ignore[arg-type]
-        metrics=Metrics(),
+        settings=TurnSettings(**settings), rooms=rooms, intake=intake, puppets=api, turns=turns,  # type: ignore[arg-type]
+        sent=sent, metrics=Metrics(),
     )  # fmt: skip
     try:
         yield Turns(conversations, api, fake, turns, sent)

@@ -128,29 +128,43 @@ class TuwunelServer:
         admin: bool = False,
         displayname: str | None = None,
     ) -> MatrixUser:
-        """Register through the client API with the registration token (two UIAA steps).
-        ``admin`` is a bridge role in the tests' configs, not a server role here."""
+        """``admin`` is a bridge role in the tests' configs, not a server role here."""
         del admin  # Tuwunel makes its first user a server admin; the bridge never needs one
         session = await self._http()
-        endpoint = f"{self.url}/_matrix/client/v3/register"
-        body: dict[str, Any] = {"username": localpart, "password": password}
-        async with session.post(endpoint, json=body) as resp:
-            challenge = await resp.json(content_type=None)
-        body["auth"] = {
-            "type": "m.login.registration_token",
-            "token": self.registration_token,
-            "session": challenge.get("session"),
-        }
-        async with session.post(endpoint, json=body) as resp:
-            data = await resp.json(content_type=None)
-            if resp.status >= 300:
-                raise RuntimeError(f"Tuwunel refused to register {localpart}: {data}")
-        user = MatrixUser(self.url, data["user_id"], data["access_token"])
-        if displayname is not None:
-            await user.request(
-                "PUT",
-                f"/_matrix/client/v3/profile/{user.mxid}/displayname",
-                body={"displayname": displayname},
-            )
-        await user.mark()
-        return user
+        return await register_with_token(
+            session, self.url, self.registration_token, localpart, password, displayname
+        )
+
+
+async def register_with_token(
+    session: aiohttp.ClientSession,
+    url: str,
+    token: str,
+    localpart: str,
+    password: str = "pw",
+    displayname: str | None = None,
+) -> MatrixUser:
+    """A user registered through Tuwunel's client API with a registration token (two UIAA
+    steps), logged in, its sync position fixed."""
+    endpoint = f"{url}/_matrix/client/v3/register"
+    body: dict[str, Any] = {"username": localpart, "password": password}
+    async with session.post(endpoint, json=body) as resp:
+        challenge = await resp.json(content_type=None)
+    body["auth"] = {
+        "type": "m.login.registration_token",
+        "token": token,
+        "session": challenge.get("session"),
+    }
+    async with session.post(endpoint, json=body) as resp:
+        data = await resp.json(content_type=None)
+        if resp.status >= 300:
+            raise RuntimeError(f"Tuwunel refused to register {localpart}: {data}")
+    user = MatrixUser(url, data["user_id"], data["access_token"])
+    if displayname is not None:
+        await user.request(
+            "PUT",
+            f"/_matrix/client/v3/profile/{user.mxid}/displayname",
+            body={"displayname": displayname},
+        )
+    await user.mark()
+    return user

@@ -1,5 +1,5 @@
-"""A test's scene on the real Letta 0.16.8 (tests/harness/real_letta.py): its own bridge,
-puppet namespace and Letta tag, and what its tests look for in the room."""
+"""A scene on the real Letta 0.16.8 server (tests/harness/real_letta.py): the test's bridge
+with its own puppet namespace and Letta tag, a real Synapse, and what a person sees there."""
 
 from __future__ import annotations
 
@@ -131,3 +131,13 @@ def echo_of(text: str, room_name: str) -> str:
     """What the fake LLM answers: the whole message the bridge gave the agent, attribution
     line included."""
     return f'echo: [Matrix: Admin (@admin:{SERVER_NAME}) in "{room_name}"]\n{text}'
+
+
+async def user_messages(letta: LettaAdmin, agent_id: str, text: str) -> int:
+    """How many user messages in the agent's history (in Letta) end with ``text``."""
+    history = await letta.call("GET", f"/v1/agents/{agent_id}/messages", limit=1000)
+    return sum(
+        1
+        for m in history
+        if m.get("message_type") == "user_message" and str(m.get("content")).endswith(text)
+    )
