@@ -290,7 +290,8 @@ async def test_a_card_decided_in_letta_meanwhile_says_so_instead_of_failing(
     call_id = pending["tool_call"]["tool_call_id"]
     approval = {"type": "approval", "tool_call_id": call_id, "approve": True}
     body = {"messages": [{"type": "approval", "approvals": [approval]}]}
-    await scene.letta.call("POST", f"/v1/agents/{a.agent_id}/messages", body)  # Letta's UI
+    where = f"/v1/conversations/{pending['conversation_id']}"  # the room's conversation
+    await scene.letta.call("POST", f"{where}/messages", {**body, "streaming": False})
     await a.react(a.asker, card["event_id"], APPROVE)
     await a.asker.wait_for_event(
         a.room,

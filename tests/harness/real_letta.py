@@ -396,6 +396,12 @@ class LettaAdmin:
         )
 
     async def pending_approval(self, agent_id: str) -> Any:
-        """The approval request the agent waits on (None when it waits on nothing)."""
+        """The approval request the agent waits on, in one of its conversations (with its
+        ``conversation_id``) or its own history; None when it waits on nothing."""
+        for conversation in await self.call("GET", "/v1/conversations/", agent_id=agent_id):
+            path = f"/v1/conversations/{conversation['id']}/messages"
+            newest = await self.call("GET", path, limit=1, order="desc")
+            if newest and newest[0].get("message_type") == "approval_request_message":
+                return {**newest[0], "conversation_id": conversation["id"]}
         agent = await self.call("GET", f"/v1/agents/{agent_id}", include="agent.pending_approval")
         return agent.get("pending_approval")
