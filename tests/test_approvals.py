@@ -95,12 +95,12 @@ class Approval:
 
 
 async def approval_scene(
-    scene: Scene, homeserver: Homeserver, database: str, **bridge: Any
+    scene: Scene, homeserver: Homeserver, database: str, streaming: bool = False, **bridge: Any
 ) -> Approval:
     agent_id = await scene.agent("Gambler")
     tool = await scene.letta.add_tool(agent_id, dice_tool(fresh_localpart("roll")))
     await scene.letta.require_approval(agent_id, tool)
-    app = await scene.start(database, bridge=bridge)
+    app = await scene.start(database, bridge=bridge, letta={"streaming": streaming})
     room = await scene.room(agent_id)
     a = Approval(app, scene, homeserver, agent_id, tool, room)
     a.asker = await a.member("asker")
@@ -159,14 +159,18 @@ async def test_a_tool_needing_approval_shows_a_card_and_the_askers_tick_runs_it(
 async def test_a_deny_reply_with_a_reason_tells_the_agent(
     scene: Scene, homeserver: Homeserver, sqlite_url: str
 ) -> None:
-    a = await approval_scene(scene, homeserver, sqlite_url)
+    a = await approval_scene(scene, homeserver, sqlite_url, streaming=True)
     asked, card = await a.ask(20)
     await a.asker.send_text(a.room, "deny not with my money", reply_to=card["event_id"])
-    answer = await a.answer(asked)
+    answer = await a.answer(asked)  # streamed: posted, then edited as it grows
     # The fake LLM repeats the tool result Letta gave it: the denial and its reason.
-    assert answer["content"]["body"].startswith("tool result:")
-    assert "not with my money" in answer["content"]["body"]
-    assert "rolled" not in answer["content"]["body"]
+    await a.asker.wait_for_event(
+        a.room,
+        lambda _e: "not with my money" in latest_text(a.asker, a.room, answer),
+        timeout=WAIT,
+    )
+    said = latest_text(a.asker, a.room, answer)
+    assert said.startswith("tool result:") and "rolled" not in said
     await a.asker.wait_for_event(
         a.room,
         lambda _e: f"Denied by {a.asker.mxid}" in latest_text(a.asker, a.room, card),

@@ -81,7 +81,8 @@ def stream_decisions(
     async def open_stream() -> Any:
         if not conversation_id:
             return await client._open_stream(agent_id, message, stream_tokens)
-        body = {"messages": [message], "stream_tokens": stream_tokens, "include_pings": True}
+        body = {"messages": [message], "streaming": True, "stream_tokens": stream_tokens}
+        body["include_pings"] = True
         return await client._post_stream(_messages_path(agent_id, conversation_id), body)
 
     return LettaStream(open_stream, client.timeout, on_error=client._stream_failed)
