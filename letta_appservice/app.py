@@ -15,16 +15,19 @@ from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.util.async_db import Database
 
 from . import __version__
+from .chat.approvals import Cards
 from .chat.conversations import RoomConversations
 from .chat.loops import LoopGuard
 from .chat.media import MediaIntake
 from .chat.memberships import Memberships
+from .chat.reactions import Reactions
 from .chat.router import Router
 from .chat.transcribe import Transcriber
 from .chat.turn import Conversations, TurnSettings
 from .commands import CommandProcessor, Management, Services
 from .config import Config
 from .db.agent import AgentStore
+from .db.approval import ApprovalStore
 from .db.bridge_state import BridgeState
 from .db.database import DatabaseURL, open_database
 from .db.inbox import InboxEvent, InboxStore
@@ -194,6 +197,7 @@ class App:
         self.room_conversations = RoomConversations(
             TurnCalls(self.letta), LettaConversationStore(db), cfg.letta.conversations
         )
+        cards = Cards(store=ApprovalStore(db), puppets=self.puppets)
         self.conversations = Conversations(
             settings=TurnSettings.from_config(cfg),
             rooms=self.room_conversations,
@@ -202,6 +206,7 @@ class App:
             turns=self._turns,
             sent=self._sent,
             metrics=self.metrics,
+            on_card=cards.opened,
         )
         services = Services(
             config=cfg,
@@ -251,6 +256,15 @@ class App:
             state_store=self.state_store,
             puppets=self.puppets,
             conversations=self.conversations,
+            reactions=Reactions(
+                policy=cfg.bridge.approvers,
+                identity=identity,
+                permissions=permissions,
+                agents=self.agents,
+                notices=notices,
+                cards=cards,
+                conversations=self.conversations,
+            ),
             memberships=memberships,
             commands=self.commands,
             before=self.handle_event,

@@ -275,6 +275,15 @@ async def test_admin_commands(
     assert reply["body"] == "Unknown mode `loud`: use open, mention or off."
     reply = await say(admin_user, beta_room, "!letta mode open")
     assert reply["body"].startswith("Mode of this room: **open** (was mention)")
+    # Anyone sees a room's mode; only admins change it.
+    await user.join(beta_room)
+    reply = await say(user, beta_room, "!letta mode")
+    assert reply["body"].startswith("Mode of this room: **open**: every message")
+    reply = await say(user, alpha_room, "!letta mode")
+    assert reply["body"].startswith("This room has the default mode")
+    reply = await say(user, alpha_room, "!letta mode off")
+    assert reply["body"] == "Only bridge admins change the mode of a room."
+    assert (await app.commands.services.rooms.get(alpha_room)).mode is None
 
     # ... also in a DM with a puppet, where the bot is not: the puppet answers.
     puppet = bridge.mxid(beta.id)
@@ -328,6 +337,22 @@ async def test_admin_commands(
         beta_room, lambda e: e["sender"] == puppet and e["content"]["msgtype"] == "m.notice"
     )
     assert notice["content"]["body"].startswith("Cancelled by a bridge admin")
+    # A user cancels a request of their own, not someone else's.
+    fake_letta.agents[alpha.id].delay = 60
+    await user.send_text(alpha_room, "ponder this")
+    await fake_letta.wait_for_in_flight(alpha.id, timeout=TIMEOUT)
+    await admin_user.send_text(beta_room, "and you?")
+    await fake_letta.wait_for_in_flight(beta.id, timeout=TIMEOUT)
+    reply = await say(user, beta_room, "!letta cancel beta")
+    assert reply["body"].startswith("**Beta** is not answering a message of yours")
+    reply = await say(user, alpha_room, "!letta cancel gamma")
+    assert reply["body"] == "Cancelled your request to **Gamma**."
+    notice = await user.wait_for_event(
+        alpha_room,
+        lambda e: e["sender"] == bridge.mxid(alpha.id) and "Cancelled by" in e["content"]["body"],
+    )
+    assert notice["content"]["body"].startswith(f"Cancelled by {user.mxid}")
+    await say(admin_user, beta_room, "!letta cancel beta")
 
     # reset needs --yes; then a new room in the space, the old one archived.
     reply = await say(admin_user, dm, "reset Gamma")

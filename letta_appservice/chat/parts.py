@@ -10,9 +10,10 @@ from typing import Any
 import attrs
 
 from ..letta.errors import LettaError
-from ..letta.models import LettaMessage
+from ..letta.models import LettaMessage, ToolCall
 from ..matrix.format import NOTICE, TEXT, render_collapsed, render_markdown
 from ..matrix.size import clip, split_markdown
+from .cards import card_text
 
 NO_REPLY = "The agent finished its turn without a reply."
 
@@ -24,13 +25,18 @@ class Part:
     msgtype: str
     body: str
     html: str | None = None
+    calls: tuple[ToolCall, ...] = ()  # an approval card: the tool calls it decides
 
     def to_json(self) -> dict[str, Any]:
-        return {"msgtype": self.msgtype, "body": self.body, "html": self.html}
+        raw: dict[str, Any] = {"msgtype": self.msgtype, "body": self.body, "html": self.html}
+        if self.calls:
+            raw["calls"] = [attrs.asdict(call) for call in self.calls]
+        return raw
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Part:
-        return cls(raw["msgtype"], raw["body"], raw.get("html"))
+        calls = tuple(ToolCall(**call) for call in raw.get("calls") or ())
+        return cls(raw["msgtype"], raw["body"], raw.get("html"), calls)
 
 
 def _pretty_arguments(arguments: str | None) -> str:
@@ -42,7 +48,9 @@ def _pretty_arguments(arguments: str | None) -> str:
         return arguments
 
 
-def parts_for(message: LettaMessage, *, show_reasoning: str, show_tools: str) -> list[Part]:
+def parts_for(
+    message: LettaMessage, *, show_reasoning: str, show_tools: str, approvers: str = ""
+) -> list[Part]:
     """The Matrix messages for one Letta message (none when it is not shown). A long answer
     becomes several messages, a long reasoning or tool notice is clipped: an event over the
     homeserver's size limit would be refused, and the answer lost."""
@@ -50,6 +58,9 @@ def parts_for(message: LettaMessage, *, show_reasoning: str, show_tools: str) ->
     if kind == "assistant":
         rendered = (render_markdown(piece) for piece in split_markdown(message.text))
         return [Part(TEXT, plain, html) for plain, html in rendered if plain]
+    if kind == "approval" and message.calls and approvers:
+        # A card people answer in the room (``approvers``: who may).
+        return [Part(NOTICE, *card_text(message.calls, approvers), calls=message.calls)]
     part = _notice_for(message, show_reasoning=show_reasoning, show_tools=show_tools)
     return [part] if part is not None else []
 
@@ -101,12 +112,14 @@ def build_parts(
     show_reasoning: str = "off",
     show_tools: str = "off",
     expects_reply: bool = True,
+    approvers: str = "",
 ) -> list[Part]:
     """Every Matrix message of one Letta turn, in order; a notice ends it when the agent did
     not stop normally (not repeated when an approval notice already says it)."""
     parts: list[Part] = []
+    show = {"show_reasoning": show_reasoning, "show_tools": show_tools, "approvers": approvers}
     for message in messages:
-        parts += parts_for(message, show_reasoning=show_reasoning, show_tools=show_tools)
+        parts += parts_for(message, **show)
     approval = any(m.kind == "approval" for m in messages)
     closing = closing_part(stop_reason, approval, answered(parts) or not expects_reply)
     return [*parts, closing] if closing else parts
@@ -160,7 +173,9 @@ def duration(seconds: float) -> str:
 
 def waiting_text(error: LettaError, window: float) -> str:
     """The notice shown once while a message keeps being retried."""
-    if error.kind == "busy":
+    if error.kind == "busy" and "PENDING_APPROVAL" in error.message:
+        why = "The agent waits for a decision on a tool call (its card above)"
+    elif error.kind == "busy":
         why = "The agent is busy with another request"
     else:
         why = error_text(error, 0).removesuffix(".")

@@ -17,6 +17,7 @@ from mautrix.errors import MatrixConnectionError, MatrixRequestError
 from ..db.agent import AgentRow
 from ..db.sent_event import SentEventStore
 from ..inbox.worker import Retry
+from ..letta.approvals import Decision
 from ..matrix.format import NOTICE, TEXT
 from .content import edit_content, edit_suffix, message_content, txn_id
 from .media import Media
@@ -27,6 +28,7 @@ TYPING_GRACE = 0.25  # a Letta answer quicker than this shows no typing at all
 TYPING_REFRESH = 20.0  # seconds between typing renewals (each lasts TYPING_TIMEOUT_MS)
 TYPING_TIMEOUT_MS = 30_000
 MAX_HOMESERVER_BACKOFF = 60.0
+PLACEHOLDER = -1  # part number of a "thinking…" placeholder; the answer's first part replaces it
 REJECTED = (
     "A part of this answer could not be posted: the homeserver refused it ({reason}). "
     "The rest of the answer follows."
@@ -52,6 +54,8 @@ class Job:
     media: Media | None = None  # an image, file or voice message: fetched in the turn
     # Agent-to-agent messages passed on so far in this chain (0: a person's message).
     hop: int = 0
+    # A person's answer to an approval card: sent instead of ``content``; the turn goes on.
+    decisions: tuple[Decision, ...] = ()
 
 
 def homeserver_trouble(e: BaseException) -> bool:
@@ -96,6 +100,7 @@ class Poster:
         self.sent = sent
         self.posted: dict[int, Part] = {}  # by this poster (edits included)
         self._first_text: int | None = None
+        self._lock = asyncio.Lock()  # a placeholder and the answer's first part never race
 
     def _mentions(self, index: int, part: Part) -> list[str]:
         # The first answer text mentions the person, as a reply by a person would.
@@ -107,8 +112,14 @@ class Poster:
     async def post(self, index: int, part: Part) -> str:
         """Post part ``index`` unless it was posted before; its event id."""
         mentions = self._mentions(index, part)
-        if index in self.sent:
-            return self.sent[index]
+        async with self._lock:
+            if index in self.sent:
+                return self.sent[index]
+            if index == 0 and PLACEHOLDER in self.sent:
+                return await self._replace_placeholder(part)
+            return await self._post(index, part, mentions)
+
+    async def _post(self, index: int, part: Part, mentions: list[str]) -> str:
         job = self.job
         content = message_content(part, job.relation, mentions)
         txn = txn_id(job.event_id, job.agent.agent_id, index)
@@ -127,6 +138,28 @@ class Poster:
         await self.store.add(job.event_id, job.agent.agent_id, index, job.room_id, event_id)
         self.sent[index] = event_id
         self.posted[index] = part
+        return event_id
+
+    async def placeholder(self, part: Part) -> None:
+        """Show ``part`` where the answer will appear, unless the answer has begun."""
+        async with self._lock:
+            if 0 in self.sent or PLACEHOLDER in self.sent:
+                return
+            job = self.job
+            txn = txn_id(job.event_id, job.agent.agent_id, 0, ".placeholder")
+            event_id = await _send(self.api, job.room_id, message_content(part, job.relation), txn)
+            await self.store.add(
+                job.event_id, job.agent.agent_id, PLACEHOLDER, job.room_id, event_id
+            )
+            self.sent[PLACEHOLDER] = event_id
+
+    async def _replace_placeholder(self, part: Part) -> str:
+        job, event_id = self.job, self.sent[PLACEHOLDER]
+        txn = txn_id(job.event_id, job.agent.agent_id, 0, ".answer")
+        await _send(self.api, job.room_id, edit_content(part, event_id), txn)
+        await self.store.add(job.event_id, job.agent.agent_id, 0, job.room_id, event_id)
+        self.sent[0] = event_id
+        self.posted[0] = part
         return event_id
 
     async def edit(self, index: int, part: Part) -> None:

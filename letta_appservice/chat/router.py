@@ -35,6 +35,7 @@ from .loops import LOOP_NOTICE, ROUTE, TELL, LoopGuard, answers_bridge
 from .media import describe, media_of, refusal
 from .memberships import Memberships, agent_ids
 from .poster import homeserver_retry, homeserver_trouble
+from .reactions import Reactions, control_lane
 from .turn import Conversations, Job
 
 log = logging.getLogger("letta_appservice.router")
@@ -78,6 +79,7 @@ class Router:
         state_store: Any,
         puppets: Puppets,
         conversations: Conversations,
+        reactions: Reactions,
         memberships: Memberships,
         commands: Commands,
         before: Callable[[InboxEvent], Awaitable[None]],
@@ -95,6 +97,7 @@ class Router:
         self.state_store = state_store
         self.puppets = puppets
         self.conversations = conversations
+        self.reactions = reactions
         self.memberships = memberships
         self.commands = commands
         self.before = before
@@ -109,7 +112,9 @@ class Router:
     async def lane_key(self, event: InboxEvent) -> str:
         """A message for exactly one agent waits in that agent's lane (FIFO, one Letta request
         at a time); everything else, commands included, in its room's lane, so a `cancel`
-        never waits behind the turn it cancels."""
+        never waits behind the turn it cancels. Reactions and decisions: see control_lane."""
+        if not self.identity.is_bridge(event.sender) and (lane := control_lane(event)):
+            return lane
         if event.event_type != "m.room.message" or self.identity.is_bridge(event.sender):
             return event.room_id
         if is_command(event.event.get("content") or {}, self.prefix):
@@ -133,6 +138,8 @@ class Router:
         await self.before(event)
         if event.event_type == "m.room.message":
             await self._message(event)
+        elif event.event_type == "m.reaction":
+            await self.reactions.reaction(event)
         elif event.event_type == "m.room.member":
             evt = event.parsed
             if isinstance(evt, StateEvent):
@@ -169,6 +176,8 @@ class Router:
             not isinstance(body, str) or self.prefix.lower() not in body.lower()
         ):
             return  # a room we do not serve, and no command: no parsing, no query (load)
+        if not media and await self.reactions.reply(event):
+            return  # an answer to an approval card
         if not media:
             evt = event.parsed
             if isinstance(evt, MessageEvent) and await self.commands.maybe_handle(evt):

@@ -9,7 +9,7 @@ from typing import Protocol
 import attrs
 
 from ..letta import LettaError, LettaMessage
-from ..letta.models import tool_call_message
+from ..letta.models import merge_calls, tool_call_message
 from ..matrix.format import NOTICE
 from .parts import Part, answered, closing_part, error_text, parts_for
 
@@ -42,13 +42,20 @@ def _merge(previous: LettaMessage, delta: LettaMessage) -> LettaMessage:
         text=previous.text + delta.text,
         tool_name=previous.tool_name or delta.tool_name,
         tool_arguments=arguments,
+        calls=merge_calls(previous, delta),
     )
 
 
 class _Relay:
-    def __init__(self, outbox: Outbox, show_reasoning: str, show_tools: str) -> None:
+    def __init__(
+        self, outbox: Outbox, show_reasoning: str, show_tools: str, approvers: str = ""
+    ) -> None:
         self.outbox = outbox
-        self.show = {"show_reasoning": show_reasoning, "show_tools": show_tools}
+        self.show = {
+            "show_reasoning": show_reasoning,
+            "show_tools": show_tools,
+            "approvers": approvers,
+        }
         self.parts: list[Part] = []
         self.posted = False  # by this attempt
         self.approval = False
@@ -124,13 +131,14 @@ async def relay(
     show_tools: str,
     *,
     expects_reply: bool = True,
+    approvers: str = "",
 ) -> list[Part]:
     """Consume a streamed turn, posting as it goes; returns every part of the answer (the
     closing notice, if any, is left for the caller to post with the rest).
 
     An error before anything was posted is raised (the caller may retry the message); after,
     the answer is kept and a notice says it may be incomplete (a retry would repeat it)."""
-    r = _Relay(outbox, show_reasoning, show_tools)
+    r = _Relay(outbox, show_reasoning, show_tools, approvers)
     try:
         async for message in stream:
             await r.feed(message)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -18,9 +20,11 @@ from ..db.sent_event import SentEventStore
 from ..db.turn import TurnStore
 from ..inbox.worker import Retry
 from ..letta import LettaError
+from ..letta.approvals import send_decisions, stream_decisions
 from ..matrix.format import NOTICE
 from ..matrix.puppets import Puppets
 from ..metrics import Metrics
+from .cards import ASKER, stopped_text, who_may_decide
 from .content import DELAY_NOTICE_PART, otid
 from .conversations import RoomConversations
 from .media import MediaIntake, Refused
@@ -37,6 +41,11 @@ DEADLINE = (
     "cancel the run. Anything above is all there is of this answer."
 )
 MAX_BACKOFF = 60.0
+THINKING = "thinking…"
+THINKING_AFTER = 1.5  # seconds of Letta working before the placeholder shows
+STOPS_KEPT = 1_000
+# Called once an approval card of a turn is posted: (job, card event id, card part).
+CardHook = Callable[[Job, str, Part], Awaitable[None]]
 
 
 @attrs.frozen
@@ -51,6 +60,8 @@ class TurnSettings:
     delay_notice: float = 30.0
     max_concurrency: int = 8  # Letta turns at once, across agents
     deadline: float = 900.0  # seconds a whole turn may take (pings do not extend it)
+    approvers: str = ASKER  # who may decide an approval card (bridge.approvers)
+    thinking: bool = False  # a "thinking…" placeholder the answer replaces
 
     @classmethod
     def from_config(cls, config: Config) -> TurnSettings:
@@ -64,6 +75,8 @@ class TurnSettings:
             delay_notice=letta.delay_notice,
             max_concurrency=letta.max_concurrency,
             deadline=config.guards.turn_deadline,
+            approvers=bridge.approvers,
+            thinking=bridge.thinking_placeholder,
         )
 
 
@@ -85,6 +98,7 @@ class Conversations:
         turns: TurnStore,
         sent: SentEventStore,
         metrics: Metrics,
+        on_card: CardHook | None = None,
     ) -> None:
         self.settings = settings
         # Every Letta call of a turn goes through calls, with the room's conversation.
@@ -93,14 +107,17 @@ class Conversations:
         self.turns = turns
         self.sent = sent
         self.metrics = metrics
+        self.on_card = on_card
         self._locks: dict[str, asyncio.Lock] = {}
         # Held only for the Letta request of a turn: commands, memberships and posting stored
         # answers never wait behind agents that are thinking.
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._running: dict[str, asyncio.Task[list[Part]]] = {}
+        self._jobs: dict[str, tuple[Job, Poster]] = {}  # the turn running for each agent
         self._conversation: dict[str, str | None] = {}  # of each agent's running turn
-        self._hops: dict[str, int] = {}  # agent id -> hop of the turn it is in
-        self._cancelled: set[str] = set()
+        self._cancelled: dict[str, str] = {}  # agent -> the notice ending its cancelled turn
+        # Messages stopped (🛑) before their turn: (by whom, an admin?).
+        self._stopped: OrderedDict[str, tuple[str, bool]] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- public --------------------------------------------------------------------------------
@@ -115,16 +132,49 @@ class Conversations:
         if stored is not None:  # answered before a restart: post what is missing
             await self._post(poster, [Part.from_json(p) for p in stored])
             return
-        read_up_to = job.event_id if job.attempts == 0 else None
+        stopped = self._stopped.pop(job.event_id, None)
+        if stopped is not None and (stopped[1] or stopped[0] == job.sender):
+            await self._post(poster, [Part(NOTICE, stopped_text(stopped[0], False))])
+            return
+        read_up_to = job.event_id if job.attempts == 0 and not job.decisions else None
         typing = Typing(api, job.room_id, job.agent.mxid, read_up_to)
         self._spawn(typing.run(), "typing")
+        answered = asyncio.Event()
+        if self.settings.thinking:
+            self._spawn(self._placeholder(poster, answered), "thinking")
         try:
             parts = await self._turn(job, poster)
             typing.settle()
+            answered.set()
             await self.turns.put(job.event_id, agent_id, job.room_id, [p.to_json() for p in parts])
             await self._post(poster, parts)
         finally:
             typing.stop()
+            answered.set()
+
+    def running(self, agent_id: str) -> Job | None:
+        """The message the agent is answering now, if any."""
+        job, _ = self._jobs.get(agent_id, (None, None))
+        return job
+
+    async def stop_answer(self, room_id: str, target: str, by: str, *, admin: bool) -> bool | None:
+        """🛑 on ``target`` (a person's message or a part of its answer): stop the turn
+        answering it if ``by`` asked it or is an admin (False if not). None when no turn of
+        the room is about it: a message still queued is then not passed on when its turn
+        comes (if ``by`` sent it or is an admin)."""
+        for agent_id, (job, poster) in list(self._jobs.items()):
+            if job.room_id == room_id and (
+                job.event_id == target or target in poster.sent.values()
+            ):
+                if by != job.sender and not admin:
+                    return False
+                answered = any(i >= 0 for i in poster.sent)
+                await self.cancel(agent_id, stopped_text(by, answered))
+                return True
+        self._stopped[target] = (by, admin)
+        while len(self._stopped) > STOPS_KEPT:
+            self._stopped.popitem(last=False)
+        return None
 
     async def notify(
         self,
@@ -142,14 +192,14 @@ class Conversations:
             part, Part(NOTICE, text)
         )
 
-    async def cancel(self, agent_id: str) -> bool:
+    async def cancel(self, agent_id: str, notice: str = CANCELLED) -> bool:
         """Stop waiting for the agent's running request and cancel its run in Letta; True if
-        the bridge was waiting for one."""
+        the bridge was waiting for one. ``notice`` ends the cut-short answer."""
         task = self._running.get(agent_id)
         waiting = task is not None and not task.done()
         if task is not None and waiting:
             # First, so the person is told it was cancelled even if Letta answers meanwhile.
-            self._cancelled.add(agent_id)
+            self._cancelled[agent_id] = notice
             task.cancel()
         try:
             await self.calls.cancel(agent_id, self._conversation.get(agent_id))
@@ -159,7 +209,8 @@ class Conversations:
 
     def hop(self, agent_id: str) -> int:
         """The hop of the agent's running turn (what its tools pass on goes one further)."""
-        return self._hops.get(agent_id, 0)
+        running = self._jobs.get(agent_id)
+        return running[0].hop if running else 0
 
     async def stop(self) -> None:
         tasks = list(self._background)
@@ -175,7 +226,7 @@ class Conversations:
         async with lock, self._slots:
             task = asyncio.create_task(self._ask_posting(job, poster), name=f"letta-{agent_id}")
             self._running[agent_id] = task
-            self._hops[agent_id] = job.hop
+            self._jobs[agent_id] = (job, poster)
             started = time.monotonic()
             try:
                 # asyncio.wait, not a timeout around the await: the deadline must not be
@@ -187,7 +238,7 @@ class Conversations:
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if agent_id in self._cancelled and not (current and current.cancelling()):
-                    return [*poster.so_far(), Part(NOTICE, CANCELLED)]
+                    return [*poster.so_far(), Part(NOTICE, self._cancelled[agent_id])]
                 task.cancel()
                 raise
             except LettaError as e:
@@ -195,8 +246,8 @@ class Conversations:
                 return await self._failed(job, poster, e)
             finally:
                 self._running.pop(agent_id, None)
-                self._hops.pop(agent_id, None)
-                self._cancelled.discard(agent_id)
+                self._jobs.pop(agent_id, None)
+                self._cancelled.pop(agent_id, None)
             # A whole turn, streaming included (requests: the client's).
             self.metrics.letta_latency.labels("turn").observe(time.monotonic() - started)
             return parts
@@ -225,6 +276,7 @@ class Conversations:
     async def _ask(self, job: Job, poster: Poster) -> list[Part]:
         s, agent_id = self.settings, job.agent.agent_id
         message_id = otid(job.event_id, agent_id)
+        approvers = who_may_decide(s.approvers, job.sender)
         content = job.content
         if job.media is not None:
             api = self.puppets.api(job.agent.mxid)
@@ -234,12 +286,24 @@ class Conversations:
             if isinstance(prepared, Refused):
                 return [Part(NOTICE, prepared.text)]
             content = prepared
+        # A decision goes on in the conversation of the room (or thread) the card is in.
         conversation = await self.rooms.of(agent_id, job.room_id, job.relation)
         self._conversation[agent_id] = conversation
+        client = self.calls.client
         if s.streaming:
-            stream = self.calls.stream(
-                agent_id, conversation, content, name=job.name, otid=message_id, stream_tokens=True
-            )
+            if job.decisions:
+                stream = stream_decisions(
+                    client, agent_id, job.decisions, conversation_id=conversation
+                )
+            else:
+                stream = self.calls.stream(
+                    agent_id,
+                    conversation,
+                    content,
+                    name=job.name,
+                    otid=message_id,
+                    stream_tokens=True,
+                )
             async with stream:
                 return await relay(
                     stream,
@@ -247,16 +311,23 @@ class Conversations:
                     s.show_reasoning,
                     s.show_tools,
                     expects_reply=job.expects_reply,
+                    approvers=approvers,
                 )
-        response = await self.calls.send(
-            agent_id, conversation, content, name=job.name, otid=message_id
-        )
+        if job.decisions:
+            response = await send_decisions(
+                client, agent_id, job.decisions, conversation_id=conversation
+            )
+        else:
+            response = await self.calls.send(
+                agent_id, conversation, content, name=job.name, otid=message_id
+            )
         return build_parts(
             response.messages,
             response.stop_reason,
             show_reasoning=s.show_reasoning,
             show_tools=s.show_tools,
             expects_reply=job.expects_reply,
+            approvers=approvers,
         )
 
     async def _failed(self, job: Job, poster: Poster, error: LettaError) -> list[Part]:
@@ -279,6 +350,16 @@ class Conversations:
     async def _post(self, poster: Poster, parts: Sequence[Part]) -> None:
         async with homeserver_retry(poster.job.attempts):
             await poster.post_all(parts)
+            for index, part in enumerate(parts):
+                if part.calls and self.on_card is not None:
+                    await self.on_card(poster.job, poster.sent[index], part)
+
+    async def _placeholder(self, poster: Poster, answered: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(THINKING_AFTER):
+                await answered.wait()
+        if not answered.is_set():
+            await poster.placeholder(Part(NOTICE, THINKING))
 
     def _spawn(self, coro: Awaitable[Any], what: str) -> None:
         async def guarded() -> None:

@@ -1,4 +1,5 @@
-"""Admin commands: sync, invite, pause, resume, mode, reset, cancel."""
+"""Admin commands: sync, invite, pause, resume, mode, reset, cancel (mode without arguments,
+and cancelling one's own request, are for every user)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from mautrix.errors import MatrixRequestError
 from ..chat.loops import bots_key
 from ..db.agent import ACTIVE, AgentRow
 from ..db.room import AGENT, INVITED
-from ..permissions import ADMIN
+from ..permissions import ADMIN, USER
 from .args import CommandResult, bold_name, md_code, resolve_agent
 from .context import CommandContext, room_link
 from .info import invite_user
@@ -115,20 +116,29 @@ async def _set_paused(ctx: CommandContext, paused: bool) -> CommandResult:
 
 @command(
     "mode",
-    args="<open|mention|off>",
-    level=ADMIN,
-    help="Set when the agent answers in this room (type it in a bridged room).",
+    args="[open|mention|off]",
+    level=USER,
+    help="Show (anyone) or set (admins) when the agent answers in this room.",
 )
 async def cmd_mode(ctx: CommandContext) -> CommandResult:
     mode = (ctx.args.get(0) or "").lower()
-    if mode not in MODES:
-        return CommandResult.error(f"Unknown mode {md_code(mode)}: use open, mention or off.")
     services = ctx.services
     room = await services.rooms.get(ctx.room_id)
     if room is None or room.kind not in (AGENT, INVITED):
         return CommandResult.error(
             "This room is not bridged to an agent; type `mode` in an agent's room."
         )
+    if not mode:
+        if room.mode:
+            return CommandResult(f"Mode of this room: **{room.mode}**: {MODES[room.mode]}.")
+        return CommandResult(
+            "This room has the default mode: in an agent's own room or a direct chat every "
+            "message goes to the agent, elsewhere only messages that mention it."
+        )
+    if ctx.level != ADMIN:
+        return CommandResult.error("Only bridge admins change the mode of a room.")
+    if mode not in MODES:
+        return CommandResult.error(f"Unknown mode {md_code(mode)}: use open, mention or off.")
     if room.mode == mode:
         return CommandResult(f"This room is already in **{mode}** mode: {MODES[mode]}.")
     before = room.mode or "default"
@@ -194,12 +204,27 @@ async def cmd_reset(ctx: CommandContext) -> CommandResult:
     )
 
 
-@command("cancel", args="<agent>", level=ADMIN, help="Cancel the agent's running Letta request.")
+@command(
+    "cancel",
+    args="<agent>",
+    level=USER,
+    help="Cancel the agent's running Letta request (users: only a request of their own).",
+)
 async def cmd_cancel(ctx: CommandContext) -> CommandResult:
     agent = await ctx.agent()
     if isinstance(agent, CommandResult):
         return agent
     services = ctx.services
+    if ctx.level != ADMIN:
+        job = services.conversations.running(agent.agent_id)
+        if job is None or job.sender != ctx.sender:
+            return CommandResult.error(
+                f"{bold_name(agent)} is not answering a message of yours; you may cancel only "
+                "your own requests."
+            )
+        notice = f"Cancelled by {ctx.sender}; the agent's answer was not waited for."
+        await services.conversations.cancel(agent.agent_id, notice)
+        return CommandResult(f"Cancelled your request to {bold_name(agent)}.")
     if not await services.conversations.cancel(agent.agent_id):
         return CommandResult(
             f"{bold_name(agent)} had no request running here; Letta was asked to cancel any "

@@ -29,8 +29,14 @@ class Scheduler(Protocol):
     ) -> Any: ...
 
 
+class RunningJob(Protocol):
+    sender: str
+
+
 class Conversations(Protocol):
-    async def cancel(self, agent_id: str) -> bool: ...
+    async def cancel(self, agent_id: str, notice: str = ...) -> bool: ...
+
+    def running(self, agent_id: str) -> RunningJob | None: ...
 
 
 class RoomConversations(Protocol):

@@ -43,10 +43,10 @@ from .checks import (
     _regex_list,
     _str_list,
     _token,
-    _tool_agents,
     _username_template,
 )
 from .media import MediaConfig, media_config
+from .tools import ToolsConfig, tools_config
 
 # Environment variables that override a config key (secrets and container-specific addresses).
 ENV_OVERRIDES: dict[str, str] = {
@@ -130,6 +130,8 @@ class BridgeConfig:
     show_reasoning: str
     show_tools: str
     permissions: Mapping[str, str]
+    approvers: str = "asker"  # who decides approval cards: asker (or an admin), users, admins
+    thinking_placeholder: bool = False
 
 
 @attrs.frozen
@@ -152,18 +154,6 @@ class GuardConfig:
 
 
 @attrs.frozen
-class ToolsConfig:
-    """The agents' Matrix tools (tools.*)."""
-
-    agents: str = "all"  # all | none | tag:<letta tag>
-    url: str = ""  # how Letta's sandbox reaches the tool API ("" = appservice.address)
-    talk_wait: float = 60.0
-    max_hops: int = 3
-    calls_per_minute: int = 30
-    send_token: str = attrs.field(default="", repr=False)
-
-
-@attrs.frozen
 class Config:
     homeserver: HomeserverConfig
     appservice: AppserviceConfig
@@ -172,7 +162,7 @@ class Config:
     logging: LoggingConfig
     guards: GuardConfig = GuardConfig()
     media: MediaConfig = attrs.field(factory=MediaConfig)
-    tools: ToolsConfig = ToolsConfig()
+    tools: ToolsConfig = attrs.field(factory=ToolsConfig)
 
     @property
     def bot_mxid(self) -> str:
@@ -373,6 +363,8 @@ class _Validator:
                 show_reasoning=g("bridge.show_reasoning", str, _choice(DISPLAY_MODES)),
                 show_tools=g("bridge.show_tools", str, _choice(DISPLAY_MODES)),
                 permissions=_permissions(g("bridge.permissions", Mapping)),
+                approvers=g("bridge.approvers", str, _choice(("asker", "users", "admins"))),
+                thinking_placeholder=g("bridge.thinking_placeholder", bool),
             ),
             logging=LoggingConfig(
                 level=_level(g("logging.level", str, _level_check)),
@@ -388,12 +380,5 @@ class _Validator:
                 tuple(g("bridge.bot_users", list, _regex_list)),
             ),
             media=media_config(g),
-            tools=ToolsConfig(
-                agents=g("tools.agents", str, _tool_agents),
-                url=g("tools.url", str, lambda v: v and _http_url(v)).rstrip("/"),
-                talk_wait=g("tools.talk_wait", float, _positive),
-                max_hops=g("tools.max_hops", int, _positive),
-                calls_per_minute=g("tools.calls_per_minute", int, _positive),
-                send_token=g("tools.send_token", str, lambda v: v and _token(v)),
-            ),
+            tools=tools_config(g),
         )

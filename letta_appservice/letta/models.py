@@ -47,6 +47,15 @@ class Agent:
 
 
 @attrs.frozen
+class ToolCall:
+    """One tool call waiting for a person's approval."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@attrs.frozen
 class LettaMessage:
     """One message of an agent turn, normalised across Letta versions."""
 
@@ -55,6 +64,7 @@ class LettaMessage:
     text: str
     tool_name: str | None = None
     tool_arguments: str | None = None
+    calls: tuple[ToolCall, ...] = ()  # of an approval request: every call it waits for
 
 
 @attrs.frozen
@@ -106,6 +116,18 @@ def _first_call(raw: Mapping[str, Any], *fields: str) -> Mapping[str, Any]:
         if isinstance(value, Mapping):
             return value
     return {}
+
+
+def _calls(raw: Mapping[str, Any]) -> tuple[ToolCall, ...]:
+    """Every call of an approval request that has an id (a streamed delta may carry none)."""
+    listed = raw.get("tool_calls")
+    found = listed if isinstance(listed, list) else [raw.get("tool_call")]
+    calls = []
+    for call in found:
+        if isinstance(call, Mapping) and isinstance(call.get("tool_call_id"), str):
+            name, arguments = _call_parts(call)
+            calls.append(ToolCall(call["tool_call_id"], name or "", arguments or ""))
+    return tuple(calls)
 
 
 def tool_call_message(msg_id: str | None, name: str | None, arguments: str | None) -> LettaMessage:
@@ -173,7 +195,9 @@ def parse_message(raw: Any) -> LettaMessage | None:
         )
     if mtype == "approval_request_message":
         name, arguments = _call_parts(_first_call(raw, "tool_call", "tool_calls"))
-        return LettaMessage("approval", msg_id, "", tool_name=name, tool_arguments=arguments)
+        return LettaMessage(
+            "approval", msg_id, "", tool_name=name, tool_arguments=arguments, calls=_calls(raw)
+        )
     if mtype == "error_message" or (mtype is None and "error" in raw):
         return LettaMessage("error", msg_id, error_text(raw))
     return LettaMessage("other", msg_id, content_text(raw.get("content")))
@@ -209,6 +233,25 @@ def parse_response(raw: Any) -> LettaResponse:
     )
 
 
+def merge_calls(previous: LettaMessage, delta: LettaMessage) -> tuple[ToolCall, ...]:
+    """The approval calls of two deltas of one streamed message: a call seen again grows by
+    its arguments; argument pieces without a call id belong to the last call."""
+    calls = list(previous.calls)
+    for call in delta.calls:
+        at = next((i for i, c in enumerate(calls) if c.id == call.id), None)
+        if at is None:
+            calls.append(call)
+        else:
+            known = calls[at]
+            calls[at] = ToolCall(
+                known.id, known.name or call.name, known.arguments + call.arguments
+            )
+    if not delta.calls and delta.tool_arguments and calls:
+        last = calls[-1]
+        calls[-1] = attrs.evolve(last, arguments=last.arguments + delta.tool_arguments)
+    return tuple(calls)
+
+
 def merge_stream_deltas(messages: Iterable[LettaMessage]) -> list[LettaMessage]:
     """Join `stream_tokens` deltas: texts and tool arguments concatenated per message id.
 
@@ -231,6 +274,7 @@ def merge_stream_deltas(messages: Iterable[LettaMessage]) -> list[LettaMessage]:
             text=previous.text + msg.text,
             tool_name=previous.tool_name or msg.tool_name,
             tool_arguments=arguments,
+            calls=merge_calls(previous, msg),
         )
     # A send_message call streamed in pieces only becomes valid JSON once joined.
     return [

@@ -380,3 +380,28 @@ class LettaAdmin:
     async def tools(self, agent_id: str) -> list[str]:
         tools = await self.call("GET", f"/v1/agents/{agent_id}/tools")
         return [t["name"] for t in tools]
+
+    async def add_tool(self, agent_id: str, source: str) -> str:
+        """Register a Python tool (a ``def`` with a docstring), give it to the agent: its name."""
+        tool = await self.call(
+            "POST", "/v1/tools/", {"source_code": source, "source_type": "python"}
+        )
+        await self.call("PATCH", f"/v1/agents/{agent_id}/tools/attach/{tool['id']}")
+        return str(tool["name"])
+
+    async def require_approval(self, agent_id: str, tool: str) -> None:
+        """From now on the agent waits for a person's approval before running ``tool``."""
+        await self.call(
+            "PATCH", f"/v1/agents/{agent_id}/tools/approval/{tool}", {"requires_approval": True}
+        )
+
+    async def pending_approval(self, agent_id: str) -> Any:
+        """The approval request the agent waits on, in one of its conversations (with its
+        ``conversation_id``) or its own history; None when it waits on nothing."""
+        for conversation in await self.call("GET", "/v1/conversations/", agent_id=agent_id):
+            path = f"/v1/conversations/{conversation['id']}/messages"
+            newest = await self.call("GET", path, limit=1, order="desc")
+            if newest and newest[0].get("message_type") == "approval_request_message":
+                return {**newest[0], "conversation_id": conversation["id"]}
+        agent = await self.call("GET", f"/v1/agents/{agent_id}", include="agent.pending_approval")
+        return agent.get("pending_approval")

@@ -95,6 +95,16 @@ class NoCommands:
         return isinstance(evt.content.body, str) and evt.content.body.startswith("!letta")
 
 
+class NoCards:
+    """No approval card exists here: replies go on to the agents, reactions change nothing."""
+
+    async def reply(self, _event: InboxEvent) -> bool:
+        return False
+
+    async def reaction(self, _event: InboxEvent) -> None:
+        return None
+
+
 @attrs.define
 class Routing:
     router: Router
@@ -173,6 +183,7 @@ async def routing_setup(tmp_path: Path) -> AsyncIterator[Routing]:
         config=cfg, identity=identity, permissions=permissions, agents=agents, rooms=rooms,
         invited=invited, notices=notices, state_store=state_store, puppets=RoomNames(),  # type: ignore[arg-type]
         conversations=turn, memberships=memberships, commands=commands, before=nothing,  # type: ignore[arg-type]
+        reactions=NoCards(),  # type: ignore[arg-type]
         loops=LoopGuard(),
     )  # fmt: skip
     for n in (1, 2):
