@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.inbox import InboxEvent, InboxStore
 from letta_appservice.inbox.worker import InboxWorker, Retry
 from tests.harness.events import message
+from tests.harness.observe import eventually
 
 
 @pytest_asyncio.fixture
@@ -113,3 +116,149 @@ async def test_unfinished_events_resume_after_a_crash(store: InboxStore) -> None
     await second.wait_idle()
     await second.stop()
     assert handled == ["$event1", "$event2"]
+
+
+# --- memory: a flood is parked in the database, not held -----------------------------------------
+
+
+async def test_a_flooded_lane_holds_at_most_lane_cap_events_and_takes_the_rest_back_in_order(
+    store: InboxStore,
+) -> None:
+    await store.store_transaction("t", [message(i) for i in range(30)])  # one room: one lane
+    held: list[int] = []  # events in memory as each one is handled
+
+    async def handler(ev: InboxEvent) -> None:
+        held.append(worker.in_flight)
+
+    worker = InboxWorker(store, handler, claim_batch=5, max_claimed=20, lane_cap=4)
+    await worker.start()
+    await worker.wait_idle()
+    await worker.stop()
+    assert len(held) == 30 and max(held) == 4  # the cap, and refilled up to it
+    rows = await store.db.fetch("SELECT event_id, state, lane FROM inbox ORDER BY seq")
+    assert [(r["event_id"], r["state"], r["lane"]) for r in rows] == [
+        (f"$event{i}", "done", None) for i in range(30)
+    ]
+
+
+async def test_with_memory_full_an_idle_lane_still_gets_its_events_one_at_a_time(
+    store: InboxStore,
+) -> None:
+    busy, idle = "!busy:test.local", "!idle:test.local"
+    await store.store_transaction("b", [message(i, room=busy) for i in range(4)])
+    await store.store_transaction("i", [message(10 + i, room=idle) for i in range(8)])
+    release = asyncio.Event()
+    held: list[int] = []
+
+    async def handler(ev: InboxEvent) -> None:
+        if ev.room_id == busy:
+            await release.wait()  # one slow agent holds all the memory there is (4 events)
+        else:
+            held.append(worker.in_flight)
+
+    worker = InboxWorker(store, handler, claim_batch=5, max_claimed=4, lane_cap=4)
+    await worker.start()
+    try:
+        await eventually(lambda: asyncio.sleep(0, len(held) == 8))
+        # The idle lane got each of its events, but never more than one beyond the limit.
+        assert held == [5] * 8
+        release.set()
+        await worker.wait_idle()
+    finally:
+        await worker.stop()
+    assert (await store.counts())["done"] == 12
+
+
+# --- stopping and the batched done marks ---------------------------------------------------------
+
+
+def flaky_finish_many(store: InboxStore, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The database fails the first batch of done marks; the returned event is set then."""
+    failed = asyncio.Event()
+    real = store.finish_many
+
+    async def flaky(*args: Any) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise ConnectionError("database went away")
+        await real(*args)
+
+    monkeypatch.setattr(store, "finish_many", flaky)
+    return failed
+
+
+async def handled_after_restart(store: InboxStore) -> list[str]:
+    handled: list[str] = []
+
+    async def handler(ev: InboxEvent) -> None:
+        handled.append(ev.event_id)
+
+    again = InboxWorker(store, handler)
+    await again.start()
+    await again.wait_idle()
+    await again.stop()
+    return handled
+
+
+async def test_done_marks_the_database_failed_to_write_are_written_later(
+    store: InboxStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.store_transaction("t", [message(1), message(2)])
+    failed = flaky_finish_many(store, monkeypatch)
+    handled: list[str] = []
+
+    async def handler(ev: InboxEvent) -> None:
+        handled.append(ev.event_id)
+
+    worker = InboxWorker(store, handler)
+    await worker.start()
+    await worker.wait_idle()
+    await worker.stop()
+    assert failed.is_set() and handled == ["$event1", "$event2"]
+    assert (await store.counts())["done"] == 2
+    assert await handled_after_restart(store) == []  # nothing handled twice
+
+
+async def test_stop_writes_the_done_marks_still_waiting_and_takes_no_more_events(
+    store: InboxStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.store_transaction("t", [message(1), message(2)])
+    failed = flaky_finish_many(store, monkeypatch)
+    handled: list[str] = []
+
+    async def handler(ev: InboxEvent) -> None:
+        handled.append(ev.event_id)
+
+    worker = InboxWorker(store, handler)
+    await worker.start()
+    await asyncio.wait_for(failed.wait(), 30)
+    await worker.stop()  # while the marks wait for their next try
+    before_stop = list(handled)
+    assert before_stop[:1] == ["$event1"]
+    assert (await store.counts())["done"] == len(before_stop)
+    # A stopped worker is stopped: what arrives now waits for the next start.
+    await store.store_transaction("t2", [message(3)])
+    worker.wake()
+    rest = [e for e in ["$event1", "$event2", "$event3"] if e not in before_stop]
+    assert await handled_after_restart(store) == rest
+    assert handled == before_stop
+
+
+async def test_an_event_that_cannot_be_routed_goes_to_its_rooms_lane(store: InboxStore) -> None:
+    await store.store_transaction("t", [message(1), message(2), message(3)])
+    handled: list[str] = []
+
+    async def lane_key(ev: InboxEvent) -> str:
+        if ev.event_id == "$event2":
+            raise LookupError("the router could not tell")
+        return f"lane-of-{ev.room_id}"
+
+    async def handler(ev: InboxEvent) -> None:
+        handled.append(ev.event_id)
+
+    worker = InboxWorker(store, handler, lane_key=lane_key)
+    await worker.start()
+    await worker.wait_idle()
+    await worker.stop()
+    assert sorted(handled) == ["$event1", "$event2", "$event3"]
+    assert (await store.counts())["done"] == 3
