@@ -255,3 +255,40 @@ async def test_a_letta_outage_is_told_once_after_delay_notice_and_given_up_after
         await t.conversations.answer(gone)
         assert "Gave up after retrying for 10 min" in t.api.bodies()[-1]
         assert len(fake_letta.requests_to(f"/v1/agents/{fake_agent.id}/messages")) == 4
+
+
+# --- a retry cut short after an earlier attempt posted ------------------------------------------
+
+
+@pytest.mark.parametrize("cut", ["deadline", "cancel"])
+async def test_a_retry_cut_short_says_so_after_the_parts_an_earlier_attempt_posted(
+    tmp_path: Path, fake_letta: FakeLetta, cut: str
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, streaming=True, deadline=5) as t:
+        fake_agent = fake_letta.add_agent("Helper")
+        fake_agent.responder = lambda _a, _t: [lr.assistant("one"), lr.assistant("two")]
+        job = t.job(t.agent(fake_agent))
+        t.api.failures[1] = make_request_error(502, "", "M_UNKNOWN", "bad gateway")  # "two"
+        with pytest.raises(Retry):
+            await t.conversations.answer(job)
+        assert t.api.bodies() == ["one"]
+        # The worker's retry: this time Letta does not answer in time, or an admin cancels.
+        fake_agent.delay = 120
+        retry = attrs.evolve(job, attempts=1)
+        if cut == "deadline":
+            t.conversations.settings = attrs.evolve(t.conversations.settings, deadline=0.3)
+            await t.conversations.answer(retry)
+        else:
+            answer = asyncio.create_task(t.conversations.answer(retry))
+            await fake_letta.wait_for_in_flight(fake_agent.id, timeout=30)
+            assert await t.conversations.cancel(fake_agent.id)
+            await asyncio.wait_for(answer, 30)
+        # The closing notice follows "one" (part 0, posted before) instead of taking its place.
+        one, closing = t.api.bodies()
+        assert one == "one" and closing.startswith(("The agent did not finish", "Cancelled"))
+        assert [txn_ for txn_, _ in t.api.sent] == [txn(job, 0), txn(job, 1)]
+        stored = await t.turns.get(job.event_id, fake_agent.id)
+        assert stored is not None and len(stored) == 2 and stored[1]["body"] == closing
+        # A later resume posts nothing again.
+        await t.conversations.answer(attrs.evolve(job, attempts=2))
+        assert len(t.api.sent) == 2
