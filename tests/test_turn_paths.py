@@ -10,8 +10,10 @@ from urllib.parse import unquote
 import attrs
 import pytest
 
+from letta_appservice.chat.parts import Part
 from letta_appservice.chat.poster import (
     TYPING_TIMEOUT_MS,
+    Poster,
     Typing,
     homeserver_backoff,
 )
@@ -201,3 +203,23 @@ async def test_a_notice_without_a_relation_is_posted_plainly(
         await t.conversations.notify(agent, ROOM, "$src", 1, "plain", None)
         [(_, content)] = t.api.sent
         assert "m.relates_to" not in content and content["body"] == "plain"
+
+
+async def test_an_edit_goes_to_the_answers_room_once_per_new_text(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        job = t.job(t.agent(fake_letta.add_agent("Helper")))
+        poster = Poster(t.api, t.sent, job, {})  # type: ignore[arg-type]
+        first = await poster.post(0, Part("m.text", "a"))
+        for text in ("a b", "a b", "a b c"):
+            await poster.edit(0, Part("m.text", text))
+        txns = [txn_ for txn_, _ in t.api.sent]
+        # The same text twice is the same transaction (the homeserver keeps one), a new one not.
+        assert txns[0] == txn(job, 0) and txns[1] == txns[2] != txns[3]
+        assert all(txn_.startswith(txn(job, 0) + ".") for txn_ in txns[1:])
+        assert t.api.rooms == [ROOM] * 4
+        for _, content in t.api.sent[1:]:
+            assert content["m.relates_to"] == {"rel_type": "m.replace", "event_id": first}
+        assert [c["m.new_content"]["body"] for _, c in t.api.sent[1:]] == ["a b", "a b", "a b c"]
+        assert poster.so_far() == [Part("m.text", "a b c")]  # what a turn cut short would keep

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import attrs
 
@@ -33,6 +34,7 @@ class PuppetApi:
     failures: dict[int, BaseException] = attrs.field(factory=dict)
     attempts: list[str] = attrs.field(factory=list)  # txn ids of every send tried
     sent: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)  # the ones that worked
+    rooms: list[str] = attrs.field(factory=list)  # the room of each of those
     other: list[str] = attrs.field(factory=list)  # typing, receipts
 
     def api(self, mxid: str) -> PuppetApi:
@@ -50,6 +52,7 @@ class PuppetApi:
         if failure is not None:
             raise failure
         self.sent.append((txn, content))
+        self.rooms.append(unquote(where.split("/rooms/", 1)[1].split("/", 1)[0]))
         return {"event_id": f"$sent.{txn}"}
 
     def bodies(self) -> list[str]:
