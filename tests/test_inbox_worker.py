@@ -126,15 +126,24 @@ async def test_a_flooded_lane_holds_at_most_lane_cap_events_and_takes_the_rest_b
 ) -> None:
     await store.store_transaction("t", [message(i) for i in range(30)])  # one room: one lane
     held: list[int] = []  # events in memory as each one is handled
+    gate = asyncio.Event()
 
     async def handler(ev: InboxEvent) -> None:
+        await gate.wait()
         held.append(worker.in_flight)
 
     worker = InboxWorker(store, handler, claim_batch=5, max_claimed=20, lane_cap=4)
     await worker.start()
+    # All claimed while the first event is handled: 4 held, 26 parked in the database.
+    await eventually(
+        lambda: store.db.fetchval("SELECT COUNT(*) = 26 FROM inbox WHERE lane IS NOT NULL")
+    )
+    assert worker.in_flight == 4
+    gate.set()
     await worker.wait_idle()
     await worker.stop()
-    assert len(held) == 30 and max(held) == 4  # the cap, and refilled up to it
+    # Taken back two at a time as the lane drains to half its cap, never beyond the cap.
+    assert held == [4, 3] * 13 + [4, 3, 2, 1]
     rows = await store.db.fetch("SELECT event_id, state, lane FROM inbox ORDER BY seq")
     assert [(r["event_id"], r["state"], r["lane"]) for r in rows] == [
         (f"$event{i}", "done", None) for i in range(30)
