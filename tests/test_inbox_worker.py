@@ -24,6 +24,13 @@ async def store(database_url: str) -> AsyncIterator[InboxStore]:
     await db.stop()
 
 
+async def counts_match_the_table(store: InboxStore) -> None:
+    """The counts /metrics shows (kept in memory, adjusted by every write) are the table's."""
+    kept = await store.counts()
+    await store.recount()
+    assert kept == await store.counts()
+
+
 async def test_events_of_one_lane_run_in_order_lanes_run_concurrently(store: InboxStore) -> None:
     events = [message(i, room=f"!r{i % 2}:test.local") for i in range(10)]
     await store.store_transaction("t", events)
@@ -70,6 +77,7 @@ async def test_retry_holds_the_lane_and_keeps_order(store: InboxStore) -> None:
     assert calls == ["$event1", "$event1", "$event1", "$event2"]
     first = await store.get("$event1")
     assert first is not None and first.state == "done" and first.attempts == 2
+    assert first.error == "agent busy"  # why it was retried, for the operator
 
 
 async def test_a_crashing_handler_fails_the_event_not_the_worker(store: InboxStore) -> None:
@@ -86,6 +94,8 @@ async def test_a_crashing_handler_fails_the_event_not_the_worker(store: InboxSto
     failed, done = await store.get("$event1"), await store.get("$event2")
     assert failed is not None and failed.state == "failed" and "bug" in (failed.error or "")
     assert done is not None and done.state == "done"
+    await counts_match_the_table(store)
+    assert (await store.counts())["failed"] == 1
 
 
 async def test_unfinished_events_resume_after_a_crash(store: InboxStore) -> None:
@@ -139,6 +149,7 @@ async def test_a_flooded_lane_holds_at_most_lane_cap_events_and_takes_the_rest_b
         lambda: store.db.fetchval("SELECT COUNT(*) = 26 FROM inbox WHERE lane IS NOT NULL")
     )
     assert worker.in_flight == 4
+    await counts_match_the_table(store)  # parked events count as pending on /metrics
     gate.set()
     await worker.wait_idle()
     await worker.stop()
@@ -171,6 +182,10 @@ async def test_with_memory_full_an_idle_lane_still_gets_its_events_one_at_a_time
         await eventually(lambda: asyncio.sleep(0, len(held) == 8))
         # The idle lane got each of its events, but never more than one beyond the limit.
         assert held == [5] * 8
+        await eventually(
+            lambda: store.db.fetchval("SELECT COUNT(*) = 8 FROM inbox WHERE state = 'done'")
+        )
+        await counts_match_the_table(store)
         release.set()
         await worker.wait_idle()
     finally:
