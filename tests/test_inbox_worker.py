@@ -4,6 +4,8 @@ and resuming after a crash."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest_asyncio
 
 from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.inbox import InboxEvent, InboxStore
+from letta_appservice.inbox import worker as worker_module
 from letta_appservice.inbox.worker import InboxWorker, Retry
 from tests.harness.events import message
 from tests.harness.observe import eventually
@@ -196,19 +199,27 @@ async def test_with_memory_full_an_idle_lane_still_gets_its_events_one_at_a_time
 # --- stopping and the batched done marks ---------------------------------------------------------
 
 
-def flaky_finish_many(store: InboxStore, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """The database fails the first batch of done marks; the returned event is set then."""
-    failed = asyncio.Event()
+def flaky_finish_many(
+    store: InboxStore, monkeypatch: pytest.MonkeyPatch, meanwhile: asyncio.Event | None = None
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """The database fails the first batch of done marks: (writing, failed), set as that write
+    starts and as it fails. With ``meanwhile``, the write fails only once that is set (work
+    that finished while the write was under way)."""
+    writing, failed = asyncio.Event(), asyncio.Event()
     real = store.finish_many
 
     async def flaky(*args: Any) -> None:
         if not failed.is_set():
+            writing.set()
+            if meanwhile is not None:
+                await meanwhile.wait()
+                await asyncio.sleep(0)
             failed.set()
             raise ConnectionError("database went away")
         await real(*args)
 
     monkeypatch.setattr(store, "finish_many", flaky)
-    return failed
+    return writing, failed
 
 
 async def handled_after_restart(store: InboxStore) -> list[str]:
@@ -227,16 +238,20 @@ async def handled_after_restart(store: InboxStore) -> list[str]:
 async def test_done_marks_the_database_failed_to_write_are_written_later(
     store: InboxStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await store.store_transaction("t", [message(1), message(2)])
-    failed = flaky_finish_many(store, monkeypatch)
+    await store.store_transaction("t", [message(1), message(2, room="!other:test.local")])
+    second_done = asyncio.Event()
+    writing, failed = flaky_finish_many(store, monkeypatch, meanwhile=second_done)
     handled: list[str] = []
 
     async def handler(ev: InboxEvent) -> None:
+        if ev.event_id == "$event2":
+            await writing.wait()  # finishes while $event1's mark is being written
+            second_done.set()
         handled.append(ev.event_id)
 
     worker = InboxWorker(store, handler)
     await worker.start()
-    await worker.wait_idle()
+    await worker.wait_idle(timeout=20)  # every mark written: the failed one and the one after
     await worker.stop()
     assert failed.is_set() and handled == ["$event1", "$event2"]
     assert (await store.counts())["done"] == 2
@@ -247,7 +262,7 @@ async def test_stop_writes_the_done_marks_still_waiting_and_takes_no_more_events
     store: InboxStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store.store_transaction("t", [message(1), message(2)])
-    failed = flaky_finish_many(store, monkeypatch)
+    _, failed = flaky_finish_many(store, monkeypatch)
     handled: list[str] = []
 
     async def handler(ev: InboxEvent) -> None:
@@ -286,3 +301,68 @@ async def test_an_event_that_cannot_be_routed_goes_to_its_rooms_lane(store: Inbo
     await worker.stop()
     assert sorted(handled) == ["$event1", "$event2", "$event3"]
     assert (await store.counts())["done"] == 3
+
+
+# --- retries, polling, and a quiet log ----------------------------------------------------------
+
+
+async def test_a_retry_waits_its_delay_and_a_handler_that_never_stops_asking_is_given_up(
+    store: InboxStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "MAX_ATTEMPTS", 3)
+    await store.store_transaction("t", [message(1), message(2)])
+    tried: list[tuple[str, float]] = []
+
+    async def handler(ev: InboxEvent) -> None:
+        tried.append((ev.event_id, time.monotonic()))
+        if ev.event_id == "$event1":
+            raise Retry(0.3 if len(tried) == 1 else 0, "agent busy")
+
+    worker = InboxWorker(store, handler)
+    await worker.start()
+    await worker.wait_idle()
+    await worker.stop()
+    assert [e for e, _ in tried] == ["$event1"] * 3 + ["$event2"]
+    assert tried[1][1] - tried[0][1] >= 0.29  # not before its delay (ms precision)
+    gave_up = await store.get("$event1")
+    assert gave_up is not None and gave_up.state == "failed"
+    assert gave_up.error == "gave up: agent busy" and gave_up.attempts == 3
+
+
+async def test_an_event_stored_without_a_wake_up_is_found_by_polling(
+    store: InboxStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "POLL_INTERVAL", 0.05)
+    handled: list[str] = []
+
+    async def handler(ev: InboxEvent) -> None:
+        handled.append(ev.event_id)
+
+    worker = InboxWorker(store, handler)
+    await worker.start()
+    try:
+        await asyncio.sleep(0.3)  # idle through a few polls
+        await store.store_transaction("t", [message(1)])  # no wake()
+        await eventually(lambda: asyncio.sleep(0, handled == ["$event1"]), timeout=10)
+    finally:
+        await worker.stop()
+
+
+async def test_running_and_stopping_with_a_handler_still_busy_log_no_error(
+    store: InboxStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    busy, quick = "!busy:test.local", "!quick:test.local"
+    await store.store_transaction("t", [message(1, room=busy), message(2, room=quick)])
+    started = asyncio.Event()
+
+    async def handler(ev: InboxEvent) -> None:
+        if ev.room_id == busy:
+            started.set()
+            await asyncio.sleep(3600)
+
+    worker = InboxWorker(store, handler)
+    await worker.start()
+    await asyncio.wait_for(started.wait(), 30)
+    await eventually(lambda: store.db.fetchval("SELECT state = 'done' FROM inbox WHERE seq = 2"))
+    await worker.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
