@@ -12,7 +12,7 @@ import attrs
 import pytest
 from mautrix.errors import MatrixConnectionError, make_request_error
 
-from letta_appservice.chat import streaming
+from letta_appservice.chat import streaming, turn
 from letta_appservice.chat.parts import Part
 from letta_appservice.chat.streaming import relay
 from letta_appservice.inbox.worker import Retry
@@ -174,6 +174,9 @@ class Clock:
     def monotonic(self) -> float:
         return self.now
 
+    def time(self) -> float:
+        return self.now
+
 
 @attrs.define
 class Outbox:
@@ -292,3 +295,31 @@ async def test_a_retry_cut_short_says_so_after_the_parts_an_earlier_attempt_post
         # A later resume posts nothing again.
         await t.conversations.answer(attrs.evolve(job, attempts=2))
         assert len(t.api.sent) == 2
+
+
+async def test_the_last_retries_of_a_letta_outage_fit_its_window(
+    tmp_path: Path, fake_letta: FakeLetta, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(turn, "time", clock)
+    async with turns_setup(tmp_path, fake_letta, retry_window=600, delay_notice=30) as t:
+        fake_agent = fake_letta.add_agent("Down")
+        fake_letta.fail_next(1000, 503, f"/v1/agents/{fake_agent.id}/messages")
+        job = t.job(t.agent(fake_agent))
+
+        async def retried_after(seconds_ago: float, attempts: int = 9) -> float:
+            late = attrs.evolve(job, received_at=int((clock.now - seconds_ago) * 1000))
+            with pytest.raises(Retry) as retry:
+                await t.conversations.answer(attrs.evolve(late, attempts=attempts))
+            return retry.value.delay
+
+        assert await retried_after(29.9) == 60.0 and t.api.sent == []  # backoff: a minute
+        assert await retried_after(30) == 60.0  # told from delay_notice on
+        assert len(t.api.sent) == 1 and t.api.sent[0][1]["msgtype"] == "m.notice"
+        # Near the end of the window the next try is at its end, not a backoff later ...
+        assert await retried_after(599) == 1.0
+        # ... yet never sooner than half a second.
+        assert await retried_after(599.8) == 0.5
+        await t.conversations.answer(attrs.evolve(job, received_at=int((clock.now - 600) * 1000)))
+        assert "Gave up after retrying for 10 min" in t.api.bodies()[-1]
+        assert t.api.sent[-1][1]["msgtype"] == "m.notice"

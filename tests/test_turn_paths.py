@@ -62,8 +62,10 @@ async def test_a_turn_past_its_deadline_is_cancelled_in_letta_and_said_so(
         fake_agent = fake_letta.add_agent("Slow", delay=120)
         job = t.job(t.agent(fake_agent))
         await t.conversations.answer(job)
-        [notice] = t.api.bodies()
+        [(_, content)] = t.api.sent
+        notice = content["body"]
         assert notice.startswith("The agent did not finish within 0 s; the bridge stopped")
+        assert content["msgtype"] == "m.notice"
         assert fake_letta.requests_to(f"/v1/agents/{fake_agent.id}/messages/cancel", "POST")
         stored = await t.turns.get(job.event_id, fake_agent.id)
         assert stored is not None and stored[-1]["body"] == notice
