@@ -269,12 +269,12 @@ async def test_a_retry_cut_short_says_so_after_the_parts_an_earlier_attempt_post
 ) -> None:
     async with turns_setup(tmp_path, fake_letta, streaming=True, deadline=5) as t:
         fake_agent = fake_letta.add_agent("Helper")
-        fake_agent.responder = lambda _a, _t: [lr.assistant("one"), lr.assistant("two")]
+        fake_agent.responder = lambda _a, _t: [lr.assistant(w) for w in ("one", "two", "six")]
         job = t.job(t.agent(fake_agent))
-        t.api.failures[1] = make_request_error(502, "", "M_UNKNOWN", "bad gateway")  # "two"
+        t.api.failures[2] = make_request_error(502, "", "M_UNKNOWN", "bad gateway")  # "six"
         with pytest.raises(Retry):
             await t.conversations.answer(job)
-        assert t.api.bodies() == ["one"]
+        assert t.api.bodies() == ["one", "two"]
         # The worker's retry: this time Letta does not answer in time, or an admin cancels.
         fake_agent.delay = 120
         retry = attrs.evolve(job, attempts=1)
@@ -286,15 +286,16 @@ async def test_a_retry_cut_short_says_so_after_the_parts_an_earlier_attempt_post
             await fake_letta.wait_for_in_flight(fake_agent.id, timeout=30)
             assert await t.conversations.cancel(fake_agent.id)
             await asyncio.wait_for(answer, 30)
-        # The closing notice follows "one" (part 0, posted before) instead of taking its place.
-        one, closing = t.api.bodies()
-        assert one == "one" and closing.startswith(("The agent did not finish", "Cancelled"))
-        assert [txn_ for txn_, _ in t.api.sent] == [txn(job, 0), txn(job, 1)]
+        # The closing notice follows the parts posted before instead of taking their place.
+        *before, closing = t.api.bodies()
+        assert before == ["one", "two"]
+        assert closing.startswith(("The agent did not finish", "Cancelled"))
+        assert [txn_ for txn_, _ in t.api.sent] == [txn(job, 0), txn(job, 1), txn(job, 2)]
         stored = await t.turns.get(job.event_id, fake_agent.id)
-        assert stored is not None and len(stored) == 2 and stored[1]["body"] == closing
+        assert stored is not None and len(stored) == 3 and stored[2]["body"] == closing
         # A later resume posts nothing again.
         await t.conversations.answer(attrs.evolve(job, attempts=2))
-        assert len(t.api.sent) == 2
+        assert len(t.api.sent) == 3
 
 
 async def test_the_last_retries_of_a_letta_outage_fit_its_window(

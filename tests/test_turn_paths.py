@@ -153,9 +153,11 @@ async def test_a_slow_answer_shows_a_receipt_and_typing_a_quick_one_neither(
 async def test_typing_is_renewed_then_cleared_and_a_retry_sends_no_receipt() -> None:
     class Recording(PuppetApi):
         bodies_sent: list = []
+        methods: list = []
 
         async def request(self, method, path, content=None, **kw):  # type: ignore[no-untyped-def]
             self.bodies_sent.append(content)
+            self.methods.append(str(method))
             return await super().request(method, path, content, **kw)
 
     api = Recording()
@@ -169,6 +171,7 @@ async def test_typing_is_renewed_then_cleared_and_a_retry_sends_no_receipt() -> 
     typing.stop()
     await asyncio.wait_for(task, 30)
     assert api.bodies_sent == [{"typing": True, "timeout": TYPING_TIMEOUT_MS}, {"typing": False}]
+    assert api.methods == ["PUT", "PUT"]  # as the typing endpoint wants
     assert TYPING_TIMEOUT_MS == 30_000
     settled = Typing(api, ROOM, "@agent_1:bridge.test", "$m")  # type: ignore[arg-type]
     settled.settle()
