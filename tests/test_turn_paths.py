@@ -105,6 +105,17 @@ async def test_letta_errors_that_will_not_pass_become_a_notice_without_retry(
         assert t.api.bodies() == [notice]
 
 
+async def test_letta_not_answering_in_time_is_said_once_and_not_retried(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, letta_timeout=0.5, timeout=2) as t:
+        fake_agent = fake_letta.add_agent("Slow", delay=30)
+        await t.conversations.answer(t.job(t.agent(fake_agent)))  # no Retry raised
+        [(_, content)] = t.api.sent
+        assert content["msgtype"] == "m.notice"
+        assert content["body"] == "Letta did not answer within 2 s; the message was not retried."
+
+
 async def test_letta_busy_and_5xx_are_retried(tmp_path: Path, fake_letta: FakeLetta) -> None:
     async with turns_setup(tmp_path, fake_letta) as t:
         fake_agent = fake_letta.add_agent("Busy")

@@ -85,9 +85,11 @@ def txn(job: Job, part: int) -> str:
 
 
 @contextlib.asynccontextmanager
-async def turns_setup(tmp_path: Path, fake: FakeLetta, **settings: Any) -> AsyncIterator[Turns]:
+async def turns_setup(
+    tmp_path: Path, fake: FakeLetta, *, letta_timeout: float = 30, **settings: Any
+) -> AsyncIterator[Turns]:
     db = await open_database(DatabaseURL.parse(f"sqlite:{tmp_path / 'turns.db'}"), in_child=False)
-    letta = LettaClient(fake.url, timeout=30, backoff=0.01)
+    letta = LettaClient(fake.url, timeout=letta_timeout, backoff=0.01)
     api = PuppetApi()
     turns, sent = TurnStore(db), SentEventStore(db)
     conversations = Conversations(
