@@ -353,16 +353,46 @@ async def test_running_and_stopping_with_a_handler_still_busy_log_no_error(
 ) -> None:
     busy, quick = "!busy:test.local", "!quick:test.local"
     await store.store_transaction("t", [message(1, room=busy), message(2, room=quick)])
-    started = asyncio.Event()
+    started, cleaned_up = asyncio.Event(), asyncio.Event()
 
     async def handler(ev: InboxEvent) -> None:
         if ev.room_id == busy:
             started.set()
-            await asyncio.sleep(3600)
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.5)  # a handler tidying up as it is stopped
+                cleaned_up.set()
+                raise
 
     worker = InboxWorker(store, handler)
     await worker.start()
     await asyncio.wait_for(started.wait(), 30)
     await eventually(lambda: store.db.fetchval("SELECT state = 'done' FROM inbox WHERE seq = 2"))
     await worker.stop()
+    assert cleaned_up.is_set()  # stop() returns once its handlers have stopped
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_database_error_while_claiming_does_not_stop_the_worker(
+    store: InboxStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.store_transaction("t", [message(1)])
+    real, failures = store.claim, [ConnectionError("database went away")]
+
+    async def flaky(limit: int) -> list[InboxEvent]:
+        if failures:
+            raise failures.pop()
+        return await real(limit)
+
+    monkeypatch.setattr(store, "claim", flaky)
+    handled: list[str] = []
+
+    async def handler(ev: InboxEvent) -> None:
+        handled.append(ev.event_id)
+
+    worker = InboxWorker(store, handler)
+    await worker.start()
+    await worker.wait_idle()
+    await worker.stop()
+    assert failures == [] and handled == ["$event1"]
