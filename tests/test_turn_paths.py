@@ -4,12 +4,14 @@ cancel, notices posted once, typing and receipts, the retry policy's numbers and
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from urllib.parse import unquote
 
 import attrs
 import pytest
 
+from letta_appservice.chat.content import otid
 from letta_appservice.chat.parts import Part
 from letta_appservice.chat.poster import (
     TYPING_TIMEOUT_MS,
@@ -83,6 +85,7 @@ async def test_an_admins_cancel_stops_the_wait_and_says_so(
         assert await t.conversations.cancel(fake_agent.id)
         await asyncio.wait_for(answer, 30)
         assert t.api.bodies() == [CANCELLED]
+        assert t.api.sent[0][1]["msgtype"] == "m.notice"
         cancels = fake_letta.requests_to(f"/v1/agents/{fake_agent.id}/messages/cancel", "POST")
         assert len(cancels) == 2
 
@@ -114,6 +117,42 @@ async def test_letta_not_answering_in_time_is_said_once_and_not_retried(
         [(_, content)] = t.api.sent
         assert content["msgtype"] == "m.notice"
         assert content["body"] == "Letta did not answer within 2 s; the message was not retried."
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_letta_gets_each_message_under_its_own_stable_id_and_the_senders_name(
+    tmp_path: Path, fake_letta: FakeLetta, streaming: bool
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, streaming=streaming) as t:
+        agent = t.agent(fake_letta.add_agent("Helper"))
+        jobs = [t.job(agent, "one"), t.job(agent, "two")]
+        for job in jobs:
+            await t.conversations.answer(job)
+        # The id Letta deduplicates a retried message by: the event's and the agent's own.
+        assert [m.otid for m in fake_letta.message_log] == [
+            otid(job.event_id, agent.agent_id) for job in jobs
+        ]
+        assert len({m.otid for m in fake_letta.message_log}) == 2
+        assert [m.name for m in fake_letta.message_log] == ["bob", "bob"]
+
+
+async def test_a_whole_turn_is_timed_on_the_metrics_page(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        agent = t.agent(fake_letta.add_agent("Helper", delay=0.2))
+        started = time.monotonic()
+        await t.conversations.answer(t.job(agent))
+        took = time.monotonic() - started
+        page = t.conversations.metrics.render().decode()
+        turns = 'letta_appservice_letta_request_seconds_count{operation="turn"} 1.0'
+        assert turns in page
+        [total] = [
+            float(line.rsplit(" ", 1)[1])
+            for line in page.splitlines()
+            if line.startswith('letta_appservice_letta_request_seconds_sum{operation="turn"}')
+        ]
+        assert 0.2 <= total <= took  # Letta's delay, within what the call took
 
 
 async def test_letta_busy_and_5xx_are_retried(tmp_path: Path, fake_letta: FakeLetta) -> None:
