@@ -12,7 +12,7 @@ import attrs
 import pytest
 
 from letta_appservice.chat.content import otid
-from letta_appservice.chat.parts import Part
+from letta_appservice.chat.parts import NO_REPLY, Part
 from letta_appservice.chat.poster import (
     TYPING_TIMEOUT_MS,
     Poster,
@@ -278,3 +278,21 @@ async def test_an_edit_goes_to_the_answers_room_once_per_new_text(
             assert content["m.relates_to"] == {"rel_type": "m.replace", "event_id": first}
         assert [c["m.new_content"]["body"] for _, c in t.api.sent[1:]] == ["a b", "a b", "a b c"]
         assert poster.so_far() == [Part("m.text", "a b c")]  # what a turn cut short would keep
+
+
+@pytest.mark.parametrize("expects_reply", [True, False])
+async def test_a_streamed_silent_turn_shows_what_the_settings_ask_and_is_told_where_expected(
+    tmp_path: Path, fake_letta: FakeLetta, expects_reply: bool
+) -> None:
+    settings = {"streaming": True, "show_reasoning": "notice", "show_tools": "notice"}
+    async with turns_setup(tmp_path, fake_letta, **settings) as t:
+        fake_agent = fake_letta.add_agent("Quiet")
+        fake_agent.responder = lambda _a, _t: [
+            lr.reasoning("nothing to add", "message-1"),
+            lr.tool_call("web_search", {"query": "x"}, "message-2"),
+        ]
+        await t.conversations.answer(t.job(t.agent(fake_agent), expects_reply=expects_reply))
+        bodies = t.api.bodies()
+        assert bodies[0] == "Reasoning: nothing to add"
+        assert bodies[1].startswith("Tool call: web_search")
+        assert bodies[2:] == ([NO_REPLY] if expects_reply else [])
