@@ -4,6 +4,7 @@ cancel, notices posted once, typing and receipts, the retry policy's numbers and
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from urllib.parse import unquote
@@ -136,8 +137,8 @@ async def test_letta_gets_each_message_under_its_own_stable_id_and_the_senders_n
         assert [m.name for m in fake_letta.message_log] == ["bob", "bob"]
 
 
-async def test_a_whole_turn_is_timed_on_the_metrics_page(
-    tmp_path: Path, fake_letta: FakeLetta
+async def test_a_whole_turn_is_timed_on_the_metrics_page_and_logs_no_error(
+    tmp_path: Path, fake_letta: FakeLetta, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with turns_setup(tmp_path, fake_letta) as t:
         agent = t.agent(fake_letta.add_agent("Helper", delay=0.2))
@@ -153,6 +154,7 @@ async def test_a_whole_turn_is_timed_on_the_metrics_page(
             if line.startswith('letta_appservice_letta_request_seconds_sum{operation="turn"}')
         ]
         assert 0.2 <= total <= took  # Letta's delay, within what the call took
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_letta_busy_and_5xx_are_retried(tmp_path: Path, fake_letta: FakeLetta) -> None:
