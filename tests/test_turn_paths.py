@@ -12,6 +12,7 @@ from urllib.parse import unquote
 import attrs
 import pytest
 
+from letta_appservice.chat import poster as poster_module
 from letta_appservice.chat.content import otid
 from letta_appservice.chat.parts import NO_REPLY, Part
 from letta_appservice.chat.poster import (
@@ -202,7 +203,9 @@ async def test_a_slow_answer_shows_a_receipt_and_typing_a_quick_one_neither(
         assert len(t.api.other) == 3
 
 
-async def test_typing_is_renewed_then_cleared_and_a_retry_sends_no_receipt() -> None:
+async def test_typing_is_renewed_then_cleared_and_a_retry_sends_no_receipt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     class Recording(PuppetApi):
         bodies_sent: list = []
         methods: list = []
@@ -212,23 +215,40 @@ async def test_typing_is_renewed_then_cleared_and_a_retry_sends_no_receipt() -> 
             self.methods.append(str(method))
             return await super().request(method, path, content, **kw)
 
+    monkeypatch.setattr(poster_module, "TYPING_REFRESH", 0.05)  # renewed often, for the test
     api = Recording()
     typing = Typing(api, ROOM, "@agent_1:bridge.test")  # type: ignore[arg-type]
     task = asyncio.create_task(typing.run())
 
-    async def typing_on() -> bool:
-        return len(api.other) >= 1
+    async def typing_renewed() -> bool:
+        return len(api.other) >= 2
 
-    await eventually(typing_on)
+    await eventually(typing_renewed)
     typing.stop()
     await asyncio.wait_for(task, 30)
-    assert api.bodies_sent == [{"typing": True, "timeout": TYPING_TIMEOUT_MS}, {"typing": False}]
-    assert api.methods == ["PUT", "PUT"]  # as the typing endpoint wants
+    on = {"typing": True, "timeout": TYPING_TIMEOUT_MS}
+    *renewals, cleared = api.bodies_sent
+    assert len(renewals) >= 2 and all(body == on for body in renewals)
+    assert cleared == {"typing": False}
+    assert set(api.methods) == {"PUT"}  # as the typing endpoint wants
     assert TYPING_TIMEOUT_MS == 30_000
+    sent = len(api.other)
     settled = Typing(api, ROOM, "@agent_1:bridge.test", "$m")  # type: ignore[arg-type]
     settled.settle()
     await asyncio.wait_for(settled.run(), 30)
-    assert len(api.other) == 2  # Letta answered within the grace: nothing sent
+    assert len(api.other) == sent  # Letta answered within the grace: nothing sent
+    # A first try that takes longer: the person's message is marked read, then typing.
+    first_try = Typing(api, ROOM, "@agent_1:bridge.test", "$m")  # type: ignore[arg-type]
+    task = asyncio.create_task(first_try.run())
+
+    async def typing_after_receipt() -> bool:
+        return len(api.other) >= sent + 2
+
+    await eventually(typing_after_receipt)
+    first_try.stop()
+    await asyncio.wait_for(task, 30)
+    assert unquote(api.other[sent]).endswith("/receipt/m.read/$m")
+    assert (api.methods[sent], api.bodies_sent[sent]) == ("POST", {})
 
 
 async def test_a_streamed_answer_is_edited_in_place_each_edit_once(
