@@ -302,11 +302,12 @@ async def test_an_edit_goes_to_the_answers_room_once_per_new_text(
         assert poster.so_far() == [Part("m.text", "a b c")]  # what a turn cut short would keep
 
 
+@pytest.mark.parametrize("streaming", [False, True])
 @pytest.mark.parametrize("expects_reply", [True, False])
-async def test_a_streamed_silent_turn_shows_what_the_settings_ask_and_is_told_where_expected(
-    tmp_path: Path, fake_letta: FakeLetta, expects_reply: bool
+async def test_a_silent_turn_shows_what_the_settings_ask_and_is_told_where_expected(
+    tmp_path: Path, fake_letta: FakeLetta, expects_reply: bool, streaming: bool
 ) -> None:
-    settings = {"streaming": True, "show_reasoning": "notice", "show_tools": "notice"}
+    settings = {"streaming": streaming, "show_reasoning": "notice", "show_tools": "notice"}
     async with turns_setup(tmp_path, fake_letta, **settings) as t:
         fake_agent = fake_letta.add_agent("Quiet")
         fake_agent.responder = lambda _a, _t: [
@@ -318,3 +319,18 @@ async def test_a_streamed_silent_turn_shows_what_the_settings_ask_and_is_told_wh
         assert bodies[0] == "Reasoning: nothing to add"
         assert bodies[1].startswith("Tool call: web_search")
         assert bodies[2:] == ([NO_REPLY] if expects_reply else [])
+
+
+async def test_a_slow_retry_shows_typing_in_the_room_but_sends_no_second_receipt(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        slow = t.agent(fake_letta.add_agent("Slow", delay=1.0))
+        await t.conversations.answer(t.job(slow, attempts=1))
+
+        async def typing_cleared() -> bool:
+            return len(t.api.other) >= 2
+
+        await eventually(typing_cleared)
+        typing, cleared = map(unquote, t.api.other)
+        assert typing == cleared and f"/rooms/{ROOM}/typing/" in typing
