@@ -334,3 +334,15 @@ async def test_a_slow_retry_shows_typing_in_the_room_but_sends_no_second_receipt
         await eventually(typing_cleared)
         typing, cleared = map(unquote, t.api.other)
         assert typing == cleared and f"/rooms/{ROOM}/typing/" in typing
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_an_answer_cut_at_the_step_limit_says_so_after_it(
+    tmp_path: Path, fake_letta: FakeLetta, streaming: bool
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, streaming=streaming) as t:
+        fake_agent = fake_letta.add_agent("Busy", stop_reason="max_steps")
+        await t.conversations.answer(t.job(t.agent(fake_agent), "hi"))
+        *_, answer, notice = t.api.bodies()
+        assert answer.endswith("Echo: hi")
+        assert notice == "The agent stopped after reaching its step limit (max_steps)."
