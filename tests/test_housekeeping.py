@@ -16,10 +16,15 @@ async def test_prune_keeps_what_exactly_once_still_needs(database_url: str) -> N
     try:
         await inbox.store_transaction("old", [message(1), message(2)])
         await inbox.store_transaction("new", [message(3)])
+        await inbox.store_transaction("failed", [message(4)])
         old = now_ms() - RETENTION_MS - 1000
         # $event1: finished long ago. $event2: old but never finished. $event3: finished now.
+        # $event4: failed long ago.
         await db.execute(
             "UPDATE inbox SET state='done', updated_at=$1 WHERE event_id='$event1'", old
+        )
+        await db.execute(
+            "UPDATE inbox SET state='failed', updated_at=$1 WHERE event_id='$event4'", old
         )
         await db.execute("UPDATE inbox SET updated_at=$1 WHERE event_id='$event2'", old)
         await db.execute("UPDATE inbox SET state='done' WHERE event_id='$event3'")
@@ -30,11 +35,11 @@ async def test_prune_keeps_what_exactly_once_still_needs(database_url: str) -> N
 
         removed = await prune(inbox, sent, turns, now_ms() - RETENTION_MS)
 
-        assert removed == {"inbox": 1, "sent_event": 1, "letta_turn": 0}
+        assert removed == {"inbox": 2, "sent_event": 1, "letta_turn": 0}
         left = [r["event_id"] for r in await db.fetch("SELECT event_id FROM inbox ORDER BY seq")]
         assert left == ["$event2", "$event3"]
         txns = [r["txn_id"] for r in await db.fetch("SELECT txn_id FROM appservice_txn")]
-        assert txns == ["new"]
+        assert sorted(txns) == ["failed", "new"]
         assert await sent.parts("$event1") == {} and await sent.parts("$event3") == {0: "$reply3"}
     finally:
         await db.stop()

@@ -101,6 +101,14 @@ async def test_an_unstorable_event_is_set_aside_and_the_rest_stored(
     assert await endpoint.event_ids() == ["$e1", "$e2"]
 
 
+async def test_ids_up_to_the_specs_255_bytes_are_stored(endpoint: Endpoint) -> None:
+    at_limit = "$" + "\u00e9" * 127  # 255 bytes in UTF-8, 128 characters
+    over = "$" + "x" * 255  # 256 bytes
+    body = {"events": [event(1, event_id=at_limit), event(2, event_id=over)]}
+    assert (await endpoint.put("t", body))[0] == 200
+    assert await endpoint.event_ids() == [at_limit]
+
+
 async def test_nul_in_content_and_txn_id_is_stored(endpoint: Endpoint) -> None:
     odd = event(1, content={"msgtype": "m.text", "body": "a\u0000b \ud83d"})
     # %00 in the path arrives as a NUL in the txnId.

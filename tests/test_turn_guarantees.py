@@ -12,7 +12,7 @@ import attrs
 import pytest
 from mautrix.errors import MatrixConnectionError, make_request_error
 
-from letta_appservice.chat import streaming
+from letta_appservice.chat import streaming, turn
 from letta_appservice.chat.parts import Part
 from letta_appservice.chat.streaming import relay
 from letta_appservice.inbox.worker import Retry
@@ -174,6 +174,9 @@ class Clock:
     def monotonic(self) -> float:
         return self.now
 
+    def time(self) -> float:
+        return self.now
+
 
 @attrs.define
 class Outbox:
@@ -255,3 +258,69 @@ async def test_a_letta_outage_is_told_once_after_delay_notice_and_given_up_after
         await t.conversations.answer(gone)
         assert "Gave up after retrying for 10 min" in t.api.bodies()[-1]
         assert len(fake_letta.requests_to(f"/v1/agents/{fake_agent.id}/messages")) == 4
+
+
+# --- a retry cut short after an earlier attempt posted ------------------------------------------
+
+
+@pytest.mark.parametrize("cut", ["deadline", "cancel"])
+async def test_a_retry_cut_short_says_so_after_the_parts_an_earlier_attempt_posted(
+    tmp_path: Path, fake_letta: FakeLetta, cut: str
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, streaming=True, deadline=5) as t:
+        fake_agent = fake_letta.add_agent("Helper")
+        fake_agent.responder = lambda _a, _t: [lr.assistant(w) for w in ("one", "two", "six")]
+        job = t.job(t.agent(fake_agent))
+        t.api.failures[2] = make_request_error(502, "", "M_UNKNOWN", "bad gateway")  # "six"
+        with pytest.raises(Retry):
+            await t.conversations.answer(job)
+        assert t.api.bodies() == ["one", "two"]
+        # The worker's retry: this time Letta does not answer in time, or an admin cancels.
+        fake_agent.delay = 120
+        retry = attrs.evolve(job, attempts=1)
+        if cut == "deadline":
+            t.conversations.settings = attrs.evolve(t.conversations.settings, deadline=0.3)
+            await t.conversations.answer(retry)
+        else:
+            answer = asyncio.create_task(t.conversations.answer(retry))
+            await fake_letta.wait_for_in_flight(fake_agent.id, timeout=30)
+            assert await t.conversations.cancel(fake_agent.id)
+            await asyncio.wait_for(answer, 30)
+        # The closing notice follows the parts posted before instead of taking their place.
+        *before, closing = t.api.bodies()
+        assert before == ["one", "two"]
+        assert closing.startswith(("The agent did not finish", "Cancelled"))
+        assert [txn_ for txn_, _ in t.api.sent] == [txn(job, 0), txn(job, 1), txn(job, 2)]
+        stored = await t.turns.get(job.event_id, fake_agent.id)
+        assert stored is not None and len(stored) == 3 and stored[2]["body"] == closing
+        # A later resume posts nothing again.
+        await t.conversations.answer(attrs.evolve(job, attempts=2))
+        assert len(t.api.sent) == 3
+
+
+async def test_the_last_retries_of_a_letta_outage_fit_its_window(
+    tmp_path: Path, fake_letta: FakeLetta, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(turn, "time", clock)
+    async with turns_setup(tmp_path, fake_letta, retry_window=600, delay_notice=30) as t:
+        fake_agent = fake_letta.add_agent("Down")
+        fake_letta.fail_next(1000, 503, f"/v1/agents/{fake_agent.id}/messages")
+        job = t.job(t.agent(fake_agent))
+
+        async def retried_after(seconds_ago: float, attempts: int = 9) -> float:
+            late = attrs.evolve(job, received_at=int((clock.now - seconds_ago) * 1000))
+            with pytest.raises(Retry) as retry:
+                await t.conversations.answer(attrs.evolve(late, attempts=attempts))
+            return retry.value.delay
+
+        assert await retried_after(29.9) == 60.0 and t.api.sent == []  # backoff: a minute
+        assert await retried_after(30) == 60.0  # told from delay_notice on
+        assert len(t.api.sent) == 1 and t.api.sent[0][1]["msgtype"] == "m.notice"
+        # Near the end of the window the next try is at its end, not a backoff later ...
+        assert await retried_after(599) == 1.0
+        # ... yet never sooner than half a second.
+        assert await retried_after(599.8) == 0.5
+        await t.conversations.answer(attrs.evolve(job, received_at=int((clock.now - 600) * 1000)))
+        assert "Gave up after retrying for 10 min" in t.api.bodies()[-1]
+        assert t.api.sent[-1][1]["msgtype"] == "m.notice"

@@ -4,14 +4,20 @@ cancel, notices posted once, typing and receipts, the retry policy's numbers and
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from pathlib import Path
 from urllib.parse import unquote
 
 import attrs
 import pytest
 
+from letta_appservice.chat import poster as poster_module
+from letta_appservice.chat.content import otid
+from letta_appservice.chat.parts import NO_REPLY, Part
 from letta_appservice.chat.poster import (
     TYPING_TIMEOUT_MS,
+    Poster,
     Typing,
     homeserver_backoff,
 )
@@ -60,8 +66,10 @@ async def test_a_turn_past_its_deadline_is_cancelled_in_letta_and_said_so(
         fake_agent = fake_letta.add_agent("Slow", delay=120)
         job = t.job(t.agent(fake_agent))
         await t.conversations.answer(job)
-        [notice] = t.api.bodies()
+        [(_, content)] = t.api.sent
+        notice = content["body"]
         assert notice.startswith("The agent did not finish within 0 s; the bridge stopped")
+        assert content["msgtype"] == "m.notice"
         assert fake_letta.requests_to(f"/v1/agents/{fake_agent.id}/messages/cancel", "POST")
         stored = await t.turns.get(job.event_id, fake_agent.id)
         assert stored is not None and stored[-1]["body"] == notice
@@ -79,6 +87,7 @@ async def test_an_admins_cancel_stops_the_wait_and_says_so(
         assert await t.conversations.cancel(fake_agent.id)
         await asyncio.wait_for(answer, 30)
         assert t.api.bodies() == [CANCELLED]
+        assert t.api.sent[0][1]["msgtype"] == "m.notice"
         cancels = fake_letta.requests_to(f"/v1/agents/{fake_agent.id}/messages/cancel", "POST")
         assert len(cancels) == 2
 
@@ -99,6 +108,54 @@ async def test_letta_errors_that_will_not_pass_become_a_notice_without_retry(
         fake_letta.fail_next(1, status, f"/v1/agents/{fake_agent.id}/messages")
         await t.conversations.answer(t.job(t.agent(fake_agent)))
         assert t.api.bodies() == [notice]
+
+
+async def test_letta_not_answering_in_time_is_said_once_and_not_retried(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, letta_timeout=0.5, timeout=2) as t:
+        fake_agent = fake_letta.add_agent("Slow", delay=30)
+        await t.conversations.answer(t.job(t.agent(fake_agent)))  # no Retry raised
+        [(_, content)] = t.api.sent
+        assert content["msgtype"] == "m.notice"
+        assert content["body"] == "Letta did not answer within 2 s; the message was not retried."
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_letta_gets_each_message_under_its_own_stable_id_and_the_senders_name(
+    tmp_path: Path, fake_letta: FakeLetta, streaming: bool
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, streaming=streaming) as t:
+        agent = t.agent(fake_letta.add_agent("Helper"))
+        jobs = [t.job(agent, "one"), t.job(agent, "two")]
+        for job in jobs:
+            await t.conversations.answer(job)
+        # The id Letta deduplicates a retried message by: the event's and the agent's own.
+        assert [m.otid for m in fake_letta.message_log] == [
+            otid(job.event_id, agent.agent_id) for job in jobs
+        ]
+        assert len({m.otid for m in fake_letta.message_log}) == 2
+        assert [m.name for m in fake_letta.message_log] == ["bob", "bob"]
+
+
+async def test_a_whole_turn_is_timed_on_the_metrics_page_and_logs_no_error(
+    tmp_path: Path, fake_letta: FakeLetta, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        agent = t.agent(fake_letta.add_agent("Helper", delay=0.2))
+        started = time.monotonic()
+        await t.conversations.answer(t.job(agent))
+        took = time.monotonic() - started
+        page = t.conversations.metrics.render().decode()
+        turns = 'letta_appservice_letta_request_seconds_count{operation="turn"} 1.0'
+        assert turns in page
+        [total] = [
+            float(line.rsplit(" ", 1)[1])
+            for line in page.splitlines()
+            if line.startswith('letta_appservice_letta_request_seconds_sum{operation="turn"}')
+        ]
+        assert 0.2 <= total <= took  # Letta's delay, within what the call took
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_letta_busy_and_5xx_are_retried(tmp_path: Path, fake_letta: FakeLetta) -> None:
@@ -146,30 +203,52 @@ async def test_a_slow_answer_shows_a_receipt_and_typing_a_quick_one_neither(
         assert len(t.api.other) == 3
 
 
-async def test_typing_is_renewed_then_cleared_and_a_retry_sends_no_receipt() -> None:
+async def test_typing_is_renewed_then_cleared_and_a_retry_sends_no_receipt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     class Recording(PuppetApi):
         bodies_sent: list = []
+        methods: list = []
 
         async def request(self, method, path, content=None, **kw):  # type: ignore[no-untyped-def]
             self.bodies_sent.append(content)
+            self.methods.append(str(method))
             return await super().request(method, path, content, **kw)
 
+    monkeypatch.setattr(poster_module, "TYPING_REFRESH", 0.05)  # renewed often, for the test
     api = Recording()
     typing = Typing(api, ROOM, "@agent_1:bridge.test")  # type: ignore[arg-type]
     task = asyncio.create_task(typing.run())
 
-    async def typing_on() -> bool:
-        return len(api.other) >= 1
+    async def typing_renewed() -> bool:
+        return len(api.other) >= 2
 
-    await eventually(typing_on)
+    await eventually(typing_renewed)
     typing.stop()
     await asyncio.wait_for(task, 30)
-    assert api.bodies_sent == [{"typing": True, "timeout": TYPING_TIMEOUT_MS}, {"typing": False}]
+    on = {"typing": True, "timeout": TYPING_TIMEOUT_MS}
+    *renewals, cleared = api.bodies_sent
+    assert len(renewals) >= 2 and all(body == on for body in renewals)
+    assert cleared == {"typing": False}
+    assert set(api.methods) == {"PUT"}  # as the typing endpoint wants
     assert TYPING_TIMEOUT_MS == 30_000
+    sent = len(api.other)
     settled = Typing(api, ROOM, "@agent_1:bridge.test", "$m")  # type: ignore[arg-type]
     settled.settle()
     await asyncio.wait_for(settled.run(), 30)
-    assert len(api.other) == 2  # Letta answered within the grace: nothing sent
+    assert len(api.other) == sent  # Letta answered within the grace: nothing sent
+    # A first try that takes longer: the person's message is marked read, then typing.
+    first_try = Typing(api, ROOM, "@agent_1:bridge.test", "$m")  # type: ignore[arg-type]
+    task = asyncio.create_task(first_try.run())
+
+    async def typing_after_receipt() -> bool:
+        return len(api.other) >= sent + 2
+
+    await eventually(typing_after_receipt)
+    first_try.stop()
+    await asyncio.wait_for(task, 30)
+    assert unquote(api.other[sent]).endswith("/receipt/m.read/$m")
+    assert (api.methods[sent], api.bodies_sent[sent]) == ("POST", {})
 
 
 async def test_a_streamed_answer_is_edited_in_place_each_edit_once(
@@ -201,3 +280,69 @@ async def test_a_notice_without_a_relation_is_posted_plainly(
         await t.conversations.notify(agent, ROOM, "$src", 1, "plain", None)
         [(_, content)] = t.api.sent
         assert "m.relates_to" not in content and content["body"] == "plain"
+
+
+async def test_an_edit_goes_to_the_answers_room_once_per_new_text(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        job = t.job(t.agent(fake_letta.add_agent("Helper")))
+        poster = Poster(t.api, t.sent, job, {})  # type: ignore[arg-type]
+        first = await poster.post(0, Part("m.text", "a"))
+        for text in ("a b", "a b", "a b c"):
+            await poster.edit(0, Part("m.text", text))
+        txns = [txn_ for txn_, _ in t.api.sent]
+        # The same text twice is the same transaction (the homeserver keeps one), a new one not.
+        assert txns[0] == txn(job, 0) and txns[1] == txns[2] != txns[3]
+        assert all(txn_.startswith(txn(job, 0) + ".") for txn_ in txns[1:])
+        assert t.api.rooms == [ROOM] * 4
+        for _, content in t.api.sent[1:]:
+            assert content["m.relates_to"] == {"rel_type": "m.replace", "event_id": first}
+        assert [c["m.new_content"]["body"] for _, c in t.api.sent[1:]] == ["a b", "a b", "a b c"]
+        assert poster.so_far() == [Part("m.text", "a b c")]  # what a turn cut short would keep
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("expects_reply", [True, False])
+async def test_a_silent_turn_shows_what_the_settings_ask_and_is_told_where_expected(
+    tmp_path: Path, fake_letta: FakeLetta, expects_reply: bool, streaming: bool
+) -> None:
+    settings = {"streaming": streaming, "show_reasoning": "notice", "show_tools": "notice"}
+    async with turns_setup(tmp_path, fake_letta, **settings) as t:
+        fake_agent = fake_letta.add_agent("Quiet")
+        fake_agent.responder = lambda _a, _t: [
+            lr.reasoning("nothing to add", "message-1"),
+            lr.tool_call("web_search", {"query": "x"}, "message-2"),
+        ]
+        await t.conversations.answer(t.job(t.agent(fake_agent), expects_reply=expects_reply))
+        bodies = t.api.bodies()
+        assert bodies[0] == "Reasoning: nothing to add"
+        assert bodies[1].startswith("Tool call: web_search")
+        assert bodies[2:] == ([NO_REPLY] if expects_reply else [])
+
+
+async def test_a_slow_retry_shows_typing_in_the_room_but_sends_no_second_receipt(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        slow = t.agent(fake_letta.add_agent("Slow", delay=1.0))
+        await t.conversations.answer(t.job(slow, attempts=1))
+
+        async def typing_cleared() -> bool:
+            return len(t.api.other) >= 2
+
+        await eventually(typing_cleared)
+        typing, cleared = map(unquote, t.api.other)
+        assert typing == cleared and f"/rooms/{ROOM}/typing/" in typing
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_an_answer_cut_at_the_step_limit_says_so_after_it(
+    tmp_path: Path, fake_letta: FakeLetta, streaming: bool
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, streaming=streaming) as t:
+        fake_agent = fake_letta.add_agent("Busy", stop_reason="max_steps")
+        await t.conversations.answer(t.job(t.agent(fake_agent), "hi"))
+        *_, answer, notice = t.api.bodies()
+        assert answer.endswith("Echo: hi")
+        assert notice == "The agent stopped after reaching its step limit (max_steps)."

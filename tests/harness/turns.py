@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import attrs
 
@@ -40,6 +41,7 @@ class PuppetApi:
     failures: dict[int, BaseException] = attrs.field(factory=dict)
     attempts: list[str] = attrs.field(factory=list)  # txn ids of every send tried
     sent: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)  # the ones that worked
+    rooms: list[str] = attrs.field(factory=list)  # the room of each of those
     other: list[str] = attrs.field(factory=list)  # typing, receipts
 
     def api(self, mxid: str) -> PuppetApi:
@@ -57,6 +59,7 @@ class PuppetApi:
         if failure is not None:
             raise failure
         self.sent.append((txn, content))
+        self.rooms.append(unquote(where.split("/rooms/", 1)[1].split("/", 1)[0]))
         return {"event_id": f"$sent.{txn}"}
 
     def bodies(self) -> list[str]:
@@ -89,9 +92,11 @@ def txn(job: Job, part: int) -> str:
 
 
 @contextlib.asynccontextmanager
-async def turns_setup(tmp_path: Path, fake: FakeLetta, **settings: Any) -> AsyncIterator[Turns]:
+async def turns_setup(
+    tmp_path: Path, fake: FakeLetta, *, letta_timeout: float = 30, **settings: Any
+) -> AsyncIterator[Turns]:
     db = await open_database(DatabaseURL.parse(f"sqlite:{tmp_path / 'turns.db'}"), in_child=False)
-    letta = LettaClient(fake.url, timeout=30, backoff=0.01)
+    letta = LettaClient(fake.url, timeout=letta_timeout, backoff=0.01)
     api = PuppetApi()
     turns, sent = TurnStore(db), SentEventStore(db)
     rooms = RoomConversations(TurnCalls(letta), LettaConversationStore(db), "room")
