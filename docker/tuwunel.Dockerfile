@@ -5,6 +5,7 @@
 # no registry. Plain Dockerfile syntax, so the legacy builder (DOCKER_BUILDKIT=0) builds it:
 #
 #   mkdir tuwunel-image && cp /path/to/tuwunel tuwunel-image/tuwunel
+#   # only for a dynamically linked binary: its libraries (ldd lists them) in tuwunel-image/lib
 #   DOCKER_BUILDKIT=0 docker build -f docker/tuwunel.Dockerfile \
 #       -t ghcr.io/matrix-construct/tuwunel:v1.9.4 tuwunel-image
 #
@@ -20,8 +21,14 @@ RUN if [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then \
     fi \
     && mkdir -p /var/lib/tuwunel /etc/tuwunel
 
-COPY tuwunel /usr/bin/tuwunel
-RUN chmod 0755 /usr/bin/tuwunel
+# A dynamically linked binary (one built from source links liburing, libstdc++) brings the
+# libraries `ldd` lists in lib/ beside it; release binaries are static and need none.
+COPY . /tmp/tuwunel-image/
+RUN install -m 0755 /tmp/tuwunel-image/tuwunel /usr/bin/tuwunel \
+    && if [ -d /tmp/tuwunel-image/lib ]; then \
+        cp -a /tmp/tuwunel-image/lib/. /usr/local/lib/ && ldconfig; \
+    fi \
+    && rm -rf /tmp/tuwunel-image
 
 ENV RUST_BACKTRACE=full
 EXPOSE 8008 8448

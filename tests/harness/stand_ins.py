@@ -61,6 +61,17 @@ async def _build(command: list[str], what: str) -> None:
         raise ImageError(f"the {what} image did not build:\n{result.describe(80)}")
 
 
+# The C library and loader: every base image has its own, which must not be replaced.
+SYSTEM_LIBRARIES = ("linux-vdso", "libc.so", "libm.so", "ld-linux", "libpthread", "libdl.so")
+
+
+def shared_libraries(binary: Path) -> list[Path]:
+    """The libraries a dynamically linked binary needs besides libc (none for a static one)."""
+    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
+    found = [line.split("=>")[1].split()[0] for line in out.splitlines() if "=> /" in line]
+    return [Path(p) for p in found if not any(s in Path(p).name for s in SYSTEM_LIBRARIES)]
+
+
 async def build_tuwunel_image(base: str, binary: Path, workdir: Path) -> str:
     """The binary packaged as README says (`mkdir tuwunel-image && cp … && docker build -f
     docker/tuwunel.Dockerfile …`); its tag, reused while binary, Dockerfile and base are the
@@ -71,6 +82,9 @@ async def build_tuwunel_image(base: str, binary: Path, workdir: Path) -> str:
         context = workdir / "tuwunel-image"
         context.mkdir(parents=True, exist_ok=True)
         shutil.copy2(binary, context / "tuwunel")
+        for lib in shared_libraries(binary):  # a binary built from source is not static
+            (context / "lib").mkdir(exist_ok=True)
+            shutil.copy2(lib, context / "lib" / lib.name)
         try:
             await _build(tuwunel_build_command(base, tag, context), "Tuwunel")
         finally:
