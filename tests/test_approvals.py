@@ -13,9 +13,10 @@ import pytest
 
 from letta_appservice.app import App
 from tests.harness.conversation import handled, new_user
+from tests.harness.events import reply_to
 from tests.harness.homeserver import Homeserver
 from tests.harness.matrix_user import MatrixUser
-from tests.harness.real_scene import WAIT, Event, Scene, echo_of, latest_text, replies, reply_to
+from tests.harness.real_scene import WAIT, Event, Scene, echo_of, latest_text, replies
 from tests.harness.synapse import fresh_localpart
 
 pytestmark = pytest.mark.real_letta

@@ -11,16 +11,15 @@ import aiohttp
 import pytest
 
 from letta_appservice.app import App
+from tests.harness.events import member_is, reply_to
 from tests.harness.real_letta import RealLetta
 from tests.harness.real_scene import (
     WAIT,
     Scene,
     echo_of,
     latest_text,
-    member,
     poll,
     replies,
-    reply_to,
     user_messages,
 )
 
@@ -161,7 +160,7 @@ async def test_a_rename_in_letta_renames_the_puppet_and_the_room(
     puppet = scene.bridge.mxid(agent_id)
     await scene.admin.wait_for_event(
         room,
-        lambda e: member(puppet, "join")(e) and e["content"]["displayname"] == "After",
+        lambda e: member_is(puppet, "join")(e) and e["content"]["displayname"] == "After",
         WAIT,
     )
     # The agent answers under its new name (the attribution names the renamed room).

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.events import joined
-from tests.harness.real_scene import WAIT, Scene, reply_to
+from tests.harness.events import joined, reply_to
+from tests.harness.real_scene import WAIT, Scene
 
 pytestmark = pytest.mark.real_letta
 

@@ -18,6 +18,7 @@ import pytest_asyncio
 from letta_appservice.app import App
 from letta_appservice.chat.loops import MARKER
 from tests.harness.apps import Apps, Bridge
+from tests.harness.events import member_is, reply_to
 from tests.harness.homeserver import Homeserver
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.observe import eventually
@@ -40,22 +41,6 @@ def from_tool(sender: str, tool: str) -> Callable[[Event], bool]:
         e["type"] == "m.room.message"
         and e["sender"] == sender
         and e["content"][MARKER]["tool"] == tool
-    )
-
-
-def joined(mxid: str) -> Callable[[Event], bool]:
-    return lambda e: (
-        e["type"] == "m.room.member"
-        and e["state_key"] == mxid
-        and e["content"]["membership"] == "join"
-    )
-
-
-def reply_to(sender: str, event_id: str) -> Callable[[Event], bool]:
-    return lambda e: (
-        e["type"] == "m.room.message"
-        and e["sender"] == sender
-        and e["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == event_id
     )
 
 
@@ -83,7 +68,7 @@ class Stage:
         """The admin writes in the agent's room; the agent's answer (after its tool turn)."""
         room = self.rooms[name]
         asked = await self.admin.send_text(room, text)
-        return await self.admin.wait_for_event(room, reply_to(self.mxid(name), asked), WAIT)
+        return await self.admin.wait_for_event(room, reply_to(self.mxid(name), asked, None), WAIT)
 
     async def shared_room(self, *agents: str, name: str = "Shared") -> str:
         """A room of the admin's with these agents' puppets joined."""
@@ -91,7 +76,7 @@ class Stage:
         for agent in agents:
             who = self.mxid(agent)
             await self.admin.invite(room, who)
-            await self.admin.wait_for_event(room, joined(who), WAIT)
+            await self.admin.wait_for_event(room, member_is(who, "join"), WAIT)
         return room
 
     async def secret(self, name: str) -> str:
@@ -171,7 +156,7 @@ async def test_an_agent_messages_a_permitted_person_in_a_direct_chat(
         await stage.ask("Alpha", call("matrix_message_person", user=person.mxid, text="Again"))
         await person.wait_for_event(dm, lambda e: e["content"]["body"] == "Again", WAIT)
         asked = await person.send_text(dm, "thanks!")
-        await person.wait_for_event(dm, reply_to(stage.mxid("Alpha"), asked), WAIT)
+        await person.wait_for_event(dm, reply_to(stage.mxid("Alpha"), asked, None), WAIT)
         # Nobody outside the bridge's permissions.
         refused = await stage.ask(
             "Alpha", call("matrix_message_person", user="@eve:elsewhere.test", text="psst")
@@ -191,7 +176,7 @@ async def test_an_agent_talks_to_another_and_gets_its_answer(stage: Stage) -> No
     )
     assert asked["content"]["body"] == "ping 42"
     beta_said = await stage.admin.wait_for_event(
-        beta_room, reply_to(stage.mxid("Beta"), asked["event_id"]), WAIT
+        beta_room, reply_to(stage.mxid("Beta"), asked["event_id"], None), WAIT
     )
     assert beta_said["content"]["body"].startswith("echo: ")
     assert "ping 42" in beta_said["content"]["body"]
@@ -211,11 +196,11 @@ async def test_a_slow_answer_reaches_the_asking_agent_later_as_a_message(stage: 
         beta_room, from_tool(stage.mxid("Alpha"), "matrix_talk_to_agent"), WAIT
     )
     beta_said = await stage.admin.wait_for_event(
-        beta_room, reply_to(stage.mxid("Beta"), asked["event_id"]), WAIT
+        beta_room, reply_to(stage.mxid("Beta"), asked["event_id"], None), WAIT
     )
     # Alpha was told Beta's answer as a message, and answered it there.
     alpha_said = await stage.admin.wait_for_event(
-        beta_room, reply_to(stage.mxid("Alpha"), beta_said["event_id"]), WAIT
+        beta_room, reply_to(stage.mxid("Alpha"), beta_said["event_id"], None), WAIT
     )
     body = alpha_said["content"]["body"]
     assert "The answer to your message to Beta" in body and "late ping" in body

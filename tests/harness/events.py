@@ -35,8 +35,10 @@ def by(sender: str, msgtype: str | None = None) -> Callable[[Event], bool]:
     return match
 
 
-def reply_to(sender: str, event_id: str, msgtype: str = "m.text") -> Callable[[Event], bool]:
-    """A message of ``sender`` replying to ``event_id``."""
+def reply_to(
+    sender: str, event_id: str, msgtype: str | None = "m.text"
+) -> Callable[[Event], bool]:
+    """A message of ``sender`` replying to ``event_id`` (of any msgtype with None)."""
 
     def match(e: Event) -> bool:
         relates = e["content"].get("m.relates_to") or {}

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from letta_appservice.app import App
 from tests.harness.apps import Apps, Bridge
 from tests.harness.config import SERVER_NAME
+from tests.harness.events import member_is, reply_to
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.real_letta import LettaAdmin
 from tests.harness.synapse import fresh_localpart
@@ -56,7 +57,7 @@ class Scene:
         room = await poll(lambda: self.admin.resolve_alias(self.bridge.alias(agent_id)))
         await self.admin.join(room)
         puppet = self.bridge.mxid(agent_id)
-        await self.admin.wait_for_event(room, member(puppet, "join"), timeout=WAIT)
+        await self.admin.wait_for_event(room, member_is(puppet, "join"), timeout=WAIT)
         return room
 
     async def ask(self, room: str, agent_id: str, text: str) -> tuple[str, Event]:
@@ -78,27 +79,6 @@ async def poll(probe: Callable[[], Awaitable[T | None]]) -> T:
             if result := await probe():
                 return result
             await asyncio.sleep(0.2)
-
-
-def member(mxid: str, membership: str) -> Callable[[Event], bool]:
-    return lambda e: (
-        e["type"] == "m.room.member"
-        and e["state_key"] == mxid
-        and e["content"]["membership"] == membership
-    )
-
-
-def reply_to(sender: str, event_id: str, msgtype: str = "m.text") -> Callable[[Event], bool]:
-    def match(e: Event) -> bool:
-        relates = e["content"].get("m.relates_to") or {}
-        return (
-            e["type"] == "m.room.message"
-            and e["sender"] == sender
-            and e["content"]["msgtype"] == msgtype
-            and relates["m.in_reply_to"]["event_id"] == event_id
-        )
-
-    return match
 
 
 def replies(
