@@ -145,7 +145,7 @@ async def run_baseline(count: int, agent_every: int) -> dict[str, float]:
         await az.stop()
 
 
-async def seed(database: str, letta: FakeLetta) -> None:
+async def seed(database: str, letta: FakeLetta, hs: StubHomeserver) -> None:
     """Bridged agents with their rooms, as a reconcile would have left them."""
     rows = []
     for i in range(AGENT_ROOMS):
@@ -153,6 +153,7 @@ async def seed(database: str, letta: FakeLetta) -> None:
         mxid = f"@agent_{fake.id.removeprefix('agent-').replace('-', '_')}:{DOMAIN}"
         rows.append((fake.id, fake.name, mxid, f"!agent{i}:{DOMAIN}"))
     await seed_agent_rooms(database, rows)
+    hs.joined.update(room for *_, room in rows)
 
 
 def config(database: str, hs_url: str, letta_url: str, port: int) -> Any:
@@ -179,7 +180,7 @@ async def run_app(database: str, count: int, agent_every: int, backlog: int) -> 
     hs, letta = StubHomeserver(DOMAIN), FakeLetta()
     await hs.start()
     await letta.start()
-    await seed(database, letta)
+    await seed(database, letta, hs)
     port = free_port()
     app = App(config(database, hs.url, letta.url, port))
     await app.start()

@@ -157,6 +157,7 @@ class FaultRun:
             self.rooms[room] = agent_mxid(TEMPLATE, DOMAIN, agent.id)
             seeded.append((agent.id, agent.name, self.rooms[room], room))
         await seed_agent_rooms(self.database, seeded, BRIDGED_AT)
+        self.hs.joined.update(self.rooms)
         config = _config(self.hs_proxy.url, self.letta_proxy.url, self.database, free_port())
         self.process = BridgeProcess(self.workdir, config)
         await self._start()

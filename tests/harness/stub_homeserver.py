@@ -44,6 +44,9 @@ class StubHomeserver:
         self.domain = domain
         self.url = ""
         self.sent: list[Sent] = []
+        # Rooms the bridge's bot is in (the seeded agent rooms): the start-up check that the
+        # database belongs to this homeserver finds them here.
+        self.joined: set[str] = set()
         self._by_path: dict[str, str] = {}  # send path (txn id included) -> event id
         self._runner: web.AppRunner | None = None
 
@@ -93,7 +96,9 @@ class StubHomeserver:
         if path.endswith("/createRoom"):
             return web.json_response({"room_id": f"!{uuid.uuid4().hex}:{self.domain}"})
         if path.endswith("/joined_rooms"):
-            return web.json_response({"joined_rooms": []})
+            return web.json_response({"joined_rooms": sorted(self.joined)})
+        if "/directory/room/" in path:  # the stub keeps no aliases
+            return web.json_response({"errcode": "M_NOT_FOUND", "error": "no alias"}, status=404)
         if path.endswith("/register"):
             return web.json_response({"user_id": user})
         return web.json_response({})
