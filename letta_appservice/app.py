@@ -29,7 +29,7 @@ from .config import Config
 from .db.agent import AgentStore
 from .db.approval import ApprovalStore
 from .db.bridge_state import BridgeState
-from .db.database import DatabaseURL, open_database
+from .db.database import DatabaseURL, open_database, open_inbox_database
 from .db.inbox import InboxEvent, InboxStore
 from .db.invited_agent import InvitedAgentStore
 from .db.letta_conversation import LettaConversationStore
@@ -71,6 +71,7 @@ class App:
     was started, in reverse."""
 
     db: Database
+    inbox_db: Database  # the inbox's own connection on SQLite (db itself on PostgreSQL)
     state_store: StateStore
     inbox: InboxStore
     agents: AgentStore
@@ -126,8 +127,12 @@ class App:
     async def _open(self) -> None:
         """The database, the clients and every part, wired; nothing running yet."""
         cfg = self.config
-        self.db = await open_database(DatabaseURL.parse(cfg.appservice.database))
+        url = DatabaseURL.parse(cfg.appservice.database)
+        self.db = await open_database(url)
         self._started.push_async_callback(self.db.stop)
+        self.inbox_db = await open_inbox_database(url, self.db)
+        if self.inbox_db is not self.db:
+            self._started.push_async_callback(self.inbox_db.stop)
         self.state_store = StateStore(self.db)
         await StateStore.upgrade_table.upgrade(self.db)
         http = self._client_session()
@@ -156,7 +161,7 @@ class App:
     def _wire(self, cfg: Config) -> None:
         """Every part of both flows, each given what it needs."""
         db, identity = self.db, self.identity
-        self.inbox, self.agents = InboxStore(db), AgentStore(db)
+        self.inbox, self.agents = InboxStore(self.inbox_db), AgentStore(db)
         rooms, state, notices = RoomStore(db), BridgeState(db), UserNoticeStore(db)
         self._turns, self._sent = TurnStore(db), SentEventStore(db)
         permissions = Permissions.from_config(cfg)

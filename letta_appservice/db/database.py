@@ -103,6 +103,18 @@ def create_database(url: DatabaseURL) -> Database:
     return Database.create(url.mautrix, upgrade_table=None, db_args=db_args, log=log)
 
 
+async def open_inbox_database(url: DatabaseURL, db: Database) -> Database:
+    """The inbox's own connection on SQLite. mautrix gives SQLite one connection, and every
+    statement queues for it: with 20 turns' bookkeeping in that queue, the homeserver's ack
+    waited ten times longer than its own write took. WAL lets two connections take turns writing
+    (busy_timeout covers the short waits). PostgreSQL has a pool: the same one serves both."""
+    if url.kind != "sqlite":
+        return db
+    inbox_db = create_database(url)
+    await inbox_db.start()
+    return inbox_db
+
+
 def head_revision() -> str:
     """The newest migration's id, read from the files (without importing alembic)."""
     revisions, parents = set(), set()

@@ -156,8 +156,9 @@ def _fetch_sync(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list
 def _store_sync(
     conn: sqlite3.Connection, txn_args: Sequence[Any], chunks: list[tuple[str, list[Any]]]
 ) -> StoreResult:
-    """InboxStore._store on SQLite, in aiosqlite's thread: one transaction, one hand-over."""
-    conn.execute("BEGIN")
+    """InboxStore._store on SQLite, in aiosqlite's thread: one transaction, one hand-over.
+    IMMEDIATE takes the write lock first, waiting (busy_timeout) for the other connection."""
+    conn.execute("BEGIN IMMEDIATE")
     try:
         if not conn.execute(_qmarks(_TXN_SQL), txn_args).fetchall():
             result = StoreResult(duplicate_txn=True, new_events=0)

@@ -198,6 +198,10 @@ class InboxWorker:
                 await self._process(queue[0])
                 queue.popleft()
                 self._in_memory -= 1
+                # An event in a room nobody serves is handled without a real suspension: give
+                # the loop back after each, or a lane of 200 holds the homeserver's ack for
+                # its whole run (and every lane ready in that tick adds its own).
+                await asyncio.sleep(0)
         finally:
             # Non-empty only when cancelled: those rows stay 'processing' until resumed.
             self._in_memory -= len(queue)
