@@ -309,7 +309,9 @@ class App:
         self.tools.mount(self.web.app)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=name))
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(_log_crash)
+        self._tasks.append(task)
 
     async def _cancel_tasks(self) -> None:
         for task in self._tasks:
@@ -387,3 +389,9 @@ class App:
             if await self.reconciler.observe(evt):
                 self.scheduler.poke()  # drift (a kick, a removed space child): repair soon
         log.debug("Handled %s %s in %s", event.event_type, event.event_id, event.room_id)
+
+
+def _log_crash(task: asyncio.Task[Any]) -> None:
+    """A background task that fails says so when it fails, not at shutdown (or never)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("Background task %s stopped", task.get_name(), exc_info=exc)
