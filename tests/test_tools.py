@@ -317,3 +317,20 @@ async def _no_secrets(stage: Stage, agent_id: str) -> bool:
 
 async def _has_tools(stage: Stage, agent_id: str) -> bool:
     return set(TOOLS) <= set(await stage.letta.tools(agent_id))
+
+
+async def test_tools_deleted_in_letta_come_back_on_the_next_pass(stage: Stage) -> None:
+    [tool] = await stage.letta.call("GET", "/v1/tools/", name="matrix_send_message")
+    await stage.letta.call("DELETE", f"/v1/tools/{tool['id']}")
+    for agent_id in stage.ids.values():
+        assert "matrix_send_message" not in await stage.letta.tools(agent_id)
+    await stage.app.scheduler.run_now()
+    for agent_id in stage.ids.values():
+        assert await _has_tools(stage, agent_id)
+    # And they work: the agent posts through the new registration.
+    room = await stage.shared_room("Alpha")
+    await stage.ask("Alpha", call("matrix_send_message", room=room, text="back again"))
+    posted = await stage.admin.wait_for_event(
+        room, from_tool(stage.mxid("Alpha"), "matrix_send_message"), WAIT
+    )
+    assert posted["content"]["body"] == "back again"

@@ -4,7 +4,8 @@ changes), attached to the agents that should have them with a secret of their ow
 
 Runs after each reconcile pass with the agents it listed. What is set up is remembered per
 agent (``agent_tool.synced``: the version set up), so a pass where nothing changed reads one
-table and writes nothing to Letta.
+table and the tools' ids in Letta, and writes nothing to Letta. Tools deleted in Letta are
+registered and attached again on the next pass.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ class ToolSync:
         should have. Failures are logged and left for the next pass."""
         async with self._lock:
             rows = await self.store.all()
+            if await self._tools_gone():
+                # Deleted in Letta (or replaced under another id): register them again and
+                # attach them anew to every agent that should have them.
+                self.available = None
+                for row in rows.values():
+                    row.synced = None
             todo = [(a, rows.get(a.id)) for a in agents if self._differs(a, rows.get(a.id))]
             if not todo or not await self._register():
                 return
@@ -90,6 +97,21 @@ class ToolSync:
         else:
             assert row is not None
             await self._take_down(agent.id, row)
+
+    async def _tools_gone(self) -> bool:
+        """Whether a tool registered by this process is no longer in Letta under its id (one
+        read per tool and pass; a failed read counts as nothing gone)."""
+        if not self.available:
+            return False
+        try:
+            existing = await self.letta.find(NAMES)
+        except LettaError as e:
+            log.warning("Could not check the Matrix tools in Letta: %s", e)
+            return False
+        gone = [n for n in NAMES if existing.get(n, {}).get("id") != self.tool_ids.get(n)]
+        if gone:
+            log.warning("Matrix tools gone from Letta, registering them again: %s", gone)
+        return bool(gone)
 
     async def _register(self) -> bool:
         """Register (or update) the tools once per process; False while that is impossible."""
