@@ -37,6 +37,7 @@ from .db.room import RoomStore
 from .db.sent_event import SentEventStore
 from .db.turn import TurnStore
 from .db.user_notice import UserNoticeStore
+from .errors import log_failure
 from .identity import Identity
 from .inbox import housekeeping
 from .inbox.web import WebServer
@@ -112,7 +113,7 @@ class App:
         self._started.push_async_callback(self.worker.stop)
         # Registers the bot, checks both directions, then starts the scheduler.
         self._spawn(self.link.run(), "bootstrap")
-        self._spawn(housekeeping.run_periodically(self.inbox, self._sent, self._turns), "prune")
+        self._spawn(housekeeping.run_periodically(self._prunable), "prune")
         self._spawn(self._greet_letta(), "letta-version")
         self._started.push_async_callback(self._cancel_tasks)
         log.info("letta-appservice %s started as %s", __version__, cfg.bot_mxid)
@@ -202,7 +203,14 @@ class App:
         self.room_conversations = RoomConversations(
             TurnCalls(self.letta), LettaConversationStore(db), cfg.letta.conversations
         )
-        cards = Cards(store=ApprovalStore(db), puppets=self.puppets)
+        approvals = ApprovalStore(db)
+        cards = Cards(store=approvals, puppets=self.puppets)
+        self._prunable = {
+            "inbox": self.inbox,
+            "sent_event": self._sent,
+            "letta_turn": self._turns,
+            "approval": approvals,
+        }
         self.conversations = Conversations(
             settings=TurnSettings.from_config(cfg),
             rooms=self.room_conversations,
@@ -310,7 +318,7 @@ class App:
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(_log_crash)
+        task.add_done_callback(log_failure(log, "Background task"))
         self._tasks.append(task)
 
     async def _cancel_tasks(self) -> None:
@@ -389,9 +397,3 @@ class App:
             if await self.reconciler.observe(evt):
                 self.scheduler.poke()  # drift (a kick, a removed space child): repair soon
         log.debug("Handled %s %s in %s", event.event_type, event.event_id, event.room_id)
-
-
-def _log_crash(task: asyncio.Task[Any]) -> None:
-    """A background task that fails says so when it fails, not at shutdown (or never)."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("Background task %s stopped", task.get_name(), exc_info=exc)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from mautrix.errors import MatrixConnectionError, MatrixRequestError
@@ -59,3 +63,14 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, TimeoutError):
         return "homeserver timed out"
     return str(e) or type(e).__name__
+
+
+def log_failure(logger: logging.Logger, what: str) -> Callable[[asyncio.Task[Any]], None]:
+    """A task's done-callback: a task that fails says so when it fails, with its traceback,
+    instead of "Task exception was never retrieved" at exit (or nothing at all)."""
+
+    def done(task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("%s %s stopped", what, task.get_name(), exc_info=exc)
+
+    return done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from letta_appservice.db.approval import ApprovalRow, ApprovalStore
 from letta_appservice.db.database import DatabaseURL, now_ms, open_database
 from letta_appservice.db.inbox import InboxStore
 from letta_appservice.db.sent_event import SentEventStore
@@ -13,6 +14,8 @@ from tests.harness.events import message
 async def test_prune_keeps_what_exactly_once_still_needs(database_url: str) -> None:
     db = await open_database(DatabaseURL.parse(database_url), in_child=False)
     inbox, sent, turns = InboxStore(db), SentEventStore(db), TurnStore(db)
+    approvals = ApprovalStore(db)
+    stores = {"inbox": inbox, "sent_event": sent, "letta_turn": turns, "approval": approvals}
     try:
         await inbox.store_transaction("old", [message(1), message(2)])
         await inbox.store_transaction("new", [message(3)])
@@ -33,9 +36,25 @@ async def test_prune_keeps_what_exactly_once_still_needs(database_url: str) -> N
         await sent.add("$event3", "", 0, "!room:test.local", "$reply3")
         await db.execute("UPDATE sent_event SET sent_at=$1 WHERE source_event_id='$event1'", old)
 
-        removed = await prune(inbox, sent, turns, now_ms() - RETENTION_MS)
+        # Approval cards: decided long ago, decided elsewhere long ago (no decision time),
+        # waiting long since, decided now.
+        for card in ("$decided_old", "$elsewhere_old", "$waiting_old", "$decided_new"):
+            await approvals.add(
+                ApprovalRow(card, "!room:test.local", "agent-1", "@a:t", {}, [], {})
+            )
+        await approvals.claim("$decided_old", "$r1", "@a:t", "approve", "")
+        await approvals.decided_elsewhere("$elsewhere_old")
+        await approvals.claim("$decided_new", "$r2", "@a:t", "deny", "")
+        await db.execute("UPDATE approval SET created_at=$1", old)
+        await db.execute(
+            "UPDATE approval SET decided_at=$1 WHERE card_event_id='$decided_old'", old
+        )
 
-        assert removed == {"inbox": 2, "sent_event": 1, "letta_turn": 0}
+        removed = await prune(stores, now_ms() - RETENTION_MS)
+
+        assert removed == {"inbox": 2, "sent_event": 1, "letta_turn": 0, "approval": 2}
+        cards = [r["card_event_id"] for r in await db.fetch("SELECT card_event_id FROM approval")]
+        assert sorted(cards) == ["$decided_new", "$waiting_old"]
         left = [r["event_id"] for r in await db.fetch("SELECT event_id FROM inbox ORDER BY seq")]
         assert left == ["$event2", "$event3"]
         txns = [r["txn_id"] for r in await db.fetch("SELECT txn_id FROM appservice_txn")]

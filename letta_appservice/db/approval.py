@@ -100,3 +100,13 @@ class ApprovalStore:
         await self.db.execute(
             "UPDATE approval SET decision=$2 WHERE card_event_id=$1", card_event_id, ELSEWHERE
         )
+
+    async def prune(self, older_than_ms: int) -> int:
+        """Forget cards decided before the cut-off (a late reaction to one is then ignored);
+        undecided cards stay whatever their age: Letta may still be waiting on them."""
+        rows = await self.db.fetch(
+            "DELETE FROM approval WHERE decision IS NOT NULL"
+            " AND COALESCE(decided_at, created_at) < $1 RETURNING card_event_id",
+            older_than_ms,
+        )
+        return len(rows)

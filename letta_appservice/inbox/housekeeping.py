@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Protocol
 
 from ..db.database import now_ms
-from ..db.inbox import InboxStore
-from ..db.sent_event import SentEventStore
-from ..db.turn import TurnStore
 
 log = logging.getLogger("letta_appservice.housekeeping")
 # Far beyond any redelivery by the homeserver and any retry window (letta.retry_window).
@@ -16,22 +15,21 @@ RETENTION_MS = 7 * 24 * 3600 * 1000
 INTERVAL = 3600.0
 
 
-async def prune(
-    inbox: InboxStore, sent: SentEventStore, turns: TurnStore, older_than_ms: int
-) -> dict[str, int]:
-    """Delete finished inbox events and txn ids, posted parts and stored answers older than
-    the cut-off. Pending and processing events are kept whatever their age."""
-    return {
-        "inbox": await inbox.prune(older_than_ms),
-        "sent_event": await sent.prune(older_than_ms),
-        "letta_turn": await turns.prune(older_than_ms),
-    }
+class Prunable(Protocol):
+    async def prune(self, older_than_ms: int) -> int: ...
 
 
-async def run_periodically(inbox: InboxStore, sent: SentEventStore, turns: TurnStore) -> None:
+async def prune(stores: Mapping[str, Prunable], older_than_ms: int) -> dict[str, int]:
+    """Delete what each table no longer needs from before the cut-off: finished inbox events
+    and txn ids, posted parts, stored answers, decided approval cards. Pending and processing
+    events are kept whatever their age. Returns the rows removed per table."""
+    return {name: await store.prune(older_than_ms) for name, store in stores.items()}
+
+
+async def run_periodically(stores: Mapping[str, Prunable]) -> None:
     while True:
         try:
-            removed = await prune(inbox, sent, turns, now_ms() - RETENTION_MS)
+            removed = await prune(stores, now_ms() - RETENTION_MS)
             if any(removed.values()):
                 log.info("Pruned old rows: %s", removed)
         except Exception:

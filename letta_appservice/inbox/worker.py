@@ -11,8 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ..db.inbox import DONE, FAILED, PENDING, InboxEvent, InboxStore
+from ..errors import log_failure
 
 log = logging.getLogger("letta_appservice.inbox")
+# A lane must never die silently.
+_LANE_FAILED = log_failure(log, "Inbox lane")
 
 T = TypeVar("T")
 Handler = Callable[[InboxEvent], Awaitable[None]]
@@ -173,7 +176,7 @@ class InboxWorker:
                     self._in_memory += 1
                 if key not in self._lane_tasks:
                     task = asyncio.create_task(self._lane(key, lane), name=f"lane-{key}")
-                    task.add_done_callback(_log_crash)
+                    task.add_done_callback(_LANE_FAILED)
                     self._lane_tasks[key] = task
             if parking:
                 await self._bookkeeping("park events", self.store.park, parking)
@@ -306,9 +309,3 @@ class InboxWorker:
         except BaseException:
             self._done[:0] = done
             raise
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    """A lane must never die silently ("Task exception was never retrieved")."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("Inbox lane %s stopped", task.get_name(), exc_info=exc)
