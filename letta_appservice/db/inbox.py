@@ -18,6 +18,7 @@ from mautrix.types.util.serializable import SerializerError
 from mautrix.util.async_db import Database, Scheme
 
 from .database import now_ms
+from .state_counts import StateCounts
 
 log = logging.getLogger("letta_appservice.inbox")
 
@@ -185,15 +186,7 @@ class InboxStore:
         self._storing = 0
         self._quiet = asyncio.Event()
         self._quiet.set()
-        self._counts: dict[str, int] | None = None
-
-    def _moved(self, n: int, src: str | None, dst: str | None) -> None:
-        if self._counts is None or not n:
-            return
-        if src:
-            self._counts[src] = max(0, self._counts[src] - n)
-        if dst:
-            self._counts[dst] += n
+        self._counts = StateCounts(STATES)
 
     async def store_transaction(
         self, txn_id: str, events: Sequence[dict[str, Any]]
@@ -215,12 +208,13 @@ class InboxStore:
         self._storing += 1
         self._quiet.clear()
         try:
-            result = await self._store(txn_key, now, rows, events_digest(events))
+            async with self._counts.writing() as moved:
+                result = await self._store(txn_key, now, rows, events_digest(events))
+                moved(result.new_events, None, PENDING)
         finally:
             self._storing -= 1
             if not self._storing:
                 self._quiet.set()
-        self._moved(result.new_events, None, PENDING)
         return attrs.evolve(result, rejected=len(events) - len(rows))
 
     async def _store(
@@ -261,12 +255,13 @@ class InboxStore:
     async def resume_unfinished(self) -> int:
         """After a crash or restart, events that were being worked on, or parked behind a busy
         lane, are pending again (their lanes are worked out anew)."""
-        rows = await self.db.fetch(
-            "UPDATE inbox SET state=$1, lane=NULL WHERE state=$2 OR lane IS NOT NULL"
-            " RETURNING seq",
-            PENDING,
-            PROCESSING,
-        )
+        async with self._counts.writing():
+            rows = await self.db.fetch(
+                "UPDATE inbox SET state=$1, lane=NULL WHERE state=$2 OR lane IS NOT NULL"
+                " RETURNING seq",
+                PENDING,
+                PROCESSING,
+            )
         await self.recount()
         return len(rows)
 
@@ -275,70 +270,75 @@ class InboxStore:
         (one statement, so the claim is atomic and cheap). Parked events are not taken: their
         lane takes them back itself (``unpark``)."""
         await self._after_ingest()
-        rows = await self._fetch(
-            f"UPDATE inbox SET state=$1, updated_at=$2 WHERE seq IN (SELECT seq FROM inbox"
-            f" WHERE state=$3 AND lane IS NULL ORDER BY seq LIMIT $4)"
-            f" RETURNING {InboxEvent._columns}",
-            PROCESSING,
-            now_ms(),
-            PENDING,
-            limit,
-        )
-        self._moved(len(rows), PENDING, PROCESSING)
+        async with self._counts.writing() as moved:
+            rows = await self._fetch(
+                f"UPDATE inbox SET state=$1, updated_at=$2 WHERE seq IN (SELECT seq FROM inbox"
+                f" WHERE state=$3 AND lane IS NULL ORDER BY seq LIMIT $4)"
+                f" RETURNING {InboxEvent._columns}",
+                PROCESSING,
+                now_ms(),
+                PENDING,
+                limit,
+            )
+            moved(len(rows), PENDING, PROCESSING)
         return sorted((InboxEvent(**dict(r)) for r in rows), key=lambda e: e.seq)
 
     async def park(self, lanes: dict[str, list[int]]) -> None:
         """Claimed events of busy lanes go back to waiting, in the database rather than in
         memory, marked with their lane so that only that lane takes them (in order)."""
         await self._after_ingest()
-        async with self.db.acquire() as conn, conn.transaction():
-            for lane, seqs in lanes.items():
-                for chunk, marks in _seq_chunks(seqs, first=3):
-                    await conn.execute(
-                        f"UPDATE inbox SET state=$1, lane=$2 WHERE seq IN ({marks})",
-                        PENDING,
-                        lane,
-                        *chunk,
-                    )
-        self._moved(sum(map(len, lanes.values())), PROCESSING, PENDING)
+        async with self._counts.writing() as moved:
+            async with self.db.acquire() as conn, conn.transaction():
+                for lane, seqs in lanes.items():
+                    for chunk, marks in _seq_chunks(seqs, first=3):
+                        await conn.execute(
+                            f"UPDATE inbox SET state=$1, lane=$2 WHERE seq IN ({marks})",
+                            PENDING,
+                            lane,
+                            *chunk,
+                        )
+            moved(sum(map(len, lanes.values())), PROCESSING, PENDING)
 
     async def unpark(self, lane: str, limit: int) -> list[InboxEvent]:
         """The oldest ``limit`` events parked for ``lane``, claimed again."""
         await self._after_ingest()
-        rows = await self._fetch(
-            f"UPDATE inbox SET state=$1, lane=NULL, updated_at=$2 WHERE seq IN (SELECT seq"
-            f" FROM inbox WHERE state=$3 AND lane=$4 ORDER BY seq LIMIT $5)"
-            f" RETURNING {InboxEvent._columns}",
-            PROCESSING,
-            now_ms(),
-            PENDING,
-            lane,
-            limit,
-        )
-        self._moved(len(rows), PENDING, PROCESSING)
+        async with self._counts.writing() as moved:
+            rows = await self._fetch(
+                f"UPDATE inbox SET state=$1, lane=NULL, updated_at=$2 WHERE seq IN (SELECT seq"
+                f" FROM inbox WHERE state=$3 AND lane=$4 ORDER BY seq LIMIT $5)"
+                f" RETURNING {InboxEvent._columns}",
+                PROCESSING,
+                now_ms(),
+                PENDING,
+                lane,
+                limit,
+            )
+            moved(len(rows), PENDING, PROCESSING)
         return sorted((InboxEvent(**dict(r)) for r in rows), key=lambda e: e.seq)
 
     async def finish_many(self, seqs: Sequence[int], state: str = DONE) -> None:
         """Mark many claimed events finished in one statement per chunk."""
         await self._after_ingest()
         for chunk, marks in _seq_chunks(seqs, first=3):
-            await self._fetch(
-                f"UPDATE inbox SET state=$1, updated_at=$2 WHERE seq IN ({marks})",
-                state,
-                now_ms(),
-                *chunk,
-            )
-            self._moved(len(chunk), PROCESSING, state)
+            async with self._counts.writing() as moved:
+                await self._fetch(
+                    f"UPDATE inbox SET state=$1, updated_at=$2 WHERE seq IN ({marks})",
+                    state,
+                    now_ms(),
+                    *chunk,
+                )
+                moved(len(chunk), PROCESSING, state)
 
     async def finish(self, seq: int, state: str = DONE, error: str | None = None) -> None:
-        await self.db.execute(
-            "UPDATE inbox SET state=$1, error=$2, updated_at=$3 WHERE seq=$4",
-            state,
-            error,
-            now_ms(),
-            seq,
-        )
-        self._moved(1, PROCESSING, state)
+        async with self._counts.writing() as moved:
+            await self.db.execute(
+                "UPDATE inbox SET state=$1, error=$2, updated_at=$3 WHERE seq=$4",
+                state,
+                error,
+                now_ms(),
+                seq,
+            )
+            moved(1, PROCESSING, state)
 
     async def postpone(self, seq: int, not_before: int, error: str) -> int:
         """Count an attempt and remember when to try again; returns the attempt count."""
@@ -359,17 +359,15 @@ class InboxStore:
 
     async def counts(self) -> dict[str, int]:
         """Events per state (parked ones are pending), kept in memory after the first count."""
-        if self._counts is None:
-            await self.recount()
-        assert self._counts is not None
-        return dict(self._counts)
+        return await self._counts.get(self._count_table)
 
     async def recount(self) -> None:
         """Count the table (a scan: at start, and after the hourly prune)."""
+        await self._counts.recount(self._count_table)
+
+    async def _count_table(self) -> dict[str, int]:
         rows = await self.db.fetch("SELECT state, COUNT(*) AS n FROM inbox GROUP BY state")
-        counts = dict.fromkeys(STATES, 0)
-        counts.update({r["state"]: r["n"] for r in rows})
-        self._counts = counts
+        return {r["state"]: r["n"] for r in rows}
 
     async def prune(self, older_than_ms: int) -> int:
         """Forget finished events and transaction ids older than the cut-off."""
