@@ -11,10 +11,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
-import attrs
 from mautrix.errors import MatrixConnectionError, MatrixRequestError
 
-from ..config import Config
 from ..db.agent import AgentRow
 from ..db.sent_event import SentEventStore
 from ..db.turn import TurnStore
@@ -24,12 +22,13 @@ from ..letta.approvals import send_decisions, stream_decisions
 from ..matrix.format import NOTICE
 from ..matrix.puppets import Puppets
 from ..metrics import Metrics
-from .cards import ASKER, stopped_text, who_may_decide
+from .cards import stopped_text, who_may_decide
 from .content import DELAY_NOTICE_PART, otid
 from .conversations import RoomConversations
 from .media import MediaIntake, Refused
 from .parts import Part, build_parts, duration, error_text, gave_up_text, waiting_text
 from .poster import Job, Poster, Typing, homeserver_retry
+from .settings import TurnSettings
 from .streaming import relay
 
 __all__ = ["Conversations", "Job", "TurnSettings"]
@@ -46,38 +45,6 @@ THINKING_AFTER = 1.5  # seconds of Letta working before the placeholder shows
 STOPS_KEPT = 1_000
 # Called once an approval card of a turn is posted: (job, card event id, card part).
 CardHook = Callable[[Job, str, Part], Awaitable[None]]
-
-
-@attrs.frozen
-class TurnSettings:
-    """The parts of the config a turn needs."""
-
-    streaming: bool = False
-    show_reasoning: str = "off"
-    show_tools: str = "off"
-    timeout: float = 180.0
-    retry_window: float = 600.0
-    delay_notice: float = 30.0
-    max_concurrency: int = 8  # Letta turns at once, across agents
-    deadline: float = 900.0  # seconds a whole turn may take (pings do not extend it)
-    approvers: str = ASKER  # who may decide an approval card (bridge.approvers)
-    thinking: bool = False  # a "thinking…" placeholder the answer replaces
-
-    @classmethod
-    def from_config(cls, config: Config) -> TurnSettings:
-        letta, bridge = config.letta, config.bridge
-        return cls(
-            streaming=letta.streaming,
-            show_reasoning=bridge.show_reasoning,
-            show_tools=bridge.show_tools,
-            timeout=letta.timeout,
-            retry_window=letta.retry_window,
-            delay_notice=letta.delay_notice,
-            max_concurrency=letta.max_concurrency,
-            deadline=config.guards.turn_deadline,
-            approvers=bridge.approvers,
-            thinking=bridge.thinking_placeholder,
-        )
 
 
 def backoff(attempts: int) -> float:
