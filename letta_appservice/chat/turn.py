@@ -19,12 +19,13 @@ from ..db.turn import TurnStore
 from ..inbox.worker import Retry
 from ..letta import LettaError
 from ..letta.approvals import send_decisions, stream_decisions
+from ..letta.versions import UserContent
 from ..matrix.format import NOTICE
 from ..matrix.puppets import Puppets
 from ..metrics import Metrics
 from .cards import stopped_text, who_may_decide
-from .content import DELAY_NOTICE_PART, otid
-from .conversations import RoomConversations
+from .content import CONTEXT_GONE_PART, DELAY_NOTICE_PART, otid
+from .conversations import GONE, RoomConversations, gone
 from .media import MediaIntake, Refused
 from .parts import Part, build_parts, duration, error_text, gave_up_text, waiting_text
 from .poster import Job, Poster, Typing, homeserver_retry
@@ -38,6 +39,10 @@ CANCELLED = "Cancelled by a bridge admin; the agent's answer to this message was
 DEADLINE = (
     "The agent did not finish within {limit}; the bridge stopped waiting and asked Letta to "
     "cancel the run. Anything above is all there is of this answer."
+)
+DECIDED_IN_VAIN = (
+    "The conversation this card belongs to was deleted in Letta, so the decision reached "
+    "nothing; the next message starts a new conversation here."
 )
 MAX_BACKOFF = 60.0
 THINKING = "thinking…"
@@ -241,10 +246,8 @@ class Conversations:
             return await self._ask(job, poster)
 
     async def _ask(self, job: Job, poster: Poster) -> list[Part]:
-        s, agent_id = self.settings, job.agent.agent_id
-        message_id = otid(job.event_id, agent_id)
-        approvers = who_may_decide(s.approvers, job.sender)
-        content = job.content
+        agent_id = job.agent.agent_id
+        content: UserContent = job.content
         if job.media is not None:
             api = self.puppets.api(job.agent.mxid)
             prepared = await self.intake.content(
@@ -255,6 +258,26 @@ class Conversations:
             content = prepared
         # A decision goes on in the conversation of the room (or thread) the card is in.
         conversation = await self.rooms.of(agent_id, job.room_id, job.relation)
+        try:
+            return await self._exchange(job, poster, content, conversation)
+        except LettaError as e:
+            if not gone(e, conversation):
+                raise
+            # Deleted in Letta: the room gets a new conversation, the message goes there once.
+            log.warning("Conversation %s of %s is gone from Letta: %s", conversation, agent_id, e)
+        conversation = await self.rooms.renew(agent_id, job.room_id, job.relation)
+        if job.decisions:  # the tool calls waited in the deleted conversation
+            return [Part(NOTICE, DECIDED_IN_VAIN)]
+        await poster.post(CONTEXT_GONE_PART, Part(NOTICE, GONE))
+        return await self._exchange(job, poster, content, conversation)
+
+    async def _exchange(
+        self, job: Job, poster: Poster, content: UserContent, conversation: str | None
+    ) -> list[Part]:
+        """The Letta request of a turn, in ``conversation``, and the answer's parts."""
+        s, agent_id = self.settings, job.agent.agent_id
+        message_id = otid(job.event_id, agent_id)
+        approvers = who_may_decide(s.approvers, job.sender)
         self._conversation[agent_id] = conversation
         client = self.calls.client
         if s.streaming:
