@@ -24,6 +24,7 @@ from .chat.reactions import Reactions
 from .chat.router import Router
 from .chat.transcribe import Transcriber
 from .chat.turn import Conversations, TurnSettings
+from .chat.uploads import AgentFiles
 from .commands import CommandProcessor, Management, Services
 from .config import Config
 from .db.agent import AgentStore
@@ -212,6 +213,7 @@ class App:
             sent=self._sent,
             metrics=self.metrics,
             on_card=cards.opened,
+            files=AgentFiles(cfg.media, self.letta),
         )
         services = Services(
             config=cfg,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -31,6 +32,7 @@ from .parts import Part, build_parts, duration, error_text, gave_up_text, waitin
 from .poster import Job, Poster, Typing, homeserver_retry
 from .settings import TurnSettings
 from .streaming import relay
+from .uploads import AgentFiles
 
 __all__ = ["Conversations", "Job", "TurnSettings"]
 
@@ -71,10 +73,12 @@ class Conversations:
         sent: SentEventStore,
         metrics: Metrics,
         on_card: CardHook | None = None,
+        files: AgentFiles | None = None,
     ) -> None:
         self.settings = settings
         # Every Letta call of a turn goes through calls, with the room's conversation.
         self.rooms, self.calls, self.intake = rooms, rooms.calls, intake
+        self.files = files  # images and files in answers, posted to Matrix (None: off)
         self.puppets = puppets
         self.turns = turns
         self.sent = sent
@@ -280,6 +284,9 @@ class Conversations:
         approvers = who_may_decide(s.approvers, job.sender)
         self._conversation[agent_id] = conversation
         client = self.calls.client
+        attach = None
+        if self.files is not None and self.files.letta_url is not None:
+            attach = (self.files.letta_url, functools.partial(self.files.post, poster.api))
         if s.streaming:
             if job.decisions:
                 stream = stream_decisions(
@@ -302,6 +309,7 @@ class Conversations:
                     s.show_tools,
                     expects_reply=job.expects_reply,
                     approvers=approvers,
+                    attach=attach,
                 )
         if job.decisions:
             response = await send_decisions(
@@ -311,14 +319,16 @@ class Conversations:
             response = await self.calls.send(
                 agent_id, conversation, content, name=job.name, otid=message_id
             )
-        return build_parts(
+        parts = build_parts(
             response.messages,
             response.stop_reason,
             show_reasoning=s.show_reasoning,
             show_tools=s.show_tools,
             expects_reply=job.expects_reply,
             approvers=approvers,
+            attach=attach[0] if attach else None,
         )
+        return [await attach[1](p) if attach and p.source else p for p in parts]
 
     async def _failed(self, job: Job, poster: Poster, error: LettaError) -> list[Part]:
         """Retry what may work later (Letta down, 5xx, busy) within the retry window, telling

@@ -1,5 +1,6 @@
 """Downloading media people sent: the authenticated media API (Matrix 1.11), falling back to
-the legacy one on homeservers without it; never more than a limit read into memory."""
+the legacy one on homeservers without it; never more than a limit read into memory. Uploading
+what agents give."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from urllib.parse import quote
 
 import aiohttp
+from mautrix.api import MediaPath, Method
 from mautrix.appservice import AppServiceAPI
 from mautrix.errors import MatrixConnectionError, MatrixRequestError, make_request_error
 
@@ -73,3 +75,19 @@ async def _get(
             return bytes(data)
     except aiohttp.ClientError as e:
         raise MatrixConnectionError(str(e)) from e
+
+
+async def upload(api: AppServiceAPI, data: bytes, mimetype: str, filename: str) -> str:
+    """``data`` into the homeserver's media repository as ``api``'s user; its mxc URI.
+    MatrixRequestError / MatrixConnectionError when the homeserver does not take it."""
+    resp = await api.request(
+        Method.POST,
+        MediaPath.v3.upload,
+        content=data,
+        headers={"Content-Type": mimetype or "application/octet-stream"},
+        query_params={"filename": filename},
+    )
+    uri = resp.get("content_uri") if isinstance(resp, dict) else None
+    if not isinstance(uri, str):
+        raise make_request_error(200, str(resp)[:300], None, "upload without content_uri")
+    return uri
