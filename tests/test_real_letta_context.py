@@ -204,7 +204,7 @@ async def test_media_over_the_limits_or_of_other_kinds_get_notices(
         "Letta cannot read `setup.exe`: agents take PDF, text, Markdown, JSON, CSV"
     )
     voice = await admin.send_media(room, "m.audio", "voice.ogg", b"OggS", "audio/ogg")
-    assert "cannot listen to voice" in await notice_for(scene, room, agent_id, voice)
+    assert "set media.transcription_url" in await notice_for(scene, room, agent_id, voice)
     video = await admin.send_media(room, "m.video", "clip.mp4", b"\0", "video/mp4")
     assert "cannot watch videos" in await notice_for(scene, room, agent_id, video)
     # None of them reached the agent.

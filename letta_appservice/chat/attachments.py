@@ -21,7 +21,7 @@ import attrs
 _CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
 _LINK = re.compile(r'(!?)\[([^\]\n]{0,300})\]\(\s*<?([^\s()<>]+)>?(?:\s+"[^"\n]*")?\s*\)')
 # A link still being streamed (no closing parenthesis yet): hidden until it is complete.
-_UNFINISHED = re.compile(r"(!?)\[([^\]\n]{0,300})\]\(\s*<?(\S*)\Z")
+_UNFINISHED = re.compile(r"(!?)\[([^\]\n]{0,300})\]\(\s*<?([^\s()<>]*)\Z")
 _DATA = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*(?:;base64)?,[\w+/=%.~!$&'*-]*")
 _UNSAFE_NAME = re.compile(r"[^\w.\- ]+")
 
@@ -59,7 +59,9 @@ def _named(url: str, label: str, image: bool) -> Ref:
 @functools.lru_cache(maxsize=8)
 def _bare(letta_url: str) -> re.Pattern[str]:
     """Bare URLs on the Letta server (linkified otherwise) and bare data: URIs."""
-    letta = rf"{re.escape(letta_url)}(?:/[^\s<>()\[\]`]*)?|" if letta_url else ""
+    # Like linkify: a URL does not end in punctuation; the server's URL ends at a "/".
+    path = r"(?:/(?:[^\s<>()\[\]`]*[^\s<>()\[\]`.,;:!?'\"])?)?(?![\w:@-]|\.[\w-])"
+    letta = rf"{re.escape(letta_url)}{path}|" if letta_url else ""
     return re.compile(rf"{letta}{_DATA.pattern}", re.I)
 
 
@@ -72,8 +74,8 @@ def _outside_code(text: str, letta_url: str, refs: list[Ref]) -> str:
 
     def unfinished(m: re.Match[str]) -> str:
         target = m.group(3).lower()
-        ours = ("data:", letta_url.lower()) if letta_url else ("data:",)
-        if not any(target.startswith(o) or o.startswith(target) for o in ours):
+        growing = ("data:", letta_url.lower() + "/") if letta_url else ("data:",)
+        if not (_ours(target, letta_url) or any(o.startswith(target) for o in growing)):
             return m.group(0)
         return _mention(Ref("", _label(m.group(2)) or "…", bool(m.group(1))))
 
