@@ -11,8 +11,9 @@ from mautrix.appservice import AppServiceAPI
 from mautrix.errors import MatrixConnectionError, MatrixRequestError
 
 from ..config.media import MediaConfig
+from ..errors import TooLarge
 from ..letta.client import LettaClient
-from ..letta.downloads import TooLarge, download
+from ..letta.downloads import download
 from ..letta.errors import LettaError
 from ..matrix import media as mx_media
 from ..matrix.format import FILE, IMAGE, NOTICE

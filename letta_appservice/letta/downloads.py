@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import aiohttp
 
+from ..errors import read_at_most
 from .client import LettaClient
 from .errors import http_error, read_detail, safe_url, transport_errors
-
-CHUNK = 64 * 1024
-
-
-class TooLarge(Exception):
-    """The answer is larger than the limit."""
 
 
 def on_server(client: LettaClient, url: str) -> bool:
@@ -36,11 +31,4 @@ async def download(client: LettaClient, url: str, limit: int) -> tuple[bytes, st
         ) as resp:
             if resp.status >= 300:
                 raise http_error(resp.status, "GET", shown, await read_detail(resp))
-            if resp.content_length is not None and resp.content_length > limit:
-                raise TooLarge(f"{resp.content_length} bytes")
-            data = bytearray()
-            async for chunk in resp.content.iter_chunked(CHUNK):
-                data += chunk
-                if len(data) > limit:
-                    raise TooLarge(f"over {limit} bytes")
-            return bytes(data), resp.content_type
+            return await read_at_most(resp, limit), resp.content_type

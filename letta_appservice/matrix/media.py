@@ -12,12 +12,9 @@ from mautrix.api import MediaPath, Method
 from mautrix.appservice import AppServiceAPI
 from mautrix.errors import MatrixConnectionError, MatrixRequestError, make_request_error
 
-CHUNK = 64 * 1024
+from ..errors import TooLarge, read_at_most
 
-
-class TooLarge(Exception):
-    """The file is larger than the limit (known only while reading, when the event's declared
-    size was missing or wrong)."""
+__all__ = ["TooLarge", "download", "upload"]
 
 
 def _mxc_parts(mxc: str) -> tuple[str, str]:
@@ -65,14 +62,7 @@ async def _get(
                     body = {}
                 errcode, error = body.get("errcode"), body.get("error")
                 raise make_request_error(resp.status, text[:300], errcode, error)
-            if resp.content_length is not None and resp.content_length > limit:
-                raise TooLarge(f"{resp.content_length} bytes")
-            data = bytearray()
-            async for chunk in resp.content.iter_chunked(CHUNK):
-                data += chunk
-                if len(data) > limit:
-                    raise TooLarge(f"over {limit} bytes")
-            return bytes(data)
+            return await read_at_most(resp, limit)
     except aiohttp.ClientError as e:
         raise MatrixConnectionError(str(e)) from e
 
