@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from letta_appservice.app import App
+from letta_appservice.chat.conversations import GONE
 from tests.harness.conversation import handled, new_user
 from tests.harness.events import reply_to
 from tests.harness.homeserver import Homeserver
@@ -305,3 +306,28 @@ async def test_a_card_decided_in_letta_meanwhile_says_so_instead_of_failing(
     )
     assert replies(a.asker, a.room, a.puppet, asked, "m.text") == []
     assert "may not" not in str(a.asker.events_seen(a.room))
+
+
+async def test_a_card_whose_conversation_was_deleted_in_letta_says_so_and_the_room_goes_on(
+    scene: Scene, homeserver: Homeserver, sqlite_url: str
+) -> None:
+    a = await approval_scene(scene, homeserver, sqlite_url)
+    _, card = await a.ask(8)
+    pending = await scene.letta.pending_approval(a.agent_id)
+    await scene.letta.call("DELETE", f"/v1/conversations/{pending['conversation_id']}")
+    await a.react(a.asker, card["event_id"], APPROVE)
+    # Letta has no call waiting any more: the card says nothing was sent.
+    await a.asker.wait_for_event(
+        a.room,
+        lambda _e: "Already decided in Letta" in latest_text(a.asker, a.room, card),
+        timeout=WAIT,
+    )
+    # The room's next message goes to a new conversation, without the deleted one's words.
+    after = await a.asker.send_text(a.room, "Anyone there? RECALL")
+    reply = await a.answer(after)
+    assert "Anyone there?" in reply["content"]["body"]
+    assert "Roll for me" not in reply["content"]["body"]
+    gone = await a.asker.wait_for_event(
+        a.room, reply_to(a.puppet, after, "m.notice"), timeout=WAIT
+    )
+    assert gone["content"]["body"] == GONE
