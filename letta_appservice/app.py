@@ -146,10 +146,7 @@ class App:
             on_request=self.metrics.observe_letta,
         )
         self._started.push_async_callback(self.letta.close)
-        media = cfg.media
-        self.transcriber = Transcriber(
-            media.transcription_url, media.transcription_key, media.transcription_model
-        )
+        self.transcriber = Transcriber(cfg.media)
         self._started.push_async_callback(self.transcriber.close)
         self.bot_api = appservice_api(cfg, self.state_store, http)
         self.bot_intent = self.bot_api.bot_intent()
