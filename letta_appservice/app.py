@@ -24,6 +24,7 @@ from .chat.reactions import Reactions
 from .chat.router import Router
 from .chat.transcribe import Transcriber
 from .chat.turn import Conversations, TurnSettings
+from .chat.uploads import AgentFiles
 from .commands import CommandProcessor, Management, Services
 from .config import Config
 from .db.agent import AgentStore
@@ -146,10 +147,7 @@ class App:
             on_request=self.metrics.observe_letta,
         )
         self._started.push_async_callback(self.letta.close)
-        media = cfg.media
-        self.transcriber = Transcriber(
-            media.transcription_url, media.transcription_key, media.transcription_model
-        )
+        self.transcriber = Transcriber(cfg.media)
         self._started.push_async_callback(self.transcriber.close)
         self.bot_api = appservice_api(cfg, self.state_store, http)
         self.bot_intent = self.bot_api.bot_intent()
@@ -220,6 +218,7 @@ class App:
             sent=self._sent,
             metrics=self.metrics,
             on_card=cards.opened,
+            files=AgentFiles(cfg.media, self.letta),
         )
         services = Services(
             config=cfg,

@@ -23,6 +23,24 @@ class ConfigError(Exception):
         self.source = source
 
 
+class TooLarge(Exception):
+    """A download is larger than its limit (known only while reading, when the size was not
+    declared or was wrong)."""
+
+
+async def read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body of ``resp``; TooLarge as soon as it passes ``limit`` bytes (never more than
+    that is held in memory)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise TooLarge(f"{resp.content_length} bytes")
+    data = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        data += chunk
+        if len(data) > limit:
+            raise TooLarge(f"over {limit} bytes")
+    return bytes(data)
+
+
 class UsageError(Exception):
     """A problem outside the config file's contents (a path, a missing file, a server that
     cannot be reached), reported as one line; ``exit_code`` 2 for the operator's input, 1 for

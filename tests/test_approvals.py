@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from letta_appservice.app import App
+from letta_appservice.chat.conversations import GONE
 from tests.harness.conversation import handled, new_user
 from tests.harness.events import reply_to
 from tests.harness.homeserver import Homeserver
@@ -89,6 +90,12 @@ class Approval:
         relates = {"rel_type": "m.annotation", "event_id": event_id, "key": key}
         return await user.send_event(self.room, "m.reaction", {"m.relates_to": relates})
 
+    async def card_says(self, card: Event, words: str) -> None:
+        """Wait until the card, as a client shows it (edited), has ``words``."""
+        await self.asker.wait_for_event(
+            self.room, lambda _e: words in latest_text(self.asker, self.room, card), timeout=WAIT
+        )
+
     async def answer(self, asked: str) -> Event:
         return await self.asker.wait_for_event(
             self.room, reply_to(self.puppet, asked), timeout=WAIT
@@ -145,11 +152,7 @@ async def test_a_tool_needing_approval_shows_a_card_and_the_askers_tick_runs_it(
     await a.react(a.asker, card["event_id"], APPROVE)
     answer = await a.answer(asked)
     assert tool_result(answer)["message"] == "rolled 4 on a d6"
-    await a.asker.wait_for_event(
-        a.room,
-        lambda _e: f"Approved by {a.asker.mxid}" in latest_text(a.asker, a.room, card),
-        timeout=WAIT,
-    )
+    await a.card_says(card, f"Approved by {a.asker.mxid}")
     assert await scene.letta.pending_approval(a.agent_id) is None
     # The agent is free again: the next message is answered as usual.
     after = await a.asker.send_text(a.room, "Thanks!")
@@ -172,11 +175,7 @@ async def test_a_deny_reply_with_a_reason_tells_the_agent(
     )
     said = latest_text(a.asker, a.room, answer)
     assert said.startswith("tool result:") and "rolled" not in said
-    await a.asker.wait_for_event(
-        a.room,
-        lambda _e: f"Denied by {a.asker.mxid}" in latest_text(a.asker, a.room, card),
-        timeout=WAIT,
-    )
+    await a.card_says(card, f"Denied by {a.asker.mxid}")
     assert await scene.letta.pending_approval(a.agent_id) is None
 
 
@@ -298,10 +297,27 @@ async def test_a_card_decided_in_letta_meanwhile_says_so_instead_of_failing(
     where = f"/v1/conversations/{pending['conversation_id']}"  # the room's conversation
     await scene.letta.call("POST", f"{where}/messages", {**body, "streaming": False})
     await a.react(a.asker, card["event_id"], APPROVE)
-    await a.asker.wait_for_event(
-        a.room,
-        lambda _e: "Already decided in Letta" in latest_text(a.asker, a.room, card),
-        timeout=WAIT,
-    )
+    await a.card_says(card, "Already decided in Letta")
     assert replies(a.asker, a.room, a.puppet, asked, "m.text") == []
     assert "may not" not in str(a.asker.events_seen(a.room))
+
+
+async def test_a_card_whose_conversation_was_deleted_in_letta_says_so_and_the_room_goes_on(
+    scene: Scene, homeserver: Homeserver, sqlite_url: str
+) -> None:
+    a = await approval_scene(scene, homeserver, sqlite_url)
+    _, card = await a.ask(8)
+    pending = await scene.letta.pending_approval(a.agent_id)
+    await scene.letta.call("DELETE", f"/v1/conversations/{pending['conversation_id']}")
+    await a.react(a.asker, card["event_id"], APPROVE)
+    # Letta has no call waiting any more: the card says nothing was sent.
+    await a.card_says(card, "Already decided in Letta")
+    # The room's next message goes to a new conversation, without the deleted one's words.
+    after = await a.asker.send_text(a.room, "Anyone there? RECALL")
+    reply = await a.answer(after)
+    assert "Anyone there?" in reply["content"]["body"]
+    assert "Roll for me" not in reply["content"]["body"]
+    gone = await a.asker.wait_for_event(
+        a.room, reply_to(a.puppet, after, "m.notice"), timeout=WAIT
+    )
+    assert gone["content"]["body"] == GONE

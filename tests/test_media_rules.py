@@ -61,7 +61,12 @@ def test_a_caption_is_the_body_beside_a_filename_and_a_picture_file_is_an_image(
             "source code files. It was not passed on.",
         ),
         (event("m.video", "clip.mp4"), "Agents cannot watch videos"),
-        (event("m.audio", "voice.ogg"), "Agents on this bridge cannot listen to voice"),
+        (
+            event("m.audio", "voice.ogg"),
+            "Agents cannot listen to voice or audio messages here: Letta takes no audio, and "
+            "this bridge has no transcription set up (an admin can set "
+            "media.transcription_url to an OpenAI-compatible speech-to-text API).",
+        ),
     ],
 )
 def test_limits_and_types(content: dict[str, Any], expected: str | None) -> None:

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from letta_appservice.chat.conversations import GONE
 from tests.harness.events import joined, reply_to
-from tests.harness.real_scene import WAIT, Scene
+from tests.harness.real_scene import WAIT, Scene, latest_text
 
 pytestmark = pytest.mark.real_letta
 
@@ -43,6 +44,14 @@ async def notice_for(scene: Scene, room: str, agent_id: str, event_id: str) -> s
         room, reply_to(scene.bridge.mxid(agent_id), event_id, "m.notice"), timeout=WAIT
     )
     return str(notice["content"]["body"])
+
+
+async def final_text(scene: Scene, room: str, reply: dict[str, Any], words: str) -> str:
+    """The reply as a client shows it once (streamed answers are edited) it has ``words``."""
+    await scene.admin.wait_for_event(
+        room, lambda _e: words in latest_text(scene.admin, room, reply), timeout=WAIT
+    )
+    return latest_text(scene.admin, room, reply)
 
 
 # --- a conversation per room -----------------------------------------------------------------
@@ -103,6 +112,27 @@ async def test_threads_have_their_own_conversations_when_configured(
     assert "In the thread?" in reply["content"]["body"]
     assert "osprey" not in reply["content"]["body"]
     assert len(await conversations(scene, agent_id)) == 2
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_conversation_deleted_in_letta_is_replaced_and_the_room_told(
+    scene: Scene, sqlite_url: str, streaming: bool
+) -> None:
+    agent_id = await scene.agent("Phoenix")
+    await scene.start(sqlite_url, letta={"streaming": streaming})
+    room = await scene.room(agent_id)
+    await scene.ask(room, agent_id, "The password is kestrel.")
+    [old] = await conversations(scene, agent_id)
+    await scene.letta.call("DELETE", f"/v1/conversations/{old['id']}")
+    asked, reply = await scene.ask(room, agent_id, "Still there? RECALL")
+    assert "kestrel" not in await final_text(scene, room, reply, "Still there?")
+    assert await notice_for(scene, room, agent_id, asked) == GONE
+    [new] = await conversations(scene, agent_id)
+    assert new["id"] != old["id"]
+    # The room stays in the new conversation.
+    _, again = await scene.ask(room, agent_id, "And now? RECALL")
+    await final_text(scene, room, again, "Still there?")
+    assert [c["id"] for c in await conversations(scene, agent_id)] == [new["id"]]
 
 
 # --- media -------------------------------------------------------------------------------------
@@ -174,7 +204,7 @@ async def test_media_over_the_limits_or_of_other_kinds_get_notices(
         "Letta cannot read `setup.exe`: agents take PDF, text, Markdown, JSON, CSV"
     )
     voice = await admin.send_media(room, "m.audio", "voice.ogg", b"OggS", "audio/ogg")
-    assert "cannot listen to voice" in await notice_for(scene, room, agent_id, voice)
+    assert "set media.transcription_url" in await notice_for(scene, room, agent_id, voice)
     video = await admin.send_media(room, "m.video", "clip.mp4", b"\0", "video/mp4")
     assert "cannot watch videos" in await notice_for(scene, room, agent_id, video)
     # None of them reached the agent.

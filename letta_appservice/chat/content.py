@@ -8,10 +8,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..matrix.format import HTML
+from ..matrix.format import HTML, NOTICE
 from ..matrix.size import EVENT_BYTES, event_bytes, without_html
 from .loops import MARKER
-from .parts import Part
+from .parts import ATTACHMENT, Part
 
 EDIT_FALLBACK_CHARS = 1_000
 # Part numbers of one-off notices, far above any reply's parts (sent_event keeps them once).
@@ -22,6 +22,7 @@ MEDIA_NOTICE_PART = 10_003
 GONE_NOTICE_PART = 10_004
 LOOP_NOTICE_PART = 10_005
 APPROVAL_REFUSED_PART = 10_006
+CONTEXT_GONE_PART = 10_007
 _OTID_NAMESPACE = uuid.UUID("6f1c1a44-3c57-4d43-9a0b-7f3c5a0e9b21")
 
 
@@ -60,7 +61,12 @@ def reply_relation(content: Mapping[str, Any], event_id: str) -> dict[str, Any]:
 def message_content(
     part: Part, relation: Mapping[str, Any] | None, mentions: Sequence[str] = ()
 ) -> dict[str, Any]:
+    if part.msgtype == ATTACHMENT:  # never uploaded (no uploader): never the raw source
+        part = Part(NOTICE, f"{part.body}: an attachment the bridge could not post.")
     content: dict[str, Any] = {"msgtype": part.msgtype, "body": part.body}
+    if part.url:  # an image or file the agent gave, uploaded to the homeserver
+        content.update(filename=part.body, url=part.url)
+        content["info"] = {"mimetype": part.mimetype, "size": part.size}
     if part.html:
         content["format"] = HTML
         content["formatted_body"] = part.html

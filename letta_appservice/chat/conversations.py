@@ -9,9 +9,22 @@ from typing import Any
 
 from ..db.letta_conversation import LettaConversationStore
 from ..letta.conversations import TurnCalls
+from ..letta.errors import LettaError
 
 log = logging.getLogger("letta_appservice.conversation")
 ROOM, THREAD, OFF = "room", "thread", "off"
+GONE = (
+    "This room's conversation with the agent was deleted in Letta; the agent starts a new one "
+    "here, without what was said before."
+)
+
+
+def gone(error: LettaError, conversation_id: str | None) -> bool:
+    """Whether ``error`` says the conversation itself no longer exists in Letta (deleted
+    there): 404 "Conversation not found" on 0.16.8, not an agent that is gone."""
+    if conversation_id is None or error.kind != "not_found":
+        return False
+    return "agent not found" not in error.message.lower()
 
 
 def thread_of(relation: Mapping[str, Any]) -> str:
@@ -42,6 +55,14 @@ class RoomConversations:
         found = await self.store.get(agent_id, room_id, thread)
         if found is not None:
             return found
+        return await self._make(agent_id, room_id, thread)
+
+    async def renew(self, agent_id: str, room_id: str, relation: Mapping[str, Any]) -> str:
+        """A new conversation in place of the room's (or thread's) that Letta no longer has."""
+        thread = thread_of(relation) if self.mode == THREAD else ""
+        return await self._make(agent_id, room_id, thread)
+
+    async def _make(self, agent_id: str, room_id: str, thread: str) -> str:
         made = await self.calls.create(agent_id)
         await self.store.put(agent_id, room_id, thread, made)
         where = f"{room_id} thread {thread}" if thread else room_id

@@ -42,8 +42,9 @@ NO_IMAGES = "Images are not passed to agents on this bridge; describe it in word
 NO_FILES = "Files are not passed to agents on this bridge; paste the text instead."
 IMAGE_TYPE = "Agents take PNG, JPEG, GIF and WebP images, not {mimetype}; it was not passed on."
 NO_EARS = (
-    "Agents on this bridge cannot listen to voice or audio messages (no transcription is set "
-    "up); say it in words."
+    "Agents cannot listen to voice or audio messages here: Letta takes no audio, and this "
+    "bridge has no transcription set up (an admin can set media.transcription_url to an "
+    "OpenAI-compatible speech-to-text API). Please say it in words."
 )
 NO_FOLDERS = "This Letta server cannot take files; paste the text instead."
 NO_VIDEO = "Agents cannot watch videos; this one was not passed on. Describe it in words."
@@ -88,7 +89,7 @@ def media_of(content: Mapping[str, Any]) -> Media | None:
     return Media(kind, url, filename, mimetype, size, caption.strip())
 
 
-def _mb(n: int) -> str:
+def size_text(n: int) -> str:
     """A size as people read it: 5 MB, 1.5 MB, 800 KB, 120 bytes."""
     for unit, scale in (("MB", 1024 * 1024), ("KB", 1024)):
         if n >= scale:
@@ -99,8 +100,8 @@ def _mb(n: int) -> str:
 def _too_big(media: Media, limit: int, size: int | None = None) -> str:
     plural = {IMAGE: "images", FILE: "files", AUDIO: "voice messages"}[media.kind]
     what = {IMAGE: "image", FILE: "file", AUDIO: "voice message"}[media.kind]
-    shown = _mb(size) if size is not None else f"over {_mb(limit)}"
-    return TOO_BIG.format(what=what, size=shown, plural=plural, limit=_mb(limit))
+    shown = size_text(size) if size is not None else f"over {size_text(limit)}"
+    return TOO_BIG.format(what=what, size=shown, plural=plural, limit=size_text(limit))
 
 
 def refusal(media: Media, cfg: MediaConfig) -> str | None:

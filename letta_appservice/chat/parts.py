@@ -11,32 +11,43 @@ import attrs
 
 from ..letta.errors import LettaError
 from ..letta.models import LettaMessage, ToolCall
-from ..matrix.format import NOTICE, TEXT, render_collapsed, render_markdown
+from ..matrix.format import FILE, IMAGE, NOTICE, TEXT, render_collapsed, render_markdown
 from ..matrix.size import clip, split_markdown
+from .attachments import extract
 from .cards import card_text
 
 NO_REPLY = "The agent finished its turn without a reply."
+ATTACHMENT = "letta.attachment"  # msgtype of an attachment not uploaded yet (``source`` set)
 
 
 @attrs.frozen
 class Part:
-    """One Matrix message of a reply: an assistant text, a collapsed notice or a notice."""
+    """One Matrix message of a reply: an assistant text, a collapsed notice, a notice, or an
+    image or file the agent gave (``url``: its mxc URI once uploaded)."""
 
     msgtype: str
     body: str
     html: str | None = None
     calls: tuple[ToolCall, ...] = ()  # an approval card: the tool calls it decides
+    source: str = ""  # an ATTACHMENT: the data: URI or Letta URL it comes from
+    url: str = ""
+    mimetype: str = ""
+    size: int = 0
 
     def to_json(self) -> dict[str, Any]:
         raw: dict[str, Any] = {"msgtype": self.msgtype, "body": self.body, "html": self.html}
         if self.calls:
             raw["calls"] = [attrs.asdict(call) for call in self.calls]
+        for field in ("source", "url", "mimetype", "size"):
+            if getattr(self, field):
+                raw[field] = getattr(self, field)
         return raw
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Part:
         calls = tuple(ToolCall(**call) for call in raw.get("calls") or ())
-        return cls(raw["msgtype"], raw["body"], raw.get("html"), calls)
+        media = {k: raw[k] for k in ("source", "url", "mimetype", "size") if k in raw}
+        return cls(raw["msgtype"], raw["body"], raw.get("html"), calls, **media)
 
 
 def _pretty_arguments(arguments: str | None) -> str:
@@ -49,20 +60,51 @@ def _pretty_arguments(arguments: str | None) -> str:
 
 
 def parts_for(
-    message: LettaMessage, *, show_reasoning: str, show_tools: str, approvers: str = ""
+    message: LettaMessage,
+    *,
+    show_reasoning: str,
+    show_tools: str,
+    approvers: str = "",
+    attach: str | None = None,
 ) -> list[Part]:
     """The Matrix messages for one Letta message (none when it is not shown). A long answer
     becomes several messages, a long reasoning or tool notice is clipped: an event over the
-    homeserver's size limit would be refused, and the answer lost."""
+    homeserver's size limit would be refused, and the answer lost. ``attach``: the Letta
+    server's URL when images and files in answers and tool results become attachments (after
+    the text; see chat/attachments.py), None to leave them as written."""
     kind = message.kind
+    refs = []
+    if attach is not None and kind in ("assistant", "tool_return"):
+        text, refs = extract(message.text, attach)
+        message = attrs.evolve(message, text=text)
+    files = [Part(ATTACHMENT, ref.label, source=ref.source) for ref in refs]
     if kind == "assistant":
         rendered = (render_markdown(piece) for piece in split_markdown(message.text))
-        return [Part(TEXT, plain, html) for plain, html in rendered if plain]
+        return [*(Part(TEXT, plain, html) for plain, html in rendered if plain), *files]
+    if files:  # an image a tool made is shown even where tool results are not
+        return [*_notice_list(message, show_reasoning, show_tools), *files]
     if kind == "approval" and message.calls and approvers:
         # A card people answer in the room (``approvers``: who may).
         return [Part(NOTICE, *card_text(message.calls, approvers), calls=message.calls)]
+    return _notice_list(message, show_reasoning, show_tools)
+
+
+def _notice_list(message: LettaMessage, show_reasoning: str, show_tools: str) -> list[Part]:
     part = _notice_for(message, show_reasoning=show_reasoning, show_tools=show_tools)
     return [part] if part is not None else []
+
+
+def fresh(parts: Sequence[Part], seen: set[str]) -> list[Part]:
+    """``parts`` without attachments the turn had already (an agent repeating the image its
+    tool made posts it once); ``seen`` is updated."""
+    out = []
+    for part in parts:
+        if part.source in seen:
+            continue
+        if part.source:
+            seen.add(part.source)
+        out.append(part)
+    return out
 
 
 def _notice_for(message: LettaMessage, *, show_reasoning: str, show_tools: str) -> Part | None:
@@ -113,20 +155,22 @@ def build_parts(
     show_tools: str = "off",
     expects_reply: bool = True,
     approvers: str = "",
+    attach: str | None = None,
 ) -> list[Part]:
     """Every Matrix message of one Letta turn, in order; a notice ends it when the agent did
     not stop normally (not repeated when an approval notice already says it)."""
     parts: list[Part] = []
     show = {"show_reasoning": show_reasoning, "show_tools": show_tools, "approvers": approvers}
+    seen: set[str] = set()
     for message in messages:
-        parts += parts_for(message, **show)
+        parts += fresh(parts_for(message, **show, attach=attach), seen)
     approval = any(m.kind == "approval" for m in messages)
     closing = closing_part(stop_reason, approval, answered(parts) or not expects_reply)
     return [*parts, closing] if closing else parts
 
 
 def answered(parts: Sequence[Part]) -> bool:
-    return any(part.msgtype == TEXT for part in parts)
+    return any(part.msgtype in (TEXT, IMAGE, FILE, ATTACHMENT) for part in parts)
 
 
 def closing_part(stop_reason: str | None, approval_told: bool, answered: bool) -> Part | None:

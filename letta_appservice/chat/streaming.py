@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import attrs
@@ -11,9 +11,11 @@ import attrs
 from ..letta import LettaError, LettaMessage
 from ..letta.models import merge_calls, tool_call_message
 from ..matrix.format import NOTICE
-from .parts import Part, answered, closing_part, error_text, parts_for
+from .parts import ATTACHMENT, Part, answered, closing_part, error_text, fresh, parts_for
 
 EDIT_INTERVAL = 1.0  # seconds between two edits of a growing message (homeservers rate-limit)
+# Uploads an attachment of the answer: the image or file part, or a notice in its place.
+Resolver = Callable[[Part], Awaitable[Part]]
 
 
 class Outbox(Protocol):
@@ -48,7 +50,12 @@ def _merge(previous: LettaMessage, delta: LettaMessage) -> LettaMessage:
 
 class _Relay:
     def __init__(
-        self, outbox: Outbox, show_reasoning: str, show_tools: str, approvers: str = ""
+        self,
+        outbox: Outbox,
+        show_reasoning: str,
+        show_tools: str,
+        approvers: str = "",
+        attach: tuple[str, Resolver] | None = None,
     ) -> None:
         self.outbox = outbox
         self.show = {
@@ -56,6 +63,8 @@ class _Relay:
             "show_tools": show_tools,
             "approvers": approvers,
         }
+        self.attach, self.resolve = attach or (None, None)
+        self._seen: set[str] = set()  # attachments of the turn so far
         self.parts: list[Part] = []
         self.posted = False  # by this attempt
         self.approval = False
@@ -85,7 +94,7 @@ class _Relay:
         if self._indexes and not final and now - self._last_render < EDIT_INTERVAL:
             return
         self._last_render = now
-        for n, part in enumerate(parts_for(message, **self.show)):
+        for n, part in enumerate(self._parts(message, final)):
             if n == len(self._indexes):
                 self._indexes.append(len(self.parts))
                 self.parts.append(part)
@@ -107,11 +116,20 @@ class _Relay:
         if self._indexes and message.kind == "assistant":
             await self._progress(message, final=True)
             return
-        for part in parts_for(message, **self.show):
+        for part in self._parts(message, True):
             self.parts.append(part)
             await self._put(len(self.parts) - 1, part)
 
+    def _parts(self, message: LettaMessage, final: bool) -> list[Part]:
+        # Attachments come after the text of their message, once it is complete.
+        parts = parts_for(message, **self.show, attach=self.attach)
+        if not final:
+            return [part for part in parts if part.msgtype != ATTACHMENT]
+        return fresh(parts, self._seen)
+
     async def _put(self, index: int, part: Part) -> None:
+        if part.msgtype == ATTACHMENT and self.resolve is not None:
+            part = self.parts[index] = await self.resolve(part)
         if index in self.outbox.sent:  # posted by an attempt cut short: bring it up to date
             await self._edit(index, part)
         else:
@@ -132,13 +150,15 @@ async def relay(
     *,
     expects_reply: bool = True,
     approvers: str = "",
+    attach: tuple[str, Resolver] | None = None,
 ) -> list[Part]:
     """Consume a streamed turn, posting as it goes; returns every part of the answer (the
     closing notice, if any, is left for the caller to post with the rest).
 
     An error before anything was posted is raised (the caller may retry the message); after,
-    the answer is kept and a notice says it may be incomplete (a retry would repeat it)."""
-    r = _Relay(outbox, show_reasoning, show_tools, approvers)
+    the answer is kept and a notice says it may be incomplete (a retry would repeat it).
+    ``attach``: the Letta URL and the uploader, when the answer's attachments are posted."""
+    r = _Relay(outbox, show_reasoning, show_tools, approvers, attach)
     try:
         async for message in stream:
             await r.feed(message)

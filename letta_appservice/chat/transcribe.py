@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import aiohttp
 
+from ..config.media import MediaConfig
 from ..letta.errors import LettaError, http_error, read_detail, safe_url, transport_errors
 
 TIMEOUT = 120.0
@@ -13,10 +14,10 @@ TIMEOUT = 120.0
 class Transcriber:
     """Failures are LettaErrors (the same kinds), so the turn retries or reports them alike."""
 
-    def __init__(self, base_url: str, api_key: str, model: str) -> None:
-        self.base_url = base_url
-        self.model = model
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    def __init__(self, cfg: MediaConfig) -> None:
+        self.base_url, self.model = cfg.transcription_url, cfg.transcription_model
+        key = cfg.transcription_key
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._session: aiohttp.ClientSession | None = None
 
     async def transcribe(self, data: bytes, filename: str, mimetype: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -11,26 +12,27 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
-import attrs
 from mautrix.errors import MatrixConnectionError, MatrixRequestError
 
-from ..config import Config
 from ..db.agent import AgentRow
 from ..db.sent_event import SentEventStore
 from ..db.turn import TurnStore
 from ..inbox.worker import Retry
 from ..letta import LettaError
 from ..letta.approvals import send_decisions, stream_decisions
+from ..letta.versions import UserContent
 from ..matrix.format import NOTICE
 from ..matrix.puppets import Puppets
 from ..metrics import Metrics
-from .cards import ASKER, stopped_text, who_may_decide
-from .content import DELAY_NOTICE_PART, otid
-from .conversations import RoomConversations
+from .cards import stopped_text, who_may_decide
+from .content import CONTEXT_GONE_PART, DELAY_NOTICE_PART, otid
+from .conversations import GONE, RoomConversations, gone
 from .media import MediaIntake, Refused
 from .parts import Part, build_parts, duration, error_text, gave_up_text, waiting_text
 from .poster import Job, Poster, Typing, homeserver_retry
+from .settings import TurnSettings
 from .streaming import relay
+from .uploads import AgentFiles
 
 __all__ = ["Conversations", "Job", "TurnSettings"]
 
@@ -40,44 +42,16 @@ DEADLINE = (
     "The agent did not finish within {limit}; the bridge stopped waiting and asked Letta to "
     "cancel the run. Anything above is all there is of this answer."
 )
+DECIDED_IN_VAIN = (
+    "The conversation this card belongs to was deleted in Letta, so the decision reached "
+    "nothing; the next message starts a new conversation here."
+)
 MAX_BACKOFF = 60.0
 THINKING = "thinking…"
 THINKING_AFTER = 1.5  # seconds of Letta working before the placeholder shows
 STOPS_KEPT = 1_000
 # Called once an approval card of a turn is posted: (job, card event id, card part).
 CardHook = Callable[[Job, str, Part], Awaitable[None]]
-
-
-@attrs.frozen
-class TurnSettings:
-    """The parts of the config a turn needs."""
-
-    streaming: bool = False
-    show_reasoning: str = "off"
-    show_tools: str = "off"
-    timeout: float = 180.0
-    retry_window: float = 600.0
-    delay_notice: float = 30.0
-    max_concurrency: int = 8  # Letta turns at once, across agents
-    deadline: float = 900.0  # seconds a whole turn may take (pings do not extend it)
-    approvers: str = ASKER  # who may decide an approval card (bridge.approvers)
-    thinking: bool = False  # a "thinking…" placeholder the answer replaces
-
-    @classmethod
-    def from_config(cls, config: Config) -> TurnSettings:
-        letta, bridge = config.letta, config.bridge
-        return cls(
-            streaming=letta.streaming,
-            show_reasoning=bridge.show_reasoning,
-            show_tools=bridge.show_tools,
-            timeout=letta.timeout,
-            retry_window=letta.retry_window,
-            delay_notice=letta.delay_notice,
-            max_concurrency=letta.max_concurrency,
-            deadline=config.guards.turn_deadline,
-            approvers=bridge.approvers,
-            thinking=bridge.thinking_placeholder,
-        )
 
 
 def backoff(attempts: int) -> float:
@@ -99,10 +73,12 @@ class Conversations:
         sent: SentEventStore,
         metrics: Metrics,
         on_card: CardHook | None = None,
+        files: AgentFiles | None = None,
     ) -> None:
         self.settings = settings
         # Every Letta call of a turn goes through calls, with the room's conversation.
         self.rooms, self.calls, self.intake = rooms, rooms.calls, intake
+        self.files = files  # images and files in answers, posted to Matrix (None: off)
         self.puppets = puppets
         self.turns = turns
         self.sent = sent
@@ -274,10 +250,8 @@ class Conversations:
             return await self._ask(job, poster)
 
     async def _ask(self, job: Job, poster: Poster) -> list[Part]:
-        s, agent_id = self.settings, job.agent.agent_id
-        message_id = otid(job.event_id, agent_id)
-        approvers = who_may_decide(s.approvers, job.sender)
-        content = job.content
+        agent_id = job.agent.agent_id
+        content: UserContent = job.content
         if job.media is not None:
             api = self.puppets.api(job.agent.mxid)
             prepared = await self.intake.content(
@@ -288,8 +262,31 @@ class Conversations:
             content = prepared
         # A decision goes on in the conversation of the room (or thread) the card is in.
         conversation = await self.rooms.of(agent_id, job.room_id, job.relation)
+        try:
+            return await self._exchange(job, poster, content, conversation)
+        except LettaError as e:
+            if not gone(e, conversation):
+                raise
+            # Deleted in Letta: the room gets a new conversation, the message goes there once.
+            log.warning("Conversation %s of %s is gone from Letta: %s", conversation, agent_id, e)
+        conversation = await self.rooms.renew(agent_id, job.room_id, job.relation)
+        if job.decisions:  # the tool calls waited in the deleted conversation
+            return [Part(NOTICE, DECIDED_IN_VAIN)]
+        await poster.post(CONTEXT_GONE_PART, Part(NOTICE, GONE))
+        return await self._exchange(job, poster, content, conversation)
+
+    async def _exchange(
+        self, job: Job, poster: Poster, content: UserContent, conversation: str | None
+    ) -> list[Part]:
+        """The Letta request of a turn, in ``conversation``, and the answer's parts."""
+        s, agent_id = self.settings, job.agent.agent_id
+        message_id = otid(job.event_id, agent_id)
+        approvers = who_may_decide(s.approvers, job.sender)
         self._conversation[agent_id] = conversation
         client = self.calls.client
+        attach = None
+        if self.files is not None and self.files.letta_url is not None:
+            attach = (self.files.letta_url, functools.partial(self.files.post, poster.api))
         if s.streaming:
             if job.decisions:
                 stream = stream_decisions(
@@ -312,6 +309,7 @@ class Conversations:
                     s.show_tools,
                     expects_reply=job.expects_reply,
                     approvers=approvers,
+                    attach=attach,
                 )
         if job.decisions:
             response = await send_decisions(
@@ -321,14 +319,16 @@ class Conversations:
             response = await self.calls.send(
                 agent_id, conversation, content, name=job.name, otid=message_id
             )
-        return build_parts(
+        parts = build_parts(
             response.messages,
             response.stop_reason,
             show_reasoning=s.show_reasoning,
             show_tools=s.show_tools,
             expects_reply=job.expects_reply,
             approvers=approvers,
+            attach=attach[0] if attach else None,
         )
+        return [await attach[1](p) if attach and p.source else p for p in parts]
 
     async def _failed(self, job: Job, poster: Poster, error: LettaError) -> list[Part]:
         """Retry what may work later (Letta down, 5xx, busy) within the retry window, telling

@@ -26,6 +26,9 @@ class MediaConfig:
     transcription_key: str = attrs.field(default="", repr=False)
     transcription_model: str = "whisper-1"
     max_audio_bytes: int = 25 * MiB
+    # Images and files in agents' answers and tool results (data: URIs, links to the Letta
+    # server) are posted to Matrix as m.image / m.file, within the same size limits.
+    from_agents: bool = True
 
 
 def _optional_url(v: str) -> str:
@@ -44,4 +47,5 @@ def media_config(get: Callable[..., Any]) -> MediaConfig:
         transcription_key=get("media.transcription_key", str),
         transcription_model=get("media.transcription_model", str),
         max_audio_bytes=get("media.max_audio_bytes", int, _positive),
+        from_agents=get("media.from_agents", bool),
     )

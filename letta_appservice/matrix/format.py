@@ -13,6 +13,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 TEXT, NOTICE, EMOTE = "m.text", "m.notice", "m.emote"
+IMAGE, FILE = "m.image", "m.file"
 HTML = "org.matrix.custom.html"
 # The tags the client-server spec lists for org.matrix.custom.html ("m.room.message msgtypes").
 ALLOWED_TAGS: frozenset[str] = frozenset(

@@ -1,5 +1,6 @@
 """Downloading media people sent: the authenticated media API (Matrix 1.11), falling back to
-the legacy one on homeservers without it; never more than a limit read into memory."""
+the legacy one on homeservers without it; never more than a limit read into memory. Uploading
+what agents give."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ import json
 from urllib.parse import quote
 
 import aiohttp
+from mautrix.api import MediaPath, Method
 from mautrix.appservice import AppServiceAPI
 from mautrix.errors import MatrixConnectionError, MatrixRequestError, make_request_error
 
-CHUNK = 64 * 1024
+from ..errors import TooLarge, read_at_most
 
-
-class TooLarge(Exception):
-    """The file is larger than the limit (known only while reading, when the event's declared
-    size was missing or wrong)."""
+__all__ = ["TooLarge", "download", "upload"]
 
 
 def _mxc_parts(mxc: str) -> tuple[str, str]:
@@ -63,13 +62,22 @@ async def _get(
                     body = {}
                 errcode, error = body.get("errcode"), body.get("error")
                 raise make_request_error(resp.status, text[:300], errcode, error)
-            if resp.content_length is not None and resp.content_length > limit:
-                raise TooLarge(f"{resp.content_length} bytes")
-            data = bytearray()
-            async for chunk in resp.content.iter_chunked(CHUNK):
-                data += chunk
-                if len(data) > limit:
-                    raise TooLarge(f"over {limit} bytes")
-            return bytes(data)
+            return await read_at_most(resp, limit)
     except aiohttp.ClientError as e:
         raise MatrixConnectionError(str(e)) from e
+
+
+async def upload(api: AppServiceAPI, data: bytes, mimetype: str, filename: str) -> str:
+    """``data`` into the homeserver's media repository as ``api``'s user; its mxc URI.
+    MatrixRequestError / MatrixConnectionError when the homeserver does not take it."""
+    resp = await api.request(
+        Method.POST,
+        MediaPath.v3.upload,
+        content=data,
+        headers={"Content-Type": mimetype or "application/octet-stream"},
+        query_params={"filename": filename},
+    )
+    uri = resp.get("content_uri") if isinstance(resp, dict) else None
+    if not isinstance(uri, str):
+        raise make_request_error(200, str(resp)[:300], None, "upload without content_uri")
+    return uri

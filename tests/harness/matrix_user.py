@@ -189,6 +189,15 @@ class MatrixUser:
                 raise MatrixError(resp.status, body.get("errcode", ""), body.get("error", ""))
             return str(body["content_uri"])
 
+    async def download(self, mxc: str) -> tuple[bytes, str]:
+        """The bytes and content type behind an mxc URI (authenticated media)."""
+        server, media_id = mxc.removeprefix("mxc://").split("/", 1)
+        url = f"{self.base_url}/_matrix/client/v1/media/download/{server}/{media_id}"
+        async with self._http().get(url) as resp:
+            if resp.status >= 300:
+                raise MatrixError(resp.status, "", await resp.text())
+            return await resp.read(), resp.content_type
+
     async def send_media(
         self, room_id: str, msgtype: str, filename: str, data: bytes, mimetype: str, **extra: Any
     ) -> str:

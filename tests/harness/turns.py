@@ -100,7 +100,7 @@ async def turns_setup(
     api = PuppetApi()
     turns, sent = TurnStore(db), SentEventStore(db)
     rooms = RoomConversations(TurnCalls(letta), LettaConversationStore(db), "room")
-    intake = MediaIntake(MediaConfig(), Folders(letta), Transcriber("", "", "whisper-1"))
+    intake = MediaIntake(MediaConfig(), Folders(letta), Transcriber(MediaConfig()))
     conversations = Conversations(
         settings=TurnSettings(**settings), rooms=rooms, intake=intake, puppets=api, turns=turns,  # type: ignore[arg-type]
         sent=sent, metrics=Metrics(),

@@ -1,0 +1,34 @@
+"""Fetching what an agent links to on the Letta server itself (with the bridge's API key, which
+never goes anywhere else): never more than a limit read into memory."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from ..errors import read_at_most
+from .client import LettaClient
+from .errors import http_error, read_detail, safe_url, transport_errors
+
+
+def on_server(client: LettaClient, url: str) -> bool:
+    """Whether ``url`` is on the client's Letta server (same scheme, host, port and path)."""
+    return (url.lower() + "/").startswith(client.base_url.lower() + "/")
+
+
+async def download(client: LettaClient, url: str, limit: int) -> tuple[bytes, str]:
+    """The body and media type behind ``url`` on the Letta server. Raises ValueError for a
+    URL elsewhere, TooLarge past ``limit`` bytes, LettaError for the server's failures.
+    Redirects are not followed: the key must not reach another host."""
+    if not on_server(client, url):
+        raise ValueError("not a URL of the Letta server")
+    shown = safe_url(url)
+    with transport_errors(f"Letta GET {shown}", shown, client.timeout):
+        async with client._http().get(
+            url,
+            headers={k: v for k, v in client._headers.items() if k != "Accept"},
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=client.timeout),
+        ) as resp:
+            if resp.status >= 300:
+                raise http_error(resp.status, "GET", shown, await read_detail(resp))
+            return await read_at_most(resp, limit), resp.content_type
