@@ -1,4 +1,9 @@
-"""Letta REST client and the plain models it returns."""
+"""Letta REST client and the plain models it returns.
+
+``client.LettaClient`` holds the request machinery (``call``, ``send``, ``post_stream``,
+``open_stream``, ``http``, ``headers``, ``url``, ``observe``, ``stream_failed``: retries, metrics,
+scrubbed errors); the other modules here (conversations, folders, approvals, tools, downloads)
+are the API groups built on it."""
 
 from __future__ import annotations
 

@@ -60,11 +60,11 @@ async def send_decisions(
     body: dict[str, Any] = {"messages": [approval_message(decisions)]}
     if conversation_id:
         body["streaming"] = False  # conversations stream by default
-    raw = await client._call("POST", path, body=body, idempotent=False)
+    raw = await client.call("POST", path, body=body, idempotent=False)
     try:
         return parse_response(raw)
     except ValueError as exc:
-        raise LettaError("protocol", str(exc), url=safe_url(client._url(path))) from exc
+        raise LettaError("protocol", str(exc), url=safe_url(client.url(path))) from exc
 
 
 def stream_decisions(
@@ -80,12 +80,12 @@ def stream_decisions(
 
     async def open_stream() -> Any:
         if not conversation_id:
-            return await client._open_stream(agent_id, message, stream_tokens)
+            return await client.open_stream(agent_id, message, stream_tokens)
         body = {"messages": [message], "streaming": True, "stream_tokens": stream_tokens}
         body["include_pings"] = True
-        return await client._post_stream(_messages_path(agent_id, conversation_id), body)
+        return await client.post_stream(_messages_path(agent_id, conversation_id), body)
 
-    return LettaStream(open_stream, client.timeout, on_error=client._stream_failed)
+    return LettaStream(open_stream, client.timeout, on_error=client.stream_failed)
 
 
 async def pending_calls(
@@ -96,14 +96,14 @@ async def pending_calls(
     is its newest message."""
     if conversation_id:
         path = _messages_path(agent_id, conversation_id)
-        newest = await client._call(
+        newest = await client.call(
             "GET", path, params=[("limit", "1"), ("order", "desc")], idempotent=True
         )
         pending = newest[0] if isinstance(newest, list) and newest else None
     else:
         path = f"/v1/agents/{quote(agent_id, safe='')}"
         params = [("include", PENDING_APPROVAL)]
-        raw = await client._call("GET", path, params=params, idempotent=True)
+        raw = await client.call("GET", path, params=params, idempotent=True)
         pending = raw.get("pending_approval") if isinstance(raw, Mapping) else None
     message = parse_message(pending) if isinstance(pending, Mapping) else None
     if message is None or message.kind != "approval":

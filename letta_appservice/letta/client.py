@@ -73,12 +73,12 @@ class LettaClient:
         self.backoff = backoff
         self._session = session
         self._own_session: aiohttp.ClientSession | None = None
-        self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
-        self._headers.update(_MODERN_API_HEADER)
+        self.headers = {"User-Agent": user_agent, "Accept": "application/json"}
+        self.headers.update(_MODERN_API_HEADER)
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+            self.headers["Authorization"] = f"Bearer {api_key}"
         if project:
-            self._headers["X-Project"] = project
+            self.headers["X-Project"] = project
         # Told about every request (operation, seconds, error kind or None): metrics.
         self.on_request = on_request
         # Set once the server refused inline streaming: later streams go to /messages/stream.
@@ -89,7 +89,7 @@ class LettaClient:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _http(self) -> aiohttp.ClientSession:
+    def http(self) -> aiohttp.ClientSession:
         if self._session is not None:
             return self._session
         if self._own_session is None or self._own_session.closed:
@@ -97,7 +97,7 @@ class LettaClient:
             self._own_session = aiohttp.ClientSession()
         return self._own_session
 
-    def _url(self, path: str) -> str:
+    def url(self, path: str) -> str:
         return self.base_url + path
 
     async def close(self) -> None:
@@ -106,7 +106,7 @@ class LettaClient:
             await self._own_session.close()
             self._own_session = None
 
-    async def _call(
+    async def call(
         self,
         method: str,
         path: str,
@@ -137,30 +137,30 @@ class LettaClient:
         try:
             result = await self._request_json(method, path, params, body)
         except LettaError as exc:
-            self._observe(path, started, exc.kind)
+            self.observe(path, started, exc.kind)
             raise
-        self._observe(path, started, None)
+        self.observe(path, started, None)
         return result
 
-    def _stream_failed(self, kind: str) -> None:
+    def stream_failed(self, kind: str) -> None:
         if self.on_request is not None:
             self.on_request("message", None, kind)
 
-    def _observe(self, path: str, started: float, error: str | None) -> None:
+    def observe(self, path: str, started: float, error: str | None) -> None:
         if self.on_request is not None:
             self.on_request(_operation(path), time.monotonic() - started, error)
 
     async def _request_json(
         self, method: str, path: str, params: Sequence[tuple[str, str]], body: Any
     ) -> Any:
-        url = safe_url(self._url(path))
+        url = safe_url(self.url(path))
         with transport_errors(f"Letta {method} {url}", url, self.timeout):
-            async with self._http().request(
+            async with self.http().request(
                 method,
-                self._url(path),
+                self.url(path),
                 params=list(params) or None,
                 json=body,
-                headers=self._headers,
+                headers=self.headers,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as resp:
                 if resp.status >= 400:
@@ -178,7 +178,7 @@ class LettaClient:
 
     async def health(self, *, retry: bool = True) -> str:
         """The server's version string (`GET /v1/health/`, which needs no key)."""
-        body = await self._call("GET", "/v1/health/", idempotent=retry)
+        body = await self.call("GET", "/v1/health/", idempotent=retry)
         if not isinstance(body, Mapping) or not isinstance(body.get("version"), str):
             raise LettaError("protocol", f"unexpected health answer: {str(body)[:200]}")
         return body["version"]
@@ -204,7 +204,7 @@ class LettaClient:
             params = [*filters, ("limit", str(self.page_size))]
             if cursor is not None:
                 params.append(("after", cursor))
-            page = await self._call("GET", "/v1/agents/", params=params, idempotent=True)
+            page = await self.call("GET", "/v1/agents/", params=params, idempotent=True)
             if not isinstance(page, list):
                 raise LettaError("protocol", f"agent list is not an array: {str(page)[:200]}")
             if not page:
@@ -236,7 +236,7 @@ class LettaClient:
 
     async def get_agent(self, agent_id: str) -> Agent:
         """One agent by id; LettaError kind "not_found" when it does not exist."""
-        raw = await self._call("GET", f"/v1/agents/{quote(agent_id, safe='')}", idempotent=True)
+        raw = await self.call("GET", f"/v1/agents/{quote(agent_id, safe='')}", idempotent=True)
         try:
             return Agent.from_json(raw)
         except ValueError as exc:
@@ -256,7 +256,7 @@ class LettaClient:
                 log.info("Letta %s is older than 0.6.15: messages carry `text`", self._version)
         return self._version
 
-    async def _send(
+    async def send(
         self,
         post: Callable[[dict[str, Any]], Awaitable[_T]],
         content: UserContent,
@@ -297,13 +297,13 @@ class LettaClient:
         path = f"/v1/agents/{quote(agent_id, safe='')}/messages"
 
         async def post(message: dict[str, Any]) -> Any:
-            return await self._call("POST", path, body={"messages": [message]}, idempotent=False)
+            return await self.call("POST", path, body={"messages": [message]}, idempotent=False)
 
-        raw = await self._send(post, content, name, otid)
+        raw = await self.send(post, content, name, otid)
         try:
             return parse_response(raw)
         except ValueError as exc:
-            raise LettaError("protocol", str(exc), url=safe_url(self._url(path))) from exc
+            raise LettaError("protocol", str(exc), url=safe_url(self.url(path))) from exc
 
     def stream_message(
         self,
@@ -322,23 +322,23 @@ class LettaClient:
 
         async def open_stream() -> aiohttp.ClientResponse:
             async def post(message: dict[str, Any]) -> aiohttp.ClientResponse:
-                return await self._open_stream(agent_id, message, stream_tokens)
+                return await self.open_stream(agent_id, message, stream_tokens)
 
-            return await self._send(post, content, name, otid)
+            return await self.send(post, content, name, otid)
 
-        return LettaStream(open_stream, self.timeout, on_error=self._stream_failed)
+        return LettaStream(open_stream, self.timeout, on_error=self.stream_failed)
 
     async def cancel(self, agent_id: str) -> None:
         """Cancel the agent's active runs; nothing to cancel is not an error."""
         path = f"/v1/agents/{quote(agent_id, safe='')}/messages/cancel"
         try:
-            await self._call("POST", path, body={"run_ids": None}, idempotent=True, final={409})
+            await self.call("POST", path, body={"run_ids": None}, idempotent=True, final={409})
         except LettaError as exc:
             # 0.16 answers 409 "No active runs to cancel" (older servers: 200 and an empty map).
             if exc.status != 409:
                 raise
 
-    async def _open_stream(
+    async def open_stream(
         self, agent_id: str, message: dict[str, Any], stream_tokens: bool
     ) -> aiohttp.ClientResponse:
         """POST a streaming request, inline first, else (or once refused) the legacy route."""
@@ -350,7 +350,7 @@ class LettaClient:
         }
         if not self.legacy_streaming:
             try:
-                resp = await self._post_stream(path, {**body, "streaming": True})
+                resp = await self.post_stream(path, {**body, "streaming": True})
             except LettaError as exc:
                 if exc.kind != "validation":
                     raise
@@ -361,23 +361,23 @@ class LettaClient:
                     # use the route that streams.
                     self.legacy_streaming = True
                 return resp
-        resp = await self._post_stream(path + "/stream", body)
+        resp = await self.post_stream(path + "/stream", body)
         # Remembered only now, so a genuine validation error does not switch routes for good.
         self.legacy_streaming = True
         return resp
 
-    async def _post_stream(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
-        url = safe_url(self._url(path))
+    async def post_stream(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        url = safe_url(self.url(path))
         # No total limit: a turn may run for minutes; pings keep each read within `timeout`.
         timeout = aiohttp.ClientTimeout(sock_connect=self.timeout, sock_read=self.timeout)
-        headers = {**self._headers, "Accept": "text/event-stream"}
+        headers = {**self.headers, "Accept": "text/event-stream"}
         started = time.monotonic()
         try:
             resp = await self._open(path, url, body, headers, timeout)
         except LettaError as exc:
-            self._observe(path, started, exc.kind)
+            self.observe(path, started, exc.kind)
             raise
-        self._observe(path, started, None)  # time until the stream started
+        self.observe(path, started, None)  # time until the stream started
         return resp
 
     async def _open(
@@ -389,8 +389,8 @@ class LettaClient:
         timeout: aiohttp.ClientTimeout,
     ) -> aiohttp.ClientResponse:
         with transport_errors(f"Letta POST {url}", url, self.timeout):
-            resp = await self._http().post(
-                self._url(path), json=body, headers=headers, timeout=timeout
+            resp = await self.http().post(
+                self.url(path), json=body, headers=headers, timeout=timeout
             )
             if resp.status >= 400:
                 try:

@@ -41,7 +41,7 @@ class TurnCalls:
                 self._supported = False
             else:
                 try:
-                    await self.client._call(
+                    await self.client.call(
                         "GET", "/v1/conversations/", params=[("limit", "1")], idempotent=True
                     )
                     self._supported = True
@@ -61,7 +61,7 @@ class TurnCalls:
         """A new, empty conversation of the agent; its id. Not retried: a retry could leave
         an unused conversation behind, which is harmless, but a failed POST may have made one
         anyway, so the caller's retry is as good."""
-        raw = await self.client._call(
+        raw = await self.client.call(
             "POST",
             "/v1/conversations/",
             params=[("agent_id", agent_id)],
@@ -88,9 +88,9 @@ class TurnCalls:
 
         async def post(message: dict[str, Any]) -> Any:
             body = {"messages": [message], "streaming": False}
-            return await self.client._call("POST", path, body=body, idempotent=False)
+            return await self.client.call("POST", path, body=body, idempotent=False)
 
-        raw = await self.client._send(post, content, name, otid)
+        raw = await self.client.send(post, content, name, otid)
         try:
             return parse_response(raw)
         except ValueError as exc:
@@ -118,17 +118,17 @@ class TurnCalls:
         async def open_stream() -> aiohttp.ClientResponse:
             async def post(message: dict[str, Any]) -> aiohttp.ClientResponse:
                 body = {"messages": [message], "streaming": True, "stream_tokens": stream_tokens}
-                return await client._post_stream(path, {**body, "include_pings": True})
+                return await client.post_stream(path, {**body, "include_pings": True})
 
-            return await client._send(post, content, name, otid)
+            return await client.send(post, content, name, otid)
 
-        return LettaStream(open_stream, client.timeout, on_error=client._stream_failed)
+        return LettaStream(open_stream, client.timeout, on_error=client.stream_failed)
 
     async def cancel(self, agent_id: str, conversation_id: str | None) -> None:
         """Cancel the running turn; nothing to cancel is not an error."""
         if conversation_id is not None:
             try:
-                await self.client._call(
+                await self.client.call(
                     "POST", _path(conversation_id, "cancel"), idempotent=True, final={409}
                 )
                 return

@@ -23,9 +23,9 @@ async def download(client: LettaClient, url: str, limit: int) -> tuple[bytes, st
         raise ValueError("not a URL of the Letta server")
     shown = safe_url(url)
     with transport_errors(f"Letta GET {shown}", shown, client.timeout):
-        async with client._http().get(
+        async with client.http().get(
             url,
-            headers={k: v for k, v in client._headers.items() if k != "Accept"},
+            headers={k: v for k, v in client.headers.items() if k != "Accept"},
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=client.timeout),
         ) as resp:

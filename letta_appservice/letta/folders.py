@@ -67,15 +67,13 @@ class Folders:
                 found = await self._find(name)
             folder = found or await self._create(agent_id, name)
             attach = f"/v1/agents/{quote(agent_id, safe='')}/{self._kind}/attach/{folder}"
-            await self.client._call("PATCH", attach, idempotent=True)
+            await self.client.call("PATCH", attach, idempotent=True)
             self._ids[agent_id] = folder
             return folder
 
     async def _find(self, name: str) -> str | None:
         params = [("name", name), ("limit", "1")]
-        found = await self.client._call(
-            "GET", f"/v1/{self._kind}/", params=params, idempotent=True
-        )
+        found = await self.client.call("GET", f"/v1/{self._kind}/", params=params, idempotent=True)
         if isinstance(found, list):
             for folder in found:
                 if isinstance(folder, dict) and folder.get("name") == name:
@@ -83,7 +81,7 @@ class Folders:
         return None
 
     async def _create(self, agent_id: str, name: str) -> str:
-        agent = await self.client._call(
+        agent = await self.client.call(
             "GET", f"/v1/agents/{quote(agent_id, safe='')}", idempotent=True
         )
         body: dict[str, Any] = {"name": name, "description": "Files sent to the agent in Matrix"}
@@ -92,7 +90,7 @@ class Folders:
             body["embedding_config"] = agent["embedding_config"]
         elif isinstance(agent, dict) and agent.get("embedding"):
             body["embedding"] = agent["embedding"]
-        made = await self.client._call("POST", f"/v1/{self._kind}/", body=body, idempotent=False)
+        made = await self.client.call("POST", f"/v1/{self._kind}/", body=body, idempotent=False)
         if not isinstance(made, dict) or not isinstance(made.get("id"), str):
             raise LettaError("protocol", f"unexpected folder: {str(made)[:200]}")
         log.info("Made Letta folder %s for agent %s", name, agent_id)
@@ -109,7 +107,7 @@ class Folders:
             and time.monotonic() < deadline
         ):
             await asyncio.sleep(POLL)
-            latest = await self.client._call("GET", path, idempotent=True)
+            latest = await self.client.call("GET", path, idempotent=True)
             if isinstance(latest, dict):
                 meta = latest
         return meta
@@ -119,11 +117,11 @@ class Folders:
     ) -> Any:
         client = self.client
         url = safe_url(client.base_url + path)
-        headers = {k: v for k, v in client._headers.items() if k != "Content-Type"}
+        headers = {k: v for k, v in client.headers.items() if k != "Content-Type"}
         started = time.monotonic()
         try:
             with transport_errors(f"Letta POST {url}", url, client.timeout):
-                async with client._http().post(
+                async with client.http().post(
                     client.base_url + path,
                     data=form,
                     params=params,
@@ -134,7 +132,7 @@ class Folders:
                         raise http_error(resp.status, "POST", url, await read_detail(resp))
                     body = await resp.json(content_type=None)
         except LettaError as exc:
-            client._observe(path, started, exc.kind)
+            client.observe(path, started, exc.kind)
             raise
-        client._observe(path, started, None)
+        client.observe(path, started, None)
         return body

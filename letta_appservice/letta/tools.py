@@ -19,7 +19,7 @@ class LettaTools:
         self.client = client
 
     async def _call(self, method: str, path: str, body: Any = None, **params: str) -> Any:
-        return await self.client._call(
+        return await self.client.call(
             method, path, params=list(params.items()), body=body, idempotent=True
         )
 
