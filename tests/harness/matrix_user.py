@@ -134,6 +134,11 @@ class MatrixUser:
         room_id = str(data["room_id"])
         if room_id in self._invites:
             self._invites.remove(room_id)
+        if room_id not in self._events:
+            # What was sent before we joined, as a client shows it on joining: Synapse puts it
+            # in the room's first sync, Tuwunel only the join (the rest comes by
+            # back-pagination, which clients do).
+            self._add(room_id, await self.messages(room_id))
         return room_id
 
     async def leave(self, room_id: str) -> None:
@@ -304,15 +309,19 @@ class MatrixUser:
             for room_id, room in rooms.get(section, {}).items():
                 if room_id in self._invites:
                     self._invites.remove(room_id)
-                seen = self._events.setdefault(room_id, [])
-                for event in room.get("timeline", {}).get("events", []):
-                    seen.append({**event, "room_id": room_id})
+                self._add(room_id, room.get("timeline", {}).get("events", []))
                 for event in room.get("ephemeral", {}).get("events", []):
                     if event.get("type") == "m.typing":
                         self._typing[room_id] = set(event["content"].get("user_ids", []))
         for room_id in rooms.get("invite", {}):
             if room_id not in self._invites:
                 self._invites.append(room_id)
+
+    def _add(self, room_id: str, events: list[dict[str, Any]]) -> None:
+        """Timeline events, each once (back-pagination and a sync may both bring one)."""
+        seen = self._events.setdefault(room_id, [])
+        known = {e.get("event_id") for e in seen}
+        seen.extend({**e, "room_id": room_id} for e in events if e.get("event_id") not in known)
 
     async def mark(self) -> None:
         """Catch up with the server and forget everything seen so far; waits start afresh."""
