@@ -4,6 +4,10 @@
 # (scram-sha-256), so the role gets one. Override with LETTA_APPSERVICE_TEST_PG to use another
 # server (then nothing here runs).
 if [ -z "${LETTA_APPSERVICE_TEST_PG:-}" ]; then
+    # Test runs started together (two checkouts on one machine) set the server up one at a
+    # time: concurrent ALTER ROLEs fail with "tuple concurrently updated".
+    exec 9>"${TMPDIR:-/tmp}/letta-appservice-postgres.lock"
+    flock 9
     if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
         if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
             echo "PostgreSQL is missing: install it (Debian: apt-get install postgresql) or set" \
@@ -29,5 +33,7 @@ SELECT 'CREATE ROLE letta_test' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rol
 \gexec
 ALTER ROLE letta_test WITH LOGIN CREATEDB PASSWORD 'letta_test';
 SQL
+    flock -u 9
+    exec 9>&-
     export LETTA_APPSERVICE_TEST_PG="postgres://letta_test:letta_test@127.0.0.1:5432/postgres"
 fi
