@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
-from mautrix.util.async_db import Database
+from mautrix.util.async_db import Database, UpgradeTable
+from mautrix.util.async_db.aiosqlite import SQLiteDatabase
+from mautrix.util.async_db.connection import LoggingConnection
+from yarl import URL
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -92,14 +97,33 @@ async def migrate_async(url: DatabaseURL) -> None:
         raise RuntimeError("database migration failed: " + " | ".join(tail))
 
 
+class _SQLiteDatabase(SQLiteDatabase):
+    """mautrix's SQLite database, which leaves a transaction open when the task inside it is
+    cancelled (it rolls back on Exception only): the connection then held its write lock, the
+    inbox's connection got "database is locked", and every later write on it was lost when it
+    closed. A connection given back inside a transaction is rolled back here."""
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[LoggingConnection]:
+        async with super()._acquire() as conn:
+            try:
+                yield conn
+            finally:
+                if conn.wrapped.in_transaction:
+                    await conn.wrapped.rollback()
+
+
 def create_database(url: DatabaseURL) -> Database:
     """A mautrix Database with no upgrade table: alembic owns our schema."""
-    db_args: dict = {"min_size": 1, "max_size": 10}
     if url.kind == "sqlite":
         # WAL with synchronous=NORMAL (as mautrix bridges run SQLite): a committed write
         # survives a crash of the process without waiting for the disk (~3.4 ms a sync here);
         # a power loss may take the last commits. PostgreSQL syncs every commit (README).
-        db_args = {"init_commands": ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL"]}
+        pragmas = ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL"]
+        return _SQLiteDatabase(
+            URL(url.mautrix), UpgradeTable(), db_args={"init_commands": pragmas}, log=log
+        )
+    db_args = {"min_size": 1, "max_size": 10}
     return Database.create(url.mautrix, upgrade_table=None, db_args=db_args, log=log)
 
 
