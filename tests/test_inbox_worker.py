@@ -196,6 +196,33 @@ async def test_with_memory_full_an_idle_lane_still_gets_its_events_one_at_a_time
     assert (await store.counts())["done"] == 12
 
 
+async def test_a_busy_lane_stops_taking_events_into_memory_once_memory_is_full(
+    store: InboxStore,
+) -> None:
+    await store.store_transaction("t", [message(i) for i in range(6)])  # one room: one lane
+    release = asyncio.Event()
+    handled: list[str] = []
+
+    async def handler(ev: InboxEvent) -> None:
+        await release.wait()
+        handled.append(ev.event_id)
+
+    # The lane could hold 10; memory (4) fills first, and the lane has work: the rest wait in
+    # the database, not one more in memory.
+    worker = InboxWorker(store, handler, claim_batch=5, max_claimed=4, lane_cap=10)
+    await worker.start()
+    try:
+        await eventually(
+            lambda: store.db.fetchval("SELECT COUNT(*) = 2 FROM inbox WHERE lane IS NOT NULL")
+        )
+        assert worker.in_flight == 4
+        release.set()
+        await worker.wait_idle()
+    finally:
+        await worker.stop()
+    assert handled == [f"$event{i}" for i in range(6)]
+
+
 # --- stopping and the batched done marks ---------------------------------------------------------
 
 
