@@ -192,6 +192,20 @@ async def test_a_database_failure_answers_500_so_the_homeserver_retries(
     assert await endpoint.rows() == []
 
 
+async def test_a_transaction_that_fails_part_way_is_stored_whole_when_retried(
+    endpoint: Endpoint,
+) -> None:
+    # The database refuses the events after it recorded the txnId (a constraint of its own
+    # that two of them break): nothing of the transaction may stay, or the retry is lost.
+    await endpoint.store.db.execute("CREATE UNIQUE INDEX one_per_room ON inbox (room_id)")
+    body = {"events": [message(1), message(2)]}
+    assert (await endpoint.put("t", body))[0] == 500
+    await endpoint.store.db.execute("DROP INDEX one_per_room")
+    assert await endpoint.put("t", body) == (200, {})  # the homeserver's retry
+    assert await endpoint.rows() == [("$event1", "t"), ("$event2", "t")]
+    assert endpoint.wakes == [1]
+
+
 async def test_failing_checks_answer_as_a_matrix_server_and_an_operator_expect(
     sqlite_url: str,
 ) -> None:
