@@ -151,6 +151,78 @@ async def test_a_refused_part_gives_way_to_a_notice_and_the_rest_is_posted() -> 
         await Poster(RefusingApi(503), SentStore(), job, {}).post(0, Part("m.text", "x"))  # type: ignore[arg-type]
 
 
+class TxnHomeserver:
+    """Sends as a homeserver takes them: a txn id used before gives back its first event (as
+    Synapse does), a body starting with "huge" is refused (413 M_TOO_LARGE); the room's
+    timeline is what a person sees."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, str] = {}  # txn path -> event id
+        self.timeline: list[str] = []
+
+    async def request(self, _method: Any, path: Any, content: dict[str, Any]) -> dict[str, str]:
+        if str(path) in self.events:
+            return {"event_id": self.events[str(path)]}
+        if content["body"].startswith("huge"):
+            raise error(413, "M_TOO_LARGE")
+        self.events[str(path)] = event_id = f"$ev{len(self.events)}"
+        self.timeline.append(content["body"])
+        return {"event_id": event_id}
+
+
+async def test_each_refused_part_has_a_notice_of_its_own_posted_once() -> None:
+    hs, notice = TxnHomeserver(), "A part of this answer could not be posted"
+
+    def poster(event_id: str, agent_n: int) -> Poster:
+        job = Job(event_id, ROOM, BOB, agent(agent_n), "", "bob", {}, 0)
+        return Poster(hs, SentStore(), job, {})  # type: ignore[arg-type]
+
+    answer = [Part("m.notice", "huge 1"), Part("m.text", "the answer"), Part("m.notice", "huge 2")]
+    await poster("$q", 1).post_all(answer)
+    await poster("$q", 2).post_all(answer[:1])  # another agent asked the same question
+    await poster("$q2", 1).post_all(answer[:1])  # the same agent, another question
+    stand_ins = [b.startswith(notice) for b in hs.timeline]
+    assert stand_ins == [True, False, True, True, True]
+    # The turn posted again after a crash lost its records: nothing shows twice.
+    await poster("$q", 1).post_all(answer)
+    assert len(hs.timeline) == 5
+
+
+async def test_an_answer_after_a_placeholder_whose_record_was_lost_is_posted() -> None:
+    hs = TxnHomeserver()
+    job = Job("$q", ROOM, BOB, agent(1), "", "bob", {}, 0)
+    await Poster(hs, SentStore(), job, {}).placeholder(Part("m.notice", "thinking…"))  # type: ignore[arg-type]
+    # A crash before the placeholder was recorded; the next try answers without one.
+    await Poster(hs, SentStore(), job, {}).post(0, Part("m.text", "the answer"))  # type: ignore[arg-type]
+    assert hs.timeline == ["thinking…", "the answer"]
+    # Another agent asked the same, and another question: a placeholder each.
+    for event_id, agent_n in (("$q", 2), ("$q2", 1)):
+        job = Job(event_id, ROOM, BOB, agent(agent_n), "", "bob", {}, 0)
+        await Poster(hs, SentStore(), job, {}).placeholder(
+            Part("m.notice", f"{event_id} {agent_n}")
+        )  # type: ignore[arg-type]
+    assert hs.timeline[2:] == ["$q 2", "$q2 1"]
+
+
+async def test_answers_and_edits_with_the_same_words_each_show() -> None:
+    hs = TxnHomeserver()
+    posters = [
+        Poster(hs, SentStore(), Job(event_id, ROOM, BOB, agent(n), "", "bob", {}, 0), {})  # type: ignore[arg-type]
+        for event_id, n in (("$q", 1), ("$q", 2), ("$q2", 1))
+    ]
+    for poster in posters:  # each replaces its own placeholder
+        await poster.placeholder(Part("m.notice", "thinking…"))
+        await poster.post(0, Part("m.text", "Sure"))
+    assert hs.timeline == ["thinking…", "* Sure"] * 3
+    for poster in posters:  # streamed on: each part edited to the same words
+        await poster.post(1, Part("m.text", "Sure"))
+        for index in (0, 1):
+            await poster.edit(index, Part("m.text", "Sure, here it is"))
+    assert hs.timeline[6:] == ["Sure", "* Sure, here it is", "* Sure, here it is"] * 3
+    await posters[0].edit(0, Part("m.text", "Sure, here it is: 42"))  # and on: a new text
+    assert hs.timeline[-1] == "* Sure, here it is: 42"
+
+
 # --- item 11: forged attributions ----------------------------------------------------------------
 
 
