@@ -158,7 +158,8 @@ class TxnHomeserver:
 
     def __init__(self) -> None:
         self.events: dict[str, str] = {}  # txn path -> event id
-        self.timeline: list[str] = []
+        self.timeline: list[str] = []  # bodies
+        self.contents: list[dict[str, Any]] = []
 
     async def request(self, _method: Any, path: Any, content: dict[str, Any]) -> dict[str, str]:
         if str(path) in self.events:
@@ -167,6 +168,7 @@ class TxnHomeserver:
             raise error(413, "M_TOO_LARGE")
         self.events[str(path)] = event_id = f"$ev{len(self.events)}"
         self.timeline.append(content["body"])
+        self.contents.append(content)
         return {"event_id": event_id}
 
 
@@ -186,6 +188,15 @@ async def test_each_refused_part_has_a_notice_of_its_own_posted_once() -> None:
     # The turn posted again after a crash lost its records: nothing shows twice.
     await poster("$q", 1).post_all(answer)
     assert len(hs.timeline) == 5
+
+
+async def test_only_the_answers_first_text_mentions_the_person() -> None:
+    hs = TxnHomeserver()
+    poster = Poster(hs, SentStore(), Job("$q", ROOM, BOB, agent(1), "", "bob", {}, 0), {})  # type: ignore[arg-type]
+    await poster.post_all(
+        [Part("m.notice", "reasoning"), Part("m.text", "a"), Part("m.text", "b")]
+    )
+    assert [c["m.mentions"] for c in hs.contents] == [{}, {"user_ids": [BOB]}, {}]
 
 
 async def test_an_answer_after_a_placeholder_whose_record_was_lost_is_posted() -> None:
