@@ -226,6 +226,21 @@ async def test_a_busy_lane_stops_taking_events_into_memory_once_memory_is_full(
     assert handled == [f"$event{i}" for i in range(6)]
 
 
+async def test_parking_and_done_marks_beyond_one_statements_worth_reach_every_event(
+    store: InboxStore,
+) -> None:
+    # Ids go 500 to a statement: a burst of 1,001 takes three, and each event is in one.
+    await store.store_transaction("t", [message(i) for i in range(1001)])
+    seqs = [event.seq for event in await store.claim(1001)]
+    await store.park({"!room:test.local": seqs})
+    await counts_match_the_table(store)
+    back = await store.unpark("!room:test.local", 2000)
+    assert [event.seq for event in back] == seqs
+    await store.finish_many(seqs)
+    await counts_match_the_table(store)
+    assert (await store.counts())["done"] == 1001
+
+
 # --- stopping and the batched done marks ---------------------------------------------------------
 
 
