@@ -23,6 +23,8 @@ async def test_events_are_stored_before_the_ack(endpoint: Endpoint) -> None:
 async def test_redelivered_transaction_is_stored_once(endpoint: Endpoint) -> None:
     for _ in range(3):
         assert (await endpoint.put("same", {"events": [message(1)]}))[0] == 200
+        async with endpoint.http.get(f"{endpoint.url}/metrics") as r:  # one event waiting
+            assert 'letta_appservice_inbox_events{state="pending"} 1.0' in await r.text()
     assert await endpoint.rows() == [("$event1", "same")]
     assert len(endpoint.wakes) == 1  # the worker is not woken for nothing
 
