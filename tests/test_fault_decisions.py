@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import attrs
@@ -33,7 +34,9 @@ from letta_appservice.chat.poster import Job, Poster, homeserver_trouble
 from letta_appservice.commands.args import md_code, resolve_agent
 from letta_appservice.commands.reasons import failure
 from letta_appservice.commands.registry import dispatch
+from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.room import INVITED, RoomRow
+from letta_appservice.db.sent_event import SentEventStore
 from letta_appservice.errors import scrub
 from letta_appservice.inbox.worker import Retry
 from letta_appservice.letta.errors import LettaError
@@ -160,6 +163,8 @@ class TxnHomeserver:
         self.events: dict[str, str] = {}  # txn path -> event id
         self.timeline: list[str] = []  # bodies
         self.contents: list[dict[str, Any]] = []
+        self.rooms: list[str] = []
+        self.paths: list[str] = []  # of each event in the timeline
 
     async def request(self, _method: Any, path: Any, content: dict[str, Any]) -> dict[str, str]:
         if str(path) in self.events:
@@ -167,8 +172,10 @@ class TxnHomeserver:
         if content["body"].startswith("huge"):
             raise error(413, "M_TOO_LARGE")
         self.events[str(path)] = event_id = f"$ev{len(self.events)}"
+        self.paths.append(str(path))
         self.timeline.append(content["body"])
         self.contents.append(content)
+        self.rooms.append(unquote(str(path).split("/rooms/", 1)[1].split("/", 1)[0]))
         return {"event_id": event_id}
 
 
@@ -213,6 +220,44 @@ async def test_an_answer_after_a_placeholder_whose_record_was_lost_is_posted() -
             Part("m.notice", f"{event_id} {agent_n}")
         )  # type: ignore[arg-type]
     assert hs.timeline[2:] == ["$q 2", "$q2 1"]
+
+
+async def test_a_placeholder_shows_until_the_answer_replaces_it_whatever_crashes_between(
+    sqlite_url: str,
+) -> None:
+    db = await open_database(DatabaseURL.parse(sqlite_url), in_child=False)
+    hs, store, thread = (
+        TxnHomeserver(),
+        SentEventStore(db),
+        {"rel_type": "m.thread", "event_id": "$t"},
+    )
+    job = Job("$q", ROOM, BOB, agent(1), "", "bob", thread, 0)
+
+    async def next_try() -> Poster:  # after a crash: what was posted is read back
+        return Poster(hs, store, job, await store.parts("$q", job.agent.agent_id))
+
+    try:
+        await (await next_try()).placeholder(Part("m.notice", "thinking…"))
+        await (await next_try()).post(0, Part("m.text", "the answer"))  # no placeholder again
+        poster = await next_try()
+        await poster.post_all([Part("m.text", "the answer")])
+        await poster.placeholder(Part("m.notice", "thinking…"))  # the answer has begun
+    finally:
+        await db.stop()
+    assert hs.timeline == ["thinking…", "* the answer"]
+    assert hs.rooms == [ROOM, ROOM] and hs.contents[0]["m.relates_to"] == thread
+    placeholder_id = next(iter(hs.events.values()))
+    assert hs.contents[1]["m.relates_to"] == {"rel_type": "m.replace", "event_id": placeholder_id}
+    # Without a crash: the same poster replaces its own placeholder; an answer that began
+    # before any placeholder gets none.
+    for event_id, early in (("$q2", False), ("$q3", True)):
+        poster = Poster(hs, SentStore(), Job(event_id, ROOM, BOB, agent(1), "", "bob", {}, 0), {})  # type: ignore[arg-type]
+        if not early:
+            await poster.placeholder(Part("m.notice", "thinking…"))
+        await poster.post(0, Part("m.text", "the answer"))
+        await poster.placeholder(Part("m.notice", "thinking…"))
+    assert hs.timeline[2:] == ["thinking…", "* the answer", "the answer"]
+    assert hs.contents[3]["m.relates_to"]["event_id"] == hs.events[hs.paths[2]]
 
 
 async def test_answers_and_edits_with_the_same_words_each_show() -> None:
