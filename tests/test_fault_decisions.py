@@ -182,8 +182,10 @@ class TxnHomeserver:
 async def test_each_refused_part_has_a_notice_of_its_own_posted_once() -> None:
     hs, notice = TxnHomeserver(), "A part of this answer could not be posted"
 
+    thread = {"rel_type": "m.thread", "event_id": "$t"}
+
     def poster(event_id: str, agent_n: int) -> Poster:
-        job = Job(event_id, ROOM, BOB, agent(agent_n), "", "bob", {}, 0)
+        job = Job(event_id, ROOM, BOB, agent(agent_n), "", "bob", thread, 0)
         return Poster(hs, SentStore(), job, {})  # type: ignore[arg-type]
 
     answer = [Part("m.notice", "huge 1"), Part("m.text", "the answer"), Part("m.notice", "huge 2")]
@@ -192,6 +194,12 @@ async def test_each_refused_part_has_a_notice_of_its_own_posted_once() -> None:
     await poster("$q2", 1).post_all(answer[:1])  # the same agent, another question
     stand_ins = [b.startswith(notice) for b in hs.timeline]
     assert stand_ins == [True, False, True, True, True]
+    # Each a notice in the question's room and thread, as the part would have been.
+    assert {(c["msgtype"], str(c["m.relates_to"])) for c in hs.contents} == {
+        ("m.notice", str(thread)),
+        ("m.text", str(thread)),
+    }
+    assert set(hs.rooms) == {ROOM}
     # The turn posted again after a crash lost its records: nothing shows twice.
     await poster("$q", 1).post_all(answer)
     assert len(hs.timeline) == 5
