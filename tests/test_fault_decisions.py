@@ -248,12 +248,12 @@ async def test_a_placeholder_shows_until_the_answer_replaces_it_whatever_crashes
         await (await next_try()).placeholder(Part("m.notice", "thinking…"))
         await (await next_try()).post(0, Part("m.text", "the answer"))  # no placeholder again
         poster = await next_try()
-        await poster.post_all([Part("m.text", "the answer")])
+        await poster.post_all([Part("m.text", "the answer"), Part("m.text", "part two")])
         await poster.placeholder(Part("m.notice", "thinking…"))  # the answer has begun
     finally:
         await db.stop()
-    assert hs.timeline == ["thinking…", "* the answer"]
-    assert hs.rooms == [ROOM, ROOM] and hs.contents[0]["m.relates_to"] == thread
+    assert hs.timeline == ["thinking…", "* the answer", "part two"]
+    assert hs.rooms == [ROOM] * 3 and hs.contents[0]["m.relates_to"] == thread
     placeholder_id = next(iter(hs.events.values()))
     assert hs.contents[1]["m.relates_to"] == {"rel_type": "m.replace", "event_id": placeholder_id}
     # Without a crash: the same poster replaces its own placeholder; an answer that began
@@ -264,8 +264,8 @@ async def test_a_placeholder_shows_until_the_answer_replaces_it_whatever_crashes
             await poster.placeholder(Part("m.notice", "thinking…"))
         await poster.post(0, Part("m.text", "the answer"))
         await poster.placeholder(Part("m.notice", "thinking…"))
-    assert hs.timeline[2:] == ["thinking…", "* the answer", "the answer"]
-    assert hs.contents[3]["m.relates_to"]["event_id"] == hs.events[hs.paths[2]]
+    assert hs.timeline[3:] == ["thinking…", "* the answer", "the answer"]
+    assert hs.contents[4]["m.relates_to"]["event_id"] == hs.events[hs.paths[3]]
 
 
 async def test_answers_and_edits_with_the_same_words_each_show() -> None:
@@ -285,6 +285,8 @@ async def test_answers_and_edits_with_the_same_words_each_show() -> None:
     assert hs.timeline[6:] == ["Sure", "* Sure, here it is", "* Sure, here it is"] * 3
     await posters[0].edit(0, Part("m.text", "Sure, here it is: 42"))  # and on: a new text
     assert hs.timeline[-1] == "* Sure, here it is: 42"
+    edits = [c["m.relates_to"] for c in hs.contents if c["body"].startswith("* ")]
+    assert all(e["event_id"] in hs.events.values() for e in edits)  # each replaces one shown
 
 
 # --- item 11: forged attributions ----------------------------------------------------------------
