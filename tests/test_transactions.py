@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -278,3 +279,14 @@ async def test_every_outcome_is_counted(endpoint: Endpoint) -> None:
     await endpoint.put("broken", {"events": [message(3)]})
     async with endpoint.http.get(f"{endpoint.url}/metrics") as r:
         assert 'letta_appservice_transactions_total{result="error"} 1.0' in await r.text()
+
+
+async def test_metrics_answer_when_the_inbox_cannot_be_counted_and_log_no_error(
+    endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    await endpoint.put("t", {"events": [message(1)]})
+    await endpoint.store.db.execute("DROP TABLE inbox")  # before the first count
+    async with endpoint.http.get(f"{endpoint.url}/metrics") as r:
+        assert r.status == 200
+        assert 'letta_appservice_transactions_total{result="stored"} 1.0' in await r.text()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
