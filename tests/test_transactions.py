@@ -273,6 +273,7 @@ async def test_every_outcome_is_counted(endpoint: Endpoint) -> None:
         'letta_appservice_transactions_total{result="stored"} 2.0',
         'letta_appservice_events_total{result="new"} 2.0',
         'letta_appservice_events_total{result="duplicate"} 1.0',
+        'letta_appservice_events_total{result="rejected"} 1.0',  # the junk event set aside
     ):
         assert line in text
     await endpoint.store.db.execute("DROP TABLE appservice_txn")
