@@ -291,3 +291,26 @@ async def test_metrics_answer_when_the_inbox_cannot_be_counted_and_log_no_error(
         assert r.status == 200
         assert 'letta_appservice_transactions_total{result="stored"} 1.0' in await r.text()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_an_event_the_store_sets_aside_is_counted_as_rejected(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An event parsed just under Python's recursion limit can be just over it to encode again:
+    # made so here, as the parse leaves it to the store.
+    real = endpoint.store.store_transaction
+
+    async def deeper(txn_id: str, events: list[dict[str, Any]]) -> Any:
+        deep: list[object] = []
+        for _ in range(100_000):
+            deep = [deep]
+        events[1]["content"] = {"d": deep}
+        return await real(txn_id, events)
+
+    monkeypatch.setattr(endpoint.store, "store_transaction", deeper)
+    assert (await endpoint.put("t", {"events": [message(1), message(2)]}))[0] == 200
+    assert await endpoint.event_ids() == ["$event1"]
+    async with endpoint.http.get(f"{endpoint.url}/metrics") as r:
+        text = await r.text()
+    assert 'letta_appservice_events_total{result="rejected"} 1.0' in text
+    assert 'letta_appservice_events_total{result="duplicate"} 0.0' in text
