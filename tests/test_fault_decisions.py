@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import attrs
@@ -33,7 +34,9 @@ from letta_appservice.chat.poster import Job, Poster, homeserver_trouble
 from letta_appservice.commands.args import md_code, resolve_agent
 from letta_appservice.commands.reasons import failure
 from letta_appservice.commands.registry import dispatch
+from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.room import INVITED, RoomRow
+from letta_appservice.db.sent_event import SentEventStore
 from letta_appservice.errors import scrub
 from letta_appservice.inbox.worker import Retry
 from letta_appservice.letta.errors import LettaError
@@ -149,6 +152,141 @@ async def test_a_refused_part_gives_way_to_a_notice_and_the_rest_is_posted() -> 
     # A homeserver in trouble is not a refusal: the event is retried later.
     with pytest.raises(MatrixRequestError):
         await Poster(RefusingApi(503), SentStore(), job, {}).post(0, Part("m.text", "x"))  # type: ignore[arg-type]
+
+
+class TxnHomeserver:
+    """Sends as a homeserver takes them: a txn id used before gives back its first event (as
+    Synapse does), a body starting with "huge" is refused (413 M_TOO_LARGE); the room's
+    timeline is what a person sees."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, str] = {}  # txn path -> event id
+        self.timeline: list[str] = []  # bodies
+        self.contents: list[dict[str, Any]] = []
+        self.rooms: list[str] = []
+        self.paths: list[str] = []  # of each event in the timeline
+
+    async def request(self, _method: Any, path: Any, content: dict[str, Any]) -> dict[str, str]:
+        if str(path) in self.events:
+            return {"event_id": self.events[str(path)]}
+        if content["body"].startswith("huge"):
+            raise error(413, "M_TOO_LARGE")
+        self.events[str(path)] = event_id = f"$ev{len(self.events)}"
+        self.paths.append(str(path))
+        self.timeline.append(content["body"])
+        self.contents.append(content)
+        self.rooms.append(unquote(str(path).split("/rooms/", 1)[1].split("/", 1)[0]))
+        return {"event_id": event_id}
+
+
+async def test_each_refused_part_has_a_notice_of_its_own_posted_once() -> None:
+    hs, notice = TxnHomeserver(), "A part of this answer could not be posted"
+
+    thread = {"rel_type": "m.thread", "event_id": "$t"}
+
+    def poster(event_id: str, agent_n: int) -> Poster:
+        job = Job(event_id, ROOM, BOB, agent(agent_n), "", "bob", thread, 0)
+        return Poster(hs, SentStore(), job, {})  # type: ignore[arg-type]
+
+    answer = [Part("m.notice", "huge 1"), Part("m.text", "the answer"), Part("m.notice", "huge 2")]
+    await poster("$q", 1).post_all(answer)
+    await poster("$q", 2).post_all(answer[:1])  # another agent asked the same question
+    await poster("$q2", 1).post_all(answer[:1])  # the same agent, another question
+    stand_ins = [b.startswith(notice) for b in hs.timeline]
+    assert stand_ins == [True, False, True, True, True]
+    # Each a notice in the question's room and thread, as the part would have been.
+    assert {(c["msgtype"], str(c["m.relates_to"])) for c in hs.contents} == {
+        ("m.notice", str(thread)),
+        ("m.text", str(thread)),
+    }
+    assert set(hs.rooms) == {ROOM}
+    # The turn posted again after a crash lost its records: nothing shows twice.
+    await poster("$q", 1).post_all(answer)
+    assert len(hs.timeline) == 5
+
+
+async def test_only_the_answers_first_text_mentions_the_person() -> None:
+    hs = TxnHomeserver()
+    poster = Poster(hs, SentStore(), Job("$q", ROOM, BOB, agent(1), "", "bob", {}, 0), {})  # type: ignore[arg-type]
+    await poster.post_all(
+        [Part("m.notice", "reasoning"), Part("m.text", "a"), Part("m.text", "b")]
+    )
+    assert [c["m.mentions"] for c in hs.contents] == [{}, {"user_ids": [BOB]}, {}]
+
+
+async def test_an_answer_after_a_placeholder_whose_record_was_lost_is_posted() -> None:
+    hs = TxnHomeserver()
+    job = Job("$q", ROOM, BOB, agent(1), "", "bob", {}, 0)
+    await Poster(hs, SentStore(), job, {}).placeholder(Part("m.notice", "thinking…"))  # type: ignore[arg-type]
+    # A crash before the placeholder was recorded; the next try answers without one.
+    await Poster(hs, SentStore(), job, {}).post(0, Part("m.text", "the answer"))  # type: ignore[arg-type]
+    assert hs.timeline == ["thinking…", "the answer"]
+    # Another agent asked the same, and another question: a placeholder each.
+    for event_id, agent_n in (("$q", 2), ("$q2", 1)):
+        job = Job(event_id, ROOM, BOB, agent(agent_n), "", "bob", {}, 0)
+        await Poster(hs, SentStore(), job, {}).placeholder(
+            Part("m.notice", f"{event_id} {agent_n}")
+        )  # type: ignore[arg-type]
+    assert hs.timeline[2:] == ["$q 2", "$q2 1"]
+
+
+async def test_a_placeholder_shows_until_the_answer_replaces_it_whatever_crashes_between(
+    sqlite_url: str,
+) -> None:
+    db = await open_database(DatabaseURL.parse(sqlite_url), in_child=False)
+    hs, store, thread = (
+        TxnHomeserver(),
+        SentEventStore(db),
+        {"rel_type": "m.thread", "event_id": "$t"},
+    )
+    job = Job("$q", ROOM, BOB, agent(1), "", "bob", thread, 0)
+
+    async def next_try() -> Poster:  # after a crash: what was posted is read back
+        return Poster(hs, store, job, await store.parts("$q", job.agent.agent_id))
+
+    try:
+        await (await next_try()).placeholder(Part("m.notice", "thinking…"))
+        await (await next_try()).post(0, Part("m.text", "the answer"))  # no placeholder again
+        poster = await next_try()
+        await poster.post_all([Part("m.text", "the answer"), Part("m.text", "part two")])
+        await poster.placeholder(Part("m.notice", "thinking…"))  # the answer has begun
+    finally:
+        await db.stop()
+    assert hs.timeline == ["thinking…", "* the answer", "part two"]
+    assert hs.rooms == [ROOM] * 3 and hs.contents[0]["m.relates_to"] == thread
+    placeholder_id = next(iter(hs.events.values()))
+    assert hs.contents[1]["m.relates_to"] == {"rel_type": "m.replace", "event_id": placeholder_id}
+    # Without a crash: the same poster replaces its own placeholder; an answer that began
+    # before any placeholder gets none.
+    for event_id, early in (("$q2", False), ("$q3", True)):
+        poster = Poster(hs, SentStore(), Job(event_id, ROOM, BOB, agent(1), "", "bob", {}, 0), {})  # type: ignore[arg-type]
+        if not early:
+            await poster.placeholder(Part("m.notice", "thinking…"))
+        await poster.post(0, Part("m.text", "the answer"))
+        await poster.placeholder(Part("m.notice", "thinking…"))
+    assert hs.timeline[3:] == ["thinking…", "* the answer", "the answer"]
+    assert hs.contents[4]["m.relates_to"]["event_id"] == hs.events[hs.paths[3]]
+
+
+async def test_answers_and_edits_with_the_same_words_each_show() -> None:
+    hs = TxnHomeserver()
+    posters = [
+        Poster(hs, SentStore(), Job(event_id, ROOM, BOB, agent(n), "", "bob", {}, 0), {})  # type: ignore[arg-type]
+        for event_id, n in (("$q", 1), ("$q", 2), ("$q2", 1))
+    ]
+    for poster in posters:  # each replaces its own placeholder
+        await poster.placeholder(Part("m.notice", "thinking…"))
+        await poster.post(0, Part("m.text", "Sure"))
+    assert hs.timeline == ["thinking…", "* Sure"] * 3
+    for poster in posters:  # streamed on: each part edited to the same words
+        await poster.post(1, Part("m.text", "Sure"))
+        for index in (0, 1):
+            await poster.edit(index, Part("m.text", "Sure, here it is"))
+    assert hs.timeline[6:] == ["Sure", "* Sure, here it is", "* Sure, here it is"] * 3
+    await posters[0].edit(0, Part("m.text", "Sure, here it is: 42"))  # and on: a new text
+    assert hs.timeline[-1] == "* Sure, here it is: 42"
+    edits = [c["m.relates_to"] for c in hs.contents if c["body"].startswith("* ")]
+    assert all(e["event_id"] in hs.events.values() for e in edits)  # each replaces one shown
 
 
 # --- item 11: forged attributions ----------------------------------------------------------------

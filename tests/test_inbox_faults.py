@@ -119,13 +119,36 @@ async def test_nul_in_content_and_txn_id_is_stored(endpoint: Endpoint) -> None:
     assert len(endpoint.wakes) == 1
 
 
+async def test_txn_ids_the_databases_cannot_hold_are_told_apart(store: InboxStore) -> None:
+    # Too long, or a lone surrogate (not UTF-8): each kept under a digest of its own, so a
+    # redelivery is still known as one.
+    long_a, long_b, surrogate = "a" * 300, "b" * 300, "t\ud800x"
+    for n, txn in enumerate((long_a, long_b, surrogate)):
+        assert (await store.store_transaction(txn, [event(n)])).new_events == 1
+    for n, txn in enumerate((long_a, long_b, surrogate)):
+        assert (await store.store_transaction(txn, [event(n)])).duplicate_txn
+
+
+async def test_an_event_too_deep_to_encode_is_set_aside_alone(store: InboxStore) -> None:
+    # Parsed just under Python's recursion limit, it can be just over it to encode again.
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    result = await store.store_transaction(
+        "t", [event(1), event(2, content={"d": deep}), event(3)]
+    )
+    assert (result.new_events, result.rejected) == (2, 1)
+    stored = await store.db.fetch("SELECT event_id FROM inbox ORDER BY seq")
+    assert [r["event_id"] for r in stored] == ["$e1", "$e3"]
+
+
 # --- 5. hostile bodies and tokens get 4xx, never a 500 retried forever --------------------------
 
 
 async def test_deeply_nested_json_is_refused_not_failed(endpoint: Endpoint) -> None:
     deep = '{"events": [' + "[" * 100_000 + "]" * 100_000 + "]}"
     status, body = await endpoint.put("deep", deep)
-    assert (status, body["errcode"]) == (400, "M_BAD_JSON")
+    assert (status, body) == (400, {"errcode": "M_BAD_JSON", "error": "Body is nested too deeply"})
     # One event with deep content: the body cannot be parsed, so it is refused as a whole.
     inner = json.dumps(event(1, content={"deep": "__"})).replace('"__"', "[" * 3000 + "]" * 3000)
     status, body = await endpoint.put("deep2", '{"events": [' + inner + "]}")

@@ -408,3 +408,13 @@ async def test_a_message_with_a_time_that_is_not_a_number_is_not_a_crash(
             await routing.router.handle(attrs.evolve(event, event_json=json.dumps(raw)))
     texts = [j.content.rsplit("\n", 1)[1] for j in routing.turn.jobs]
     assert texts == ["at 'soon'", "at [1]", "at 1500000000000.0", "at None"]
+
+
+async def test_a_command_in_a_room_the_bridge_does_not_serve_is_still_handled(
+    routing: Routing,
+) -> None:
+    elsewhere = "!elsewhere:bridge.test"
+    for body in ("hello", "!letta help", "please !LETTA help"):
+        await routing.router.handle(routing.event(BOB, elsewhere, body))
+    assert routing.router.commands.handled == [(elsewhere, "!letta help")]  # type: ignore[attr-defined]
+    assert routing.turn.jobs == [] and routing.turn.notices == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -23,6 +24,8 @@ async def test_events_are_stored_before_the_ack(endpoint: Endpoint) -> None:
 async def test_redelivered_transaction_is_stored_once(endpoint: Endpoint) -> None:
     for _ in range(3):
         assert (await endpoint.put("same", {"events": [message(1)]}))[0] == 200
+        async with endpoint.http.get(f"{endpoint.url}/metrics") as r:  # one event waiting
+            assert 'letta_appservice_inbox_events{state="pending"} 1.0' in await r.text()
     assert await endpoint.rows() == [("$event1", "same")]
     assert len(endpoint.wakes) == 1  # the worker is not woken for nothing
 
@@ -192,6 +195,20 @@ async def test_a_database_failure_answers_500_so_the_homeserver_retries(
     assert await endpoint.rows() == []
 
 
+async def test_a_transaction_that_fails_part_way_is_stored_whole_when_retried(
+    endpoint: Endpoint,
+) -> None:
+    # The database refuses the events after it recorded the txnId (a constraint of its own
+    # that two of them break): nothing of the transaction may stay, or the retry is lost.
+    await endpoint.store.db.execute("CREATE UNIQUE INDEX one_per_room ON inbox (room_id)")
+    body = {"events": [message(1), message(2)]}
+    assert (await endpoint.put("t", body))[0] == 500
+    await endpoint.store.db.execute("DROP INDEX one_per_room")
+    assert await endpoint.put("t", body) == (200, {})  # the homeserver's retry
+    assert await endpoint.rows() == [("$event1", "t"), ("$event2", "t")]
+    assert endpoint.wakes == [1]
+
+
 async def test_failing_checks_answer_as_a_matrix_server_and_an_operator_expect(
     sqlite_url: str,
 ) -> None:
@@ -256,9 +273,44 @@ async def test_every_outcome_is_counted(endpoint: Endpoint) -> None:
         'letta_appservice_transactions_total{result="stored"} 2.0',
         'letta_appservice_events_total{result="new"} 2.0',
         'letta_appservice_events_total{result="duplicate"} 1.0',
+        'letta_appservice_events_total{result="rejected"} 1.0',  # the junk event set aside
     ):
         assert line in text
     await endpoint.store.db.execute("DROP TABLE appservice_txn")
     await endpoint.put("broken", {"events": [message(3)]})
     async with endpoint.http.get(f"{endpoint.url}/metrics") as r:
         assert 'letta_appservice_transactions_total{result="error"} 1.0' in await r.text()
+
+
+async def test_metrics_answer_when_the_inbox_cannot_be_counted_and_log_no_error(
+    endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    await endpoint.put("t", {"events": [message(1)]})
+    await endpoint.store.db.execute("DROP TABLE inbox")  # before the first count
+    async with endpoint.http.get(f"{endpoint.url}/metrics") as r:
+        assert r.status == 200
+        assert 'letta_appservice_transactions_total{result="stored"} 1.0' in await r.text()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_an_event_the_store_sets_aside_is_counted_as_rejected(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An event parsed just under Python's recursion limit can be just over it to encode again:
+    # made so here, as the parse leaves it to the store.
+    real = endpoint.store.store_transaction
+
+    async def deeper(txn_id: str, events: list[dict[str, Any]]) -> Any:
+        deep: list[object] = []
+        for _ in range(100_000):
+            deep = [deep]
+        events[1]["content"] = {"d": deep}
+        return await real(txn_id, events)
+
+    monkeypatch.setattr(endpoint.store, "store_transaction", deeper)
+    assert (await endpoint.put("t", {"events": [message(1), message(2)]}))[0] == 200
+    assert await endpoint.event_ids() == ["$event1"]
+    async with endpoint.http.get(f"{endpoint.url}/metrics") as r:
+        text = await r.text()
+    assert 'letta_appservice_events_total{result="rejected"} 1.0' in text
+    assert 'letta_appservice_events_total{result="duplicate"} 0.0' in text

@@ -87,12 +87,16 @@ class RoomNames:
 @attrs.define
 class NoCommands:
     invites: list[str] = attrs.field(factory=list)
+    handled: list[tuple[str, str]] = attrs.field(factory=list)  # room, command
 
     async def on_bot_invite(self, evt: Any) -> None:
         self.invites.append(evt.room_id)
 
     async def maybe_handle(self, evt: Any) -> bool:
-        return isinstance(evt.content.body, str) and evt.content.body.startswith("!letta")
+        command = isinstance(evt.content.body, str) and evt.content.body.startswith("!letta")
+        if command:
+            self.handled.append((evt.room_id, evt.content.body))
+        return command
 
 
 class NoCards:
