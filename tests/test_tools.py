@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from letta_appservice.app import App
 from letta_appservice.chat.loops import MARKER
+from letta_appservice.letta import LettaError
 from tests.harness.apps import Apps, Bridge
 from tests.harness.events import member_is, reply_to
 from tests.harness.homeserver import Homeserver
@@ -319,11 +320,24 @@ async def _has_tools(stage: Stage, agent_id: str) -> bool:
     return set(TOOLS) <= set(await stage.letta.tools(agent_id))
 
 
-async def test_tools_deleted_in_letta_come_back_on_the_next_pass(stage: Stage) -> None:
+async def test_tools_deleted_in_letta_come_back_on_the_next_pass(
+    stage: Stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
     [tool] = await stage.letta.call("GET", "/v1/tools/", name="matrix_send_message")
     await stage.letta.call("DELETE", f"/v1/tools/{tool['id']}")
     for agent_id in stage.ids.values():
         assert "matrix_send_message" not in await stage.letta.tools(agent_id)
+    # The pass that notices cannot register them (Letta failing): the next one still does.
+    sync = stage.app.tools.sync
+    upsert = sync.letta.upsert
+
+    async def fails_once(*args: Any) -> Any:
+        monkeypatch.setattr(sync.letta, "upsert", upsert)
+        raise LettaError("server", "Letta is restarting")
+
+    monkeypatch.setattr(sync.letta, "upsert", fails_once)
+    await stage.app.scheduler.run_now()
+    assert not await _has_tools(stage, stage.ids["Alpha"])
     await stage.app.scheduler.run_now()
     for agent_id in stage.ids.values():
         assert await _has_tools(stage, agent_id)

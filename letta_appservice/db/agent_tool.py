@@ -51,6 +51,10 @@ class AgentToolStore:
             row.synced,
         )
 
+    async def forget_synced(self) -> None:
+        """Every agent's tools are gone from Letta (they were deleted there)."""
+        await self.db.execute("UPDATE agent_tool SET synced=NULL WHERE synced IS NOT NULL")
+
     async def dm(self, agent_id: str, user_id: str) -> str | None:
         return await self.db.fetchval(
             "SELECT room_id FROM agent_dm WHERE agent_id=$1 AND user_id=$2", agent_id, user_id

@@ -64,13 +64,13 @@ class ToolSync:
         """Set up or take down the tools of the agents whose state differs from what they
         should have. Failures are logged and left for the next pass."""
         async with self._lock:
-            rows = await self.store.all()
             if await self._tools_gone():
-                # Deleted in Letta (or replaced under another id): register them again and
-                # attach them anew to every agent that should have them.
+                # Deleted in Letta (or replaced under another id): nothing is set up any more.
+                # Recorded, so that every agent that should have them gets them again even
+                # when this pass cannot register them or set some agent up.
                 self.available = None
-                for row in rows.values():
-                    row.synced = None
+                await self.store.forget_synced()
+            rows = await self.store.all()
             todo = [(a, rows.get(a.id)) for a in agents if self._differs(a, rows.get(a.id))]
             if not todo or not await self._register():
                 return
