@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from letta_appservice.db.database import DatabaseURL, open_database
+from letta_appservice.db.inbox import InboxStore
 from tests.harness.apps import Apps, Bridge
 from tests.harness.config import SERVER_NAME, write_registrations
 from tests.harness.docker_engine import CommandError, Containers, in_ci, require_docker
@@ -43,6 +45,14 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     else:
         async with pg_database() as url:
             yield url
+
+
+@pytest_asyncio.fixture
+async def store(database_url: str) -> AsyncIterator[InboxStore]:
+    """The inbox store on each database (SQLite, PostgreSQL)."""
+    db = await open_database(DatabaseURL.parse(database_url), in_child=False)
+    yield InboxStore(db)
+    await db.stop()
 
 
 # --- Synapse, Letta, the appservice --------------------------------------------------------

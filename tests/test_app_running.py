@@ -14,40 +14,22 @@ import aiohttp
 import pytest
 
 from letta_appservice.app import App
-from letta_appservice.config import parse_config
 from letta_appservice.reconcile.link import HomeserverLink
-from tests.harness.config import free_port
+from tests.harness.config import INSTANCES, SERVER_NAME, make_config
 from tests.harness.events import message
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.observe import eventually
 from tests.harness.stub_homeserver import StubHomeserver
 
-DOMAIN = "bridge.test"
-HS_TOKEN = "running-hs-token-0123456789abcdef"
+INSTANCE = INSTANCES["letta"]
 
 
 @contextlib.asynccontextmanager
 async def running_app(tmp_path: Path) -> AsyncIterator[App]:
-    hs, letta = StubHomeserver(DOMAIN), FakeLetta()
+    hs, letta = StubHomeserver(SERVER_NAME), FakeLetta()
     await hs.start()
     await letta.start()
-    port = free_port()
-    config = parse_config(
-        {
-            "homeserver": {"address": hs.url, "domain": DOMAIN},
-            "appservice": {
-                "address": f"http://127.0.0.1:{port}",
-                "hostname": "127.0.0.1",
-                "port": port,
-                "as_token": "running-as-token-0123456789abcdef",
-                "hs_token": HS_TOKEN,
-                "database": f"sqlite:{tmp_path}/bridge.db",
-            },
-            "letta": {"base_url": letta.url, "sync_interval": 3600},
-            "bridge": {"permissions": {DOMAIN: "user"}},
-        },
-        env={},
-    )
+    config = make_config(hs.url, f"sqlite:{tmp_path}/bridge.db", letta.url)
     app = App(config)
     await app.start()
     try:
@@ -66,7 +48,7 @@ async def test_the_ack_does_not_wait_for_the_bridges_other_database_work(
     async with running_app(tmp_path) as app:
         await app.wait_ready(timeout=60)
         url = f"http://127.0.0.1:{app.config.appservice.port}/_matrix/app/v1/transactions/t1"
-        headers = {"Authorization": f"Bearer {HS_TOKEN}"}
+        headers = {"Authorization": f"Bearer {INSTANCE.hs_token}"}
         body = json.dumps({"events": [message(1)]})
         async with aiohttp.ClientSession() as http:
             # A long statement of the bridge's own holds the shared connection meanwhile.

@@ -6,22 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
-from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.inbox import InboxStore
 from tests.harness.events import message
-
-
-@pytest_asyncio.fixture
-async def store(database_url: str) -> AsyncIterator[InboxStore]:
-    db = await open_database(DatabaseURL.parse(database_url), in_child=False)
-    yield InboxStore(db)
-    await db.stop()
 
 
 async def test_a_recount_while_a_transaction_is_stored_counts_its_events_once(

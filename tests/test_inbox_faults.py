@@ -34,13 +34,6 @@ def event(n: int | str, room: str = "!room:test.local", **over: Any) -> dict[str
 
 
 @pytest_asyncio.fixture
-async def store(database_url: str) -> AsyncIterator[InboxStore]:
-    db = await open_database(DatabaseURL.parse(database_url), in_child=False)
-    yield InboxStore(db)
-    await db.stop()
-
-
-@pytest_asyncio.fixture
 async def endpoint(database_url: str) -> AsyncIterator[Endpoint]:
     # A body limit past the default 64 KiB: deeply nested JSON must reach the parser.
     async with endpoint_on(database_url, max_body_size=1024 * 1024) as e:

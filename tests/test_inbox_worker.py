@@ -6,25 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
-from letta_appservice.db.database import DatabaseURL, open_database
 from letta_appservice.db.inbox import InboxEvent, InboxStore
 from letta_appservice.inbox import worker as worker_module
 from letta_appservice.inbox.worker import InboxWorker, Retry
 from tests.harness.events import message
 from tests.harness.observe import eventually
-
-
-@pytest_asyncio.fixture
-async def store(database_url: str) -> AsyncIterator[InboxStore]:
-    db = await open_database(DatabaseURL.parse(database_url), in_child=False)
-    yield InboxStore(db)
-    await db.stop()
 
 
 async def counts_match_the_table(store: InboxStore) -> None:
