@@ -17,6 +17,8 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 import attrs
 
+from ..letta.downloads import on_server
+
 # Code is shown as written: a data: URI in a code block is an example, not an attachment.
 _CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
 _LINK = re.compile(r'(!?)\[([^\]\n]{0,300})\]\(\s*<?([^\s()<>]+)>?(?:\s+"[^"\n]*")?\s*\)')
@@ -38,7 +40,7 @@ class Ref:
 def _ours(url: str, letta_url: str) -> bool:
     if url[:5].lower() == "data:":
         return True
-    return bool(letta_url) and (url.lower() + "/").startswith(letta_url.lower() + "/")
+    return bool(letta_url) and on_server(letta_url, url)
 
 
 def _label(text: str) -> str:

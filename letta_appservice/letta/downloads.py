@@ -10,16 +10,17 @@ from .client import LettaClient
 from .errors import http_error, read_detail, safe_url, transport_errors
 
 
-def on_server(client: LettaClient, url: str) -> bool:
-    """Whether ``url`` is on the client's Letta server (same scheme, host, port and path)."""
-    return (url.lower() + "/").startswith(client.base_url.lower() + "/")
+def on_server(base_url: str, url: str) -> bool:
+    """Whether ``url`` is on the Letta server at ``base_url`` (same scheme, host, port and
+    path prefix)."""
+    return (url.lower() + "/").startswith(base_url.rstrip("/").lower() + "/")
 
 
 async def download(client: LettaClient, url: str, limit: int) -> tuple[bytes, str]:
     """The body and media type behind ``url`` on the Letta server. Raises ValueError for a
     URL elsewhere, TooLarge past ``limit`` bytes, LettaError for the server's failures.
     Redirects are not followed: the key must not reach another host."""
-    if not on_server(client, url):
+    if not on_server(client.base_url, url):
         raise ValueError("not a URL of the Letta server")
     shown = safe_url(url)
     with transport_errors(f"Letta GET {shown}", shown, client.timeout):
