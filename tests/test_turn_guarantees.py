@@ -5,6 +5,7 @@ nothing, Letta cut off mid-stream, the max_concurrency cap, and the streaming ed
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,7 @@ class TickingStream:
     deltas: list[LettaMessage]
     every: float
     stop_reason: str | None = "end_turn"
+    timeout: float = 120.0
 
     async def __aiter__(self) -> Any:
         for delta in self.deltas:
@@ -229,6 +231,19 @@ async def test_a_streamed_answer_is_edited_at_most_once_a_second(
     streamed_for = every * len(deltas)
     assert len(growing) >= min(int(streamed_for / max(every, 1.0)) - 2, 3)
     assert final >= (growing or [outbox.log[0][2]])[-1]
+
+
+async def test_a_steadily_growing_answer_is_edited_every_second_not_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()  # a quarter of a second is exact in binary: the edits fall on whole seconds
+    monkeypatch.setattr(streaming, "time", clock)
+    raws = lr.token_deltas([lr.assistant("x" * 80, "message-1")], size=2)
+    deltas = [LettaMessage("assistant", "message-1", r["content"]) for r in raws]
+    outbox = Outbox(clock)
+    await relay(TickingStream(clock, deltas, 0.25), outbox, "off", "off")
+    times = [at for _, _, at in outbox.log[:-1]]  # the post, then the growing edits
+    assert [b - a for a, b in itertools.pairwise(times)] == [1.0] * 9
 
 
 # --- Letta down: the retry window on a clock of its own ------------------------------------------

@@ -30,6 +30,7 @@ class Outbox(Protocol):
 
 class Stream(Protocol):
     stop_reason: str | None
+    timeout: float  # seconds a read may wait (named when it ran out)
 
     def __aiter__(self) -> AsyncIterator[LettaMessage]: ...
 
@@ -166,7 +167,7 @@ async def relay(
         if not r.posted:
             raise
         await r.close()
-        text = f"{error_text(e, 0)} The answer above may be incomplete."
+        text = f"{error_text(e, stream.timeout)} The answer above may be incomplete."
         return [*r.parts, Part(NOTICE, text)]
     await r.close()
     closing = closing_part(stream.stop_reason, r.approval, answered(r.parts) or not expects_reply)

@@ -32,7 +32,7 @@ class LettaStream:
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         self._opener = opener
-        self._timeout = timeout
+        self.timeout = timeout  # of each read: a stream that stays silent longer fails
         self._on_error = on_error  # told the kind of an error after the stream started
         self._gen: AsyncGenerator[LettaMessage, None] | None = None
         self._url = ""
@@ -80,7 +80,7 @@ class LettaStream:
     async def _read(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[LettaMessage, None]:
         self._url = safe_url(resp.url)
         try:
-            with transport_errors(f"Letta stream {self._url}", self._url, self._timeout):
+            with transport_errors(f"Letta stream {self._url}", self._url, self.timeout):
                 if resp.content_type == "application/json":
                     # A server older than inline streaming ignored the flag: a whole turn.
                     response = parse_response(await resp.json())

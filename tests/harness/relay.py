@@ -39,6 +39,7 @@ class Stream:
         self.messages = parsed(*raws)
         self.stop_reason = stop_reason
         self.error = error
+        self.timeout = 120.0
 
     async def __aiter__(self) -> AsyncIterator[LettaMessage]:
         for message in self.messages:
