@@ -1,6 +1,7 @@
 """The router's handling of events other than a plain message, and the message checks around
 it, without a homeserver (tests/harness/routing.py): which handler gets each kind of event,
-room names and display names, redactions, the bridged-at grace, agents deleted in Letta."""
+room names and display names, redactions, the bridged-at grace, agents deleted in Letta,
+reactions and replies to approval cards, media passed on, a refusal in a thread."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from letta_appservice.chat.content import (
     REFUSED_NOTICE_PART,
 )
 from letta_appservice.chat.loops import MAX_CHAIN, LoopGuard
+from letta_appservice.chat.media import media_of
 from letta_appservice.chat.router import BRIDGED_GRACE_MS
 from letta_appservice.chat.turn import Job
 from letta_appservice.db.agent import DELETED
@@ -418,3 +420,84 @@ async def test_a_command_in_a_room_the_bridge_does_not_serve_is_still_handled(
         await routing.router.handle(routing.event(BOB, elsewhere, body))
     assert routing.router.commands.handled == [(elsewhere, "!letta help")]  # type: ignore[attr-defined]
     assert routing.turn.jobs == [] and routing.turn.notices == []
+
+
+# --- approval cards and media --------------------------------------------------------------------
+
+SMALL_IMAGE: dict[str, Any] = {
+    "msgtype": "m.image",
+    "url": "mxc://bridge.test/cat",
+    "info": {"mimetype": "image/png", "size": 2048},
+}
+
+
+@attrs.define
+class Cards:
+    """Stands in for chat/reactions.Reactions: records what it is given; a reply whose body
+    is in ``decides`` answers a card."""
+
+    given: list[tuple[str, str]] = attrs.field(factory=list)  # what, event id
+    decides: set[str] = attrs.field(factory=set)
+
+    async def reply(self, event: InboxEvent) -> bool:
+        self.given.append(("reply", event.event_id))
+        return json.loads(event.event_json)["content"]["body"] in self.decides
+
+    async def reaction(self, event: InboxEvent) -> None:
+        self.given.append(("reaction", event.event_id))
+
+
+def cards(routing: Routing) -> Cards:
+    routing.router.reactions = found = Cards()  # type: ignore[assignment]
+    return found
+
+
+def reaction(routing: Routing, sender: str, key: str) -> InboxEvent:
+    base = routing.event(sender, ROOM, "")
+    raw = json.loads(base.event_json)
+    raw.update(type="m.reaction")
+    raw["content"] = {
+        "m.relates_to": {"rel_type": "m.annotation", "event_id": "$card", "key": key}
+    }
+    return attrs.evolve(base, event_type="m.reaction", event_json=json.dumps(raw))
+
+
+async def test_reactions_reach_the_cards_and_a_deciding_reply_reaches_no_agent(
+    routing: Routing,
+) -> None:
+    seen = cards(routing)
+    seen.decides.add("approve")
+    thumbs = reaction(routing, BOB, "👍")
+    decision, question = routing.event(BOB, ROOM, "approve"), routing.event(BOB, ROOM, "why?")
+    for event in (thumbs, decision, question):
+        await routing.router.handle(event)
+    assert seen.given == [
+        ("reaction", thumbs.event_id),
+        ("reply", decision.event_id),
+        ("reply", question.event_id),
+    ]
+    assert [j.event_id for j in routing.turn.jobs] == [question.event_id]
+
+
+async def test_a_media_message_is_passed_on_as_media_and_never_read_as_a_decision(
+    routing: Routing,
+) -> None:
+    seen = cards(routing)
+    seen.decides.add("approve")  # a picture's file name is no decision
+    image = routing.event(BOB, ROOM, "approve", **SMALL_IMAGE, filename="cat.png")
+    await routing.router.handle(image)
+    assert seen.given == []
+    [job] = routing.turn.jobs
+    media = media_of(json.loads(image.event_json)["content"])
+    assert media is not None and job.media == media
+    # The agent's text says what was sent, with the caption the person wrote.
+    assert job.content.endswith("\n(sent an image: cat.png)\napprove")
+
+
+async def test_a_refusal_in_a_thread_stays_in_the_thread(routing: Routing) -> None:
+    thread = {"m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}}
+    await routing.router.handle(routing.event(STRANGER, ROOM, "hi there", **thread))
+    [(_, room, source, part, relation)] = routing.turn.notice_calls
+    assert (room, part) == (ROOM, REFUSED_NOTICE_PART) and source.startswith("$e")
+    assert relation["rel_type"] == "m.thread" and relation["event_id"] == "$root"
+    assert routing.turn.jobs == []
