@@ -477,6 +477,13 @@ async def test_reactions_reach_the_cards_and_a_deciding_reply_reaches_no_agent(
         ("reply", question.event_id),
     ]
     assert [j.event_id for j in routing.turn.jobs] == [question.event_id]
+    # A person's reactions have lanes of their own, so a 🛑 never waits behind the turn it
+    # stops; the bridge's own go with the room.
+    lane = routing.router.lane_key
+    assert await lane(reaction(routing, BOB, "🛑")) == f"stop:{ROOM}"
+    assert await lane(thumbs) == f"decide:{ROOM}"
+    assert await lane(reaction(routing, "@agent_1:bridge.test", "🛑")) == ROOM
+    assert await lane(question) == "agent:agent-1"
 
 
 async def test_a_media_message_is_passed_on_as_media_and_never_read_as_a_decision(
