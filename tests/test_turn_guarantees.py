@@ -611,3 +611,17 @@ async def test_stopping_the_bridge_leaves_no_typing_or_receipt_request_behind(
         assert hs.given_up == 1
         await t.conversations.cancel(fake_agent.id)
         await asyncio.wait_for(answer, 30)
+
+
+async def test_a_queued_stop_holds_when_its_notice_must_wait_for_the_homeserver(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        job = t.job(t.agent(fake_letta.add_agent("Helper")))
+        assert await t.conversations.stop_answer(ROOM, job.event_id, SENDER, admin=False) is None
+        t.api.failures[0] = make_request_error(502, "", "M_UNKNOWN", "bad gateway")
+        with pytest.raises(Retry):
+            await t.conversations.answer(job)
+        await t.conversations.answer(attrs.evolve(job, attempts=1))  # the worker's retry
+        assert t.api.bodies() == [f"🛑 Stopped by {SENDER} before the agent answered."]
+        assert t.message_requests() == 0  # still never passed on
