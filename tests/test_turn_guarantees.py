@@ -1,6 +1,7 @@
 """The answer's guarantees without a homeserver (tests/harness/turns.py): a stored answer is
 posted on resume without asking Letta again, a homeserver failing mid-answer loses and repeats
-nothing, Letta cut off mid-stream, the max_concurrency cap, and the streaming edit rate."""
+nothing, Letta cut off mid-stream, the max_concurrency cap, the streaming edit rate, 🛑 on a
+running or queued message, approval cards handed on, and the "thinking…" placeholder."""
 
 from __future__ import annotations
 
