@@ -626,3 +626,22 @@ async def test_a_queued_stop_holds_when_its_notice_must_wait_for_the_homeserver(
         await t.conversations.answer(attrs.evolve(job, attempts=1))  # the worker's retry
         assert t.api.bodies() == [f"🛑 Stopped by {SENDER} before the agent answered."]
         assert t.message_requests() == 0  # still never passed on
+
+
+async def test_a_stop_between_tries_of_a_partly_posted_answer_ends_it_below_its_parts(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, streaming=True) as t:
+        fake_agent = fake_letta.add_agent("Helper")
+        fake_agent.responder = lambda _a, _t: [lr.assistant("one"), lr.assistant("two")]
+        job = t.job(t.agent(fake_agent))
+        t.api.failures[1] = make_request_error(502, "", "M_UNKNOWN", "bad gateway")  # "two"
+        with pytest.raises(Retry):
+            await t.conversations.answer(job)
+        assert t.api.bodies() == ["one"]
+        # 🛑 while the message waits for its retry: no turn is running.
+        assert await t.conversations.stop_answer(ROOM, job.event_id, SENDER, admin=False) is None
+        await t.conversations.answer(attrs.evolve(job, attempts=1))
+        stopped = f"🛑 Stopped by {SENDER}; the answer above is all there is."
+        assert t.api.bodies() == ["one", stopped]
+        assert t.api.sent[1][0] == txn(job, 1) and t.message_requests() == 1

@@ -110,8 +110,10 @@ class Conversations:
             return
         stopped = self._stopped.pop(job.event_id, None)
         if stopped is not None and (stopped[1] or stopped[0] == job.sender):
-            # Stored like an answer: a retry (the homeserver failing) posts it, asks no agent.
-            notice = [Part(NOTICE, stopped_text(stopped[0], False))]
+            # After what an earlier try posted; stored like an answer, so a retry (the
+            # homeserver failing) posts it and asks no agent.
+            posted = poster.so_far()
+            notice = [*posted, Part(NOTICE, stopped_text(stopped[0], bool(posted)))]
             await self.turns.put(
                 job.event_id, agent_id, job.room_id, [p.to_json() for p in notice]
             )
