@@ -1,6 +1,7 @@
 """The answer's guarantees without a homeserver (tests/harness/turns.py): a stored answer is
 posted on resume without asking Letta again, a homeserver failing mid-answer loses and repeats
-nothing, Letta cut off mid-stream, the max_concurrency cap, and the streaming edit rate."""
+nothing, Letta cut off mid-stream, the max_concurrency cap, the streaming edit rate, 🛑 on a
+running or queued message, approval cards handed on, and the "thinking…" placeholder."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from mautrix.errors import MatrixConnectionError, make_request_error
 from letta_appservice.chat import streaming, turn
 from letta_appservice.chat.parts import Part
 from letta_appservice.chat.streaming import relay
+from letta_appservice.chat.turn import Conversations, Job
 from letta_appservice.inbox.worker import Retry
 from letta_appservice.letta import LettaMessage
 from tests.harness import letta_replies as lr
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.observe import eventually
-from tests.harness.turns import turns_setup, txn
+from tests.harness.turns import ROOM, SENDER, PuppetApi, turns_setup, txn
 
 
 def two_parts(_agent: object, _text: str) -> list[dict[str, Any]]:
@@ -339,3 +341,307 @@ async def test_the_last_retries_of_a_letta_outage_fit_its_window(
         await t.conversations.answer(attrs.evolve(job, received_at=int((clock.now - 600) * 1000)))
         assert "Gave up after retrying for 10 min" in t.api.bodies()[-1]
         assert t.api.sent[-1][1]["msgtype"] == "m.notice"
+
+
+# --- 🛑, the running turn, the approval-card hook and the "thinking…" placeholder ------------
+
+ADMIN, OTHER = "@admin:bridge.test", "@carol:bridge.test"
+
+
+def held(release: asyncio.Event) -> Any:
+    """A responder that answers only once ``release`` is set: a turn the test ends."""
+
+    async def respond(_agent: object, text: str) -> list[dict[str, Any]]:
+        await release.wait()
+        return [lr.assistant(f"Echo: {text}")]
+
+    return respond
+
+
+async def test_the_running_turn_and_its_hop_are_known_while_it_runs_and_only_then(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    release = asyncio.Event()
+    async with turns_setup(tmp_path, fake_letta) as t:
+        fake_agent = fake_letta.add_agent("Helper", responder=held(release))
+        idle = t.agent(fake_letta.add_agent("Idle"))
+        agent = t.agent(fake_agent)
+        c = t.conversations
+        assert c.running(agent.agent_id) is None and c.hop(agent.agent_id) == 0
+        job = t.job(agent, hop=2)  # passed on by other agents twice
+        answer = asyncio.create_task(c.answer(job))
+        await fake_letta.wait_for_in_flight(fake_agent.id, timeout=30)
+        # What an admin's status shows, and what the agent's tools pass on goes one further.
+        assert c.running(agent.agent_id) == job and c.hop(agent.agent_id) == 2
+        assert c.running(idle.agent_id) is None and c.hop(idle.agent_id) == 0
+        release.set()
+        await asyncio.wait_for(answer, 30)
+        assert t.api.bodies() == ["Echo: hello"]
+        assert c.running(agent.agent_id) is None and c.hop(agent.agent_id) == 0
+        # 🛑 on the answered message finds no turn: nothing is cancelled, nothing said.
+        assert await c.stop_answer(job.room_id, job.event_id, job.sender, admin=False) is None
+        assert t.api.bodies() == ["Echo: hello"]
+
+
+@pytest.mark.parametrize(
+    ("by", "admin", "posted_before", "on_part"),
+    [
+        (SENDER, False, False, False),
+        (ADMIN, True, False, False),
+        (SENDER, False, True, True),  # 🛑 on the posted part instead of the message
+        (ADMIN, True, True, False),
+    ],
+)
+async def test_a_running_turn_is_stopped_by_its_sender_or_an_admin_and_says_by_whom(
+    tmp_path: Path,
+    fake_letta: FakeLetta,
+    by: str,
+    admin: bool,
+    posted_before: bool,
+    on_part: bool,
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        fake_agent = fake_letta.add_agent("Slow", delay=120)
+        job = t.job(t.agent(fake_agent))
+        if posted_before:  # a streamed first part, posted by an attempt before a crash
+            await t.sent.add(job.event_id, fake_agent.id, 0, job.room_id, "$first")
+        answer = asyncio.create_task(t.conversations.answer(job))
+        await fake_letta.wait_for_in_flight(fake_agent.id, timeout=30)
+        target = "$first" if on_part else job.event_id
+        assert await t.conversations.stop_answer(ROOM, target, by, admin=admin) is True
+        await asyncio.wait_for(answer, 30)  # not the 120 s Letta would take
+        if posted_before:
+            assert t.api.bodies() == [f"🛑 Stopped by {by}; the answer above is all there is."]
+        else:
+            assert t.api.bodies() == [f"🛑 Stopped by {by} before the agent answered."]
+        assert t.api.sent[0][0] == txn(job, 1 if posted_before else 0)  # after what was posted
+        assert t.api.sent[0][1]["msgtype"] == "m.notice"
+        assert t.conversations.running(fake_agent.id) is None
+
+
+async def test_a_stop_by_someone_else_or_about_another_event_leaves_the_turn_running(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    release = asyncio.Event()
+    async with turns_setup(tmp_path, fake_letta) as t:
+        fake_agent = fake_letta.add_agent("Helper", responder=held(release))
+        job = t.job(t.agent(fake_agent))
+        answer = asyncio.create_task(t.conversations.answer(job))
+        await fake_letta.wait_for_in_flight(fake_agent.id, timeout=30)
+        c = t.conversations
+        # Someone else in the room may not stop bob's answer: refused, and the router says so.
+        assert await c.stop_answer(ROOM, job.event_id, OTHER, admin=False) is False
+        # 🛑 on another event of the room, or on this event's id in another room, is about
+        # no running turn.
+        assert await c.stop_answer(ROOM, "$unrelated", SENDER, admin=True) is None
+        assert (
+            await c.stop_answer("!elsewhere:bridge.test", job.event_id, SENDER, admin=True) is None
+        )
+        assert c.running(fake_agent.id) == job
+        release.set()
+        await asyncio.wait_for(answer, 30)
+        assert t.api.bodies() == ["Echo: hello"]  # the whole answer, no stop notice
+
+
+@pytest.mark.parametrize(
+    ("by", "admin", "stops"), [(SENDER, False, True), (ADMIN, True, True), (OTHER, False, False)]
+)
+async def test_a_message_stopped_while_queued_is_not_passed_on_when_its_turn_comes(
+    tmp_path: Path, fake_letta: FakeLetta, by: str, admin: bool, stops: bool
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        job = t.job(t.agent(fake_letta.add_agent("Helper")))
+        # No turn is about it yet (it waits in its lane): remembered for when its turn comes.
+        assert await t.conversations.stop_answer(ROOM, job.event_id, by, admin=admin) is None
+        await t.conversations.answer(job)
+        if not stops:  # someone else's 🛑 does nothing
+            assert t.api.bodies() == ["Echo: hello"] and t.message_requests() == 1
+            return
+        assert t.api.bodies() == [f"🛑 Stopped by {by} before the agent answered."]
+        assert t.api.sent[0][0] == txn(job, 0) and t.api.sent[0][1]["msgtype"] == "m.notice"
+        assert t.message_requests() == 0  # Letta never saw it
+
+
+async def test_only_the_latest_stops_of_queued_messages_are_remembered(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        agent = t.agent(fake_letta.add_agent("Helper"))
+        jobs = [t.job(agent, f"m{n}") for n in range(turn.STOPS_KEPT + 1)]
+        for job in jobs:
+            assert (
+                await t.conversations.stop_answer(ROOM, job.event_id, SENDER, admin=False) is None
+            )
+        # The oldest stop is forgotten (memory stays bounded); the next oldest and the newest
+        # still hold.
+        for job in (jobs[0], jobs[1], jobs[-1]):
+            await t.conversations.answer(job)
+        stopped = f"🛑 Stopped by {SENDER} before the agent answered."
+        assert t.api.bodies() == ["Echo: m0", stopped, stopped]
+        assert t.message_requests() == 1
+
+
+async def test_a_turn_the_worker_cancels_during_a_stop_ends_unanswered_to_be_asked_again(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        fake_agent = fake_letta.add_agent("Slow", delay=120)
+        job = t.job(t.agent(fake_agent))
+        answer = asyncio.create_task(t.conversations.answer(job))
+        await fake_letta.wait_for_in_flight(fake_agent.id, timeout=30)
+        # The bridge shuts down (the worker cancels the turn) as someone's 🛑 comes in: the
+        # shutdown wins, so the message is answered after the restart, not called stopped.
+        answer.cancel()
+        assert await t.conversations.stop_answer(ROOM, job.event_id, SENDER, admin=False)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(answer, 30)
+        assert t.api.sent == [] and await t.turns.get(job.event_id, fake_agent.id) is None
+        assert t.conversations.running(fake_agent.id) is None
+
+
+@attrs.define
+class CardsOpened:
+    """The approval-card hook: records each card a turn posts (the cards' table in the app)."""
+
+    opened: list[tuple[Job, str, Part]] = attrs.field(factory=list)
+
+    async def __call__(self, job: Job, event_id: str, part: Part) -> None:
+        self.opened.append((job, event_id, part))
+
+
+async def test_each_approval_card_an_answer_posts_is_handed_on_with_its_event(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        fake_agent = fake_letta.add_agent("Careful")
+        fake_agent.responder = lambda _a, _t: [
+            lr.assistant("Let me look that up."),
+            lr.approval_request("web_search", {"query": "matrix"}),
+        ]
+        job = t.job(t.agent(fake_agent))
+        cards = CardsOpened()
+        c = t.conversations  # the app wires the hook in when it builds Conversations
+        conversations = Conversations(
+            settings=c.settings, rooms=c.rooms, intake=c.intake, puppets=c.puppets,
+            turns=c.turns, sent=c.sent, metrics=c.metrics, on_card=cards,
+        )  # fmt: skip
+        try:
+            await conversations.answer(job)
+        finally:
+            await conversations.stop()
+        text, card = t.api.sent
+        assert text[1]["body"] == "Let me look that up." and "web_search" in card[1]["body"]
+        # Only the card, with the message it answers and the event people react to.
+        [(for_job, event_id, part)] = cards.opened
+        assert for_job == job and event_id == f"$sent.{txn(job, 1)}"
+        assert part.body == card[1]["body"] and [call.name for call in part.calls] == [
+            "web_search"
+        ]
+
+
+async def test_thinking_shows_while_letta_takes_long_and_the_answer_replaces_it(
+    tmp_path: Path, fake_letta: FakeLetta, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(turn, "THINKING_AFTER", 0.05)  # "long", without a slow test
+    release = asyncio.Event()
+    async with turns_setup(tmp_path, fake_letta, thinking=True) as t:
+        fake_agent = fake_letta.add_agent("Helper", responder=held(release))
+        job = t.job(t.agent(fake_agent))
+        answer = asyncio.create_task(t.conversations.answer(job))
+
+        async def placeholder_shown() -> bool:
+            return bool(t.api.sent)
+
+        await eventually(placeholder_shown, timeout=15)  # Letta has not answered: it must come
+        release.set()
+        await asyncio.wait_for(answer, 30)
+        (placeholder_txn, placeholder), (_, answer_content) = t.api.sent
+        assert placeholder["body"] == "thinking…" and placeholder["msgtype"] == "m.notice"
+        assert placeholder_txn == txn(job, 0) + ".placeholder"
+        # The answer is an edit of the placeholder, not a message below it.
+        assert answer_content["m.new_content"]["body"] == "Echo: hello"
+        assert answer_content["m.relates_to"] == {
+            "rel_type": "m.replace",
+            "event_id": f"$sent.{placeholder_txn}",
+        }
+
+
+async def test_no_thinking_placeholder_when_letta_answers_in_time(
+    tmp_path: Path, fake_letta: FakeLetta, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(turn, "THINKING_AFTER", 3600)  # however loaded the machine
+    async with turns_setup(tmp_path, fake_letta, thinking=True) as t:
+        job = t.job(t.agent(fake_letta.add_agent("Helper")))
+        await t.conversations.answer(job)
+        assert t.api.bodies() == ["Echo: hello"] and t.api.sent[0][0] == txn(job, 0)
+
+
+@attrs.define
+class HangingReceipts:
+    """The puppets' API, but read receipts and typing hang until given up (a homeserver
+    that stopped answering)."""
+
+    inner: PuppetApi
+    hanging: asyncio.Event = attrs.field(factory=asyncio.Event)
+    given_up: int = 0
+
+    def api(self, _mxid: str) -> HangingReceipts:
+        return self
+
+    async def request(self, method: Any, path: Any, content: Any = None, **kw: Any) -> Any:
+        if "/send/" in str(path):
+            return await self.inner.request(method, path, content, **kw)
+        self.hanging.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.given_up += 1
+
+
+async def test_stopping_the_bridge_leaves_no_typing_or_receipt_request_behind(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        fake_agent = fake_letta.add_agent("Slow", delay=120)
+        hs = HangingReceipts(t.api)
+        t.conversations.puppets = hs  # type: ignore[assignment]
+        answer = asyncio.create_task(t.conversations.answer(t.job(t.agent(fake_agent))))
+        await asyncio.wait_for(hs.hanging.wait(), 30)  # the receipt, after the typing grace
+        await t.conversations.stop()
+        # Given up by the time stop returns: the HTTP session can be closed after it.
+        assert hs.given_up == 1
+        await t.conversations.cancel(fake_agent.id)
+        await asyncio.wait_for(answer, 30)
+
+
+async def test_a_queued_stop_holds_when_its_notice_must_wait_for_the_homeserver(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        job = t.job(t.agent(fake_letta.add_agent("Helper")))
+        assert await t.conversations.stop_answer(ROOM, job.event_id, SENDER, admin=False) is None
+        t.api.failures[0] = make_request_error(502, "", "M_UNKNOWN", "bad gateway")
+        with pytest.raises(Retry):
+            await t.conversations.answer(job)
+        await t.conversations.answer(attrs.evolve(job, attempts=1))  # the worker's retry
+        assert t.api.bodies() == [f"🛑 Stopped by {SENDER} before the agent answered."]
+        assert t.message_requests() == 0  # still never passed on
+
+
+async def test_a_stop_between_tries_of_a_partly_posted_answer_ends_it_below_its_parts(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, streaming=True) as t:
+        fake_agent = fake_letta.add_agent("Helper")
+        fake_agent.responder = lambda _a, _t: [lr.assistant("one"), lr.assistant("two")]
+        job = t.job(t.agent(fake_agent))
+        t.api.failures[1] = make_request_error(502, "", "M_UNKNOWN", "bad gateway")  # "two"
+        with pytest.raises(Retry):
+            await t.conversations.answer(job)
+        assert t.api.bodies() == ["one"]
+        # 🛑 while the message waits for its retry: no turn is running.
+        assert await t.conversations.stop_answer(ROOM, job.event_id, SENDER, admin=False) is None
+        await t.conversations.answer(attrs.evolve(job, attempts=1))
+        stopped = f"🛑 Stopped by {SENDER}; the answer above is all there is."
+        assert t.api.bodies() == ["one", stopped]
+        assert t.api.sent[1][0] == txn(job, 1) and t.message_requests() == 1

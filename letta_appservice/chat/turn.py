@@ -110,7 +110,14 @@ class Conversations:
             return
         stopped = self._stopped.pop(job.event_id, None)
         if stopped is not None and (stopped[1] or stopped[0] == job.sender):
-            await self._post(poster, [Part(NOTICE, stopped_text(stopped[0], False))])
+            # After what an earlier try posted; stored like an answer, so a retry (the
+            # homeserver failing) posts it and asks no agent.
+            posted = poster.so_far()
+            notice = [*posted, Part(NOTICE, stopped_text(stopped[0], bool(posted)))]
+            await self.turns.put(
+                job.event_id, agent_id, job.room_id, [p.to_json() for p in notice]
+            )
+            await self._post(poster, notice)
             return
         read_up_to = job.event_id if job.attempts == 0 and not job.decisions else None
         typing = Typing(api, job.room_id, job.agent.mxid, read_up_to)
