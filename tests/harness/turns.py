@@ -96,8 +96,8 @@ class Turns:
 
     def job(self, agent: AgentRow, text: str = "hello", **fields: Any) -> Job:
         self.seq += 1
-        received = int(time.time() * 1000)
-        return Job(f"$m{self.seq}", ROOM, SENDER, agent, text, "bob", {}, received, **fields)
+        fields = {"relation": {}, "received_at": int(time.time() * 1000), **fields}
+        return Job(f"$m{self.seq}", ROOM, SENDER, agent, text, "bob", **fields)
 
     def message_requests(self) -> int:
         return len([r for r in self.fake.requests if r.path.endswith(("/messages", "/stream"))])
