@@ -593,12 +593,14 @@ async def test_media_the_homeserver_cannot_give_is_refused_with_a_notice(
 
 
 async def _running_in_a_conversation(t: Turns, fake: FakeLetta) -> tuple[str, asyncio.Task[None]]:
-    """A slow turn of a new agent in the room's conversation: (conversation, the answer)."""
-    fake_agent = fake.add_agent("Slow", delay=120)
-    answer = asyncio.create_task(t.conversations.answer(t.job(t.agent(fake_agent))))
-    await fake.wait_for_in_flight(fake_agent.id, timeout=30)
+    """A slow turn of a new agent in the room's conversation, made by a quick first message
+    (so no deadline can pass before the turn knows it): (conversation, the answer)."""
+    fake_agent = fake.add_agent("Slow")
+    agent = t.agent(fake_agent)
+    await t.conversations.answer(t.job(agent, "first"))
     [conversation] = fake.conversations_of(fake_agent.id)
-    return conversation, answer
+    fake_agent.delay = 120
+    return conversation, asyncio.create_task(t.conversations.answer(t.job(agent, "slow")))
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -608,6 +610,7 @@ async def test_an_admins_cancel_cancels_the_run_in_the_rooms_conversation(
     async with turns_setup(tmp_path, fake_letta, conversations="room", streaming=streaming) as t:
         conversation, answer = await _running_in_a_conversation(t, fake_letta)
         agent_id = fake_letta.conversations[conversation].agent_id
+        await fake_letta.wait_for_in_flight(agent_id, timeout=30)
         assert await t.conversations.cancel(agent_id)
         await asyncio.wait_for(answer, 30)
         assert t.api.bodies()[-1] == CANCELLED
@@ -615,7 +618,7 @@ async def test_an_admins_cancel_cancels_the_run_in_the_rooms_conversation(
         # 0.16.8 finds a plain turn's run only by the agent (it says "No active runs" first).
         by_agent = fake_letta.requests_to(f"/v1/agents/{agent_id}/messages/cancel", "POST")
         assert bool(by_agent) is not streaming
-        await fake_letta.wait_for_messages(1)  # the run in Letta was ended
+        await fake_letta.wait_for_messages(2)  # the run in Letta was ended
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -623,10 +626,9 @@ async def test_a_turn_past_its_deadline_is_cancelled_in_the_rooms_conversation(
     tmp_path: Path, fake_letta: FakeLetta, streaming: bool
 ) -> None:
     async with turns_setup(
-        tmp_path, fake_letta, conversations="room", streaming=streaming, deadline=0.5
+        tmp_path, fake_letta, conversations="room", streaming=streaming, deadline=1.0
     ) as t:
         conversation, answer = await _running_in_a_conversation(t, fake_letta)
         await asyncio.wait_for(answer, 30)
-        assert t.api.bodies()[-1].startswith("The agent did not finish within")
+        assert t.api.bodies()[-1].startswith("The agent did not finish within 1 s")
         assert fake_letta.requests_to(f"/v1/conversations/{conversation}/cancel", "POST")
-        await fake_letta.wait_for_messages(1)  # the run in Letta was ended
