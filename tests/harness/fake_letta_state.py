@@ -130,36 +130,6 @@ def content_text(content: Any) -> str:
     return str(content)
 
 
-@dataclass
-class FakeFolder:
-    """A folder of files an agent may search (0.16.8's /v1/folders): file name -> metadata."""
-
-    id: str
-    name: str
-    files: dict[str, Raw] = field(default_factory=dict)
-    data: dict[str, bytes] = field(default_factory=dict)  # file id -> the bytes uploaded
-
-    def to_json(self) -> Raw:
-        return {"id": self.id, "name": self.name, "description": None, "metadata": None}
-
-    def add(self, filename: str, data: bytes, handling: str) -> Raw:
-        """The uploaded file's metadata: an existing file of that name when ``handling`` is
-        "skip", else a new one, its name suffixed when taken ("suffix", Letta's default)."""
-        if filename in self.files and handling == "skip":
-            return self.files[filename]
-        name, n = filename, 0
-        stem, dot, ext = filename.rpartition(".") if "." in filename else (filename, "", "")
-        while name in self.files:
-            n += 1
-            name = f"{stem}_({n}){dot}{ext}"
-        meta = {"id": replies.new_id("file"), "folder_id": self.id, "file_name": name,
-                "original_file_name": filename, "processing_status": "completed",
-                "file_size": len(data)}  # fmt: skip
-        self.files[name] = meta
-        self.data[meta["id"]] = data
-        return meta
-
-
 class Turn:
     """One agent turn in progress: counts as in flight until finished, cancellable."""
 
