@@ -181,7 +181,8 @@ async def test_burst_to_one_agent_keeps_order_while_others_answer_concurrently(
 async def test_letta_500_and_409_are_retried_with_a_notice_when_it_takes_long(
     apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await apps.start(letta={"delay_notice": 1})
+    # The agent's own history (conversations off): the retries are counted on its route.
+    app = await apps.start(letta={"delay_notice": 1, "conversations": "off"})
     [helper] = await provision(app, fake_letta, "Helper")
     await enter(app, admin_user, helper.room)
     path = f"/v1/agents/{helper.fake.id}/messages"
@@ -210,7 +211,8 @@ async def test_letta_500_and_409_are_retried_with_a_notice_when_it_takes_long(
 async def test_errors_that_are_not_retried_and_the_retry_window(
     apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
-    app = await apps.start(letta={"timeout": 1, "retry_window": 2, "delay_notice": 1})
+    letta = {"timeout": 1, "retry_window": 2, "delay_notice": 1, "conversations": "off"}
+    app = await apps.start(letta=letta)
     down, bad, slow = await provision(app, fake_letta, "Down", "Bad", "Slow")
     slow.fake.delay = 60  # far past the 1 s timeout, however loaded the machine
     fake_letta.fail_next(100, 503, f"/v1/agents/{down.fake.id}/messages")
@@ -297,7 +299,8 @@ async def test_streaming_posts_the_first_words_then_edits(
     )
     assert final["content"]["m.relates_to"]["event_id"] == first["event_id"]
     assert "<strong>works</strong>" in final["content"]["m.new_content"]["formatted_body"]
-    request = fake_letta.requests_to(f"/v1/agents/{streamer.fake.id}/messages", "POST")[0]
+    [conversation] = fake_letta.conversations_of(streamer.fake.id)  # the room's
+    request = fake_letta.requests_to(f"/v1/conversations/{conversation}/messages", "POST")[0]
     assert request.json["streaming"] is True and request.json["stream_tokens"] is True
 
     asked = await admin_user.send_text(broken.room, "and you?")

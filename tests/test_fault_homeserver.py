@@ -188,7 +188,8 @@ async def test_a_streamed_turn_kept_alive_by_pings_ends_at_its_deadline(
         helper.room, reply_to(helper.mxid, asked, "m.notice"), TIMEOUT
     )
     assert notice["content"]["body"].startswith("The agent did not finish within 4 s")
-    assert fake_letta.requests_to(f"/v1/agents/{helper.fake.id}/messages/cancel")
+    [conversation] = fake_letta.conversations_of(helper.fake.id)  # the room's, streamed
+    assert fake_letta.requests_to(f"/v1/conversations/{conversation}/cancel")
 
 
 # --- item 10: two bridges in one room ------------------------------------------------------------

@@ -128,6 +128,7 @@ async def test_a_server_without_conversations_is_asked_once(
     db = await open_database(DatabaseURL.parse(f"sqlite:{tmp_path / 'c.db'}"), in_child=False)
     client = LettaClient(fake_letta.url, timeout=10)
     rooms = RoomConversations(TurnCalls(client), LettaConversationStore(db), "room")
+    fake_letta.has_conversations = False  # a 0.16.2+ version that answers 404 there
     try:
         assert await rooms.of("agent-1", "!a:hs", {}) is None
         assert await rooms.of("agent-1", "!b:hs", {}) is None

@@ -1,5 +1,5 @@
-"""On a Letta without the Conversations API (the fake Letta has none): one history per agent
-as before, `new` says so, images still arrive as image parts, files get a notice; voice is
+"""On a Letta without the Conversations API (the fake answering 404 there): one history per
+agent as before, `new` says so, images still arrive as image parts, files get a notice; voice is
 transcribed by an OpenAI-compatible endpoint when one is configured."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def sent_contents(fake: FakeLetta, agent_id: str) -> list[object]:
 async def test_without_conversations_the_agent_keeps_one_history(
     apps: Apps, fake_letta: FakeLetta, admin_user: MatrixUser
 ) -> None:
+    fake_letta.has_conversations = fake_letta.has_folders = False
     app = await apps.start()
     [agent] = await provision(app, fake_letta, "Old Timer")
     await enter(app, admin_user, agent.room)
@@ -68,6 +69,7 @@ async def test_voice_is_transcribed_when_an_endpoint_is_configured(
     url = await transcriber.start()
     try:
         media = {"transcription_url": url, "transcription_key": "sk-test-transcribe"}
+        fake_letta.has_conversations = False
         app = await apps.start(media=media)
         [agent] = await provision(app, fake_letta, "Listener")
         await enter(app, admin_user, agent.room)

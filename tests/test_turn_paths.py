@@ -4,6 +4,7 @@ cancel, notices posted once, typing and receipts, the retry policy's numbers and
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from pathlib import Path
@@ -13,7 +14,9 @@ import attrs
 import pytest
 
 from letta_appservice.chat import poster as poster_module
-from letta_appservice.chat.content import otid
+from letta_appservice.chat.content import CONTEXT_GONE_PART, otid
+from letta_appservice.chat.conversations import GONE
+from letta_appservice.chat.media import BROKEN, FILE, IMAGE, Media
 from letta_appservice.chat.parts import NO_REPLY, Part
 from letta_appservice.chat.poster import (
     TYPING_TIMEOUT_MS,
@@ -21,13 +24,14 @@ from letta_appservice.chat.poster import (
     Typing,
     homeserver_backoff,
 )
-from letta_appservice.chat.turn import CANCELLED, TurnSettings, backoff
+from letta_appservice.chat.turn import CANCELLED, DECIDED_IN_VAIN, TurnSettings, backoff
 from letta_appservice.inbox.worker import Retry
+from letta_appservice.letta.approvals import Decision, approval_message
 from tests.harness import letta_replies as lr
 from tests.harness.fake_letta import FakeLetta
 from tests.harness.observe import eventually
 from tests.harness.routing import config as routing_config
-from tests.harness.turns import ROOM, PuppetApi, turns_setup, txn
+from tests.harness.turns import ROOM, SENDER, PuppetApi, Turns, turns_setup, txn
 
 
 def test_backoffs_double_up_to_a_minute() -> None:
@@ -346,3 +350,285 @@ async def test_an_answer_cut_at_the_step_limit_says_so_after_it(
         *_, answer, notice = t.api.bodies()
         assert answer.endswith("Echo: hi")
         assert notice == "The agent stopped after reaching its step limit (max_steps)."
+
+
+# --- conversations, approvals, attachments and media (the fake as Letta 0.16.8) ---------------
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
+OTHER_ROOM = "!other:bridge.test"
+
+
+def thread(root: str) -> dict[str, str]:
+    return {"rel_type": "m.thread", "event_id": root}
+
+
+def said_in(fake: FakeLetta) -> list[tuple[str | None, str]]:
+    """(conversation, text) of every message the agent got, in order."""
+    return [(m.conversation_id, m.text) for m in fake.message_log]
+
+
+def wants_to_roll(fake: FakeLetta) -> str:
+    """Every agent of ``fake`` asks to run roll_dice first, then echoes; the tool's name."""
+    asked: set[str] = set()
+
+    def responder(agent: object, text: str) -> list[lr.Raw]:
+        if text in asked:
+            return lr.echo(agent, text)
+        asked.add(text)
+        return [lr.approval_request("roll_dice", {"sides": 6})]
+
+    fake.responder = responder
+    return "roll_dice"
+
+
+def pending_call(fake: FakeLetta, agent_id: str, conversation: str | None) -> str:
+    """The tool call id the agent (in ``conversation``) waits on."""
+    waiting = fake.conversations[conversation].pending_call if conversation else None
+    waiting = waiting or fake.agents[agent_id].pending_call
+    assert waiting is not None
+    return waiting["tool_call"]["tool_call_id"]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_each_room_talks_to_the_agent_in_a_conversation_of_its_own(
+    tmp_path: Path, fake_letta: FakeLetta, streaming: bool
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, conversations="room", streaming=streaming) as t:
+        agent = t.agent(fake_letta.add_agent("Helper"))
+        jobs = [t.job(agent, "one"), attrs.evolve(t.job(agent, "two"), room_id=OTHER_ROOM)]
+        jobs.append(t.job(agent, "three"))
+        for job in jobs:
+            await t.conversations.answer(job)
+        here, there = fake_letta.conversations_of(agent.agent_id)
+        assert said_in(fake_letta) == [(here, "one"), (there, "two"), (here, "three")]
+        # Nothing went to the agent's own history, shared by every room.
+        assert not fake_letta.requests_to(f"/v1/agents/{agent.agent_id}/messages")
+        answers = [(room, c) for room, (_, c) in zip(t.api.rooms, t.api.sent, strict=True)]
+        finals = [c.get("m.new_content", c)["body"] for _, c in answers]
+        assert finals[-1] == "Echo: three" and "Echo: two" in finals
+        assert {room for room, c in answers if "two" in c.get("m.new_content", c)["body"]} == {
+            OTHER_ROOM
+        }
+
+
+async def test_in_thread_mode_each_thread_has_a_conversation_of_its_own(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, conversations="thread") as t:
+        agent = t.agent(fake_letta.add_agent("Helper"))
+        for text, root in (("one", "$root1"), ("two", "$root2"), ("three", "$root1")):
+            await t.conversations.answer(t.job(agent, text, relation=thread(root)))
+        first, second = fake_letta.conversations_of(agent.agent_id)
+        assert said_in(fake_letta) == [(first, "one"), (second, "two"), (first, "three")]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_conversation_deleted_in_letta_is_replaced_once_and_the_room_is_told(
+    tmp_path: Path, fake_letta: FakeLetta, streaming: bool
+) -> None:
+    # Thread mode: the new conversation must be the thread's, of this room.
+    async with turns_setup(tmp_path, fake_letta, conversations="thread", streaming=streaming) as t:
+        agent = t.agent(fake_letta.add_agent("Helper"))
+        await t.conversations.answer(t.job(agent, "one", relation=thread("$root")))
+        [deleted] = fake_letta.conversations_of(agent.agent_id)
+        del fake_letta.conversations[deleted]  # deleted in Letta (404 "Conversation not found")
+        sent_before = len(t.api.sent)
+        job = t.job(agent, "two", relation=thread("$root"))
+        await t.conversations.answer(job)
+        [new] = fake_letta.conversations_of(agent.agent_id)
+        assert said_in(fake_letta) == [(deleted, "one"), (new, "two")]
+        (gone_txn, notice), *answer = t.api.sent[sent_before:]
+        assert gone_txn == txn(job, CONTEXT_GONE_PART)
+        assert (notice["msgtype"], notice["body"]) == ("m.notice", GONE)
+        assert answer[-1][1].get("m.new_content", answer[-1][1])["body"] == "Echo: two"
+        # The thread keeps the new conversation: no second notice, no third conversation.
+        sent_before = len(t.api.sent)
+        await t.conversations.answer(t.job(agent, "three", relation=thread("$root")))
+        assert fake_letta.conversations_of(agent.agent_id) == [new]
+        assert said_in(fake_letta)[-1] == (new, "three")
+        assert GONE not in [c["body"] for _, c in t.api.sent[sent_before:]]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("mode", ["off", "room"])
+async def test_a_decision_goes_to_letta_where_the_card_is_and_the_turn_goes_on(
+    tmp_path: Path, fake_letta: FakeLetta, streaming: bool, mode: str
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, conversations=mode, streaming=streaming) as t:
+        tool = wants_to_roll(fake_letta)
+        agent = t.agent(fake_letta.add_agent("Careful"))
+        await t.conversations.answer(t.job(agent, "roll for me"))
+        card = t.api.sent[-1][1].get("m.new_content", t.api.sent[-1][1])["body"]
+        assert card.startswith(f"🔧 The agent wants to run {tool}:")
+        [conversation] = fake_letta.conversations_of(agent.agent_id) or [None]
+        decisions = (Decision(pending_call(fake_letta, agent.agent_id, conversation), True),)
+        sent_before = len(t.api.sent)
+        await t.conversations.answer(t.job(agent, "✅", decisions=decisions))
+        where = (f"/v1/conversations/{conversation}" if conversation
+                 else f"/v1/agents/{agent.agent_id}")  # fmt: skip
+        *_, decided = fake_letta.requests_to(f"{where}/messages", "POST")
+        assert decided.json["messages"] == [approval_message(decisions)]
+        assert said_in(fake_letta)[-1] == (conversation, f"[approve {decisions[0].tool_call_id}]")
+        bodies = [c.get("m.new_content", c)["body"] for _, c in t.api.sent[sent_before:]]
+        assert bodies[-1] == f"I ran {tool}."
+
+
+async def test_a_decision_for_a_conversation_deleted_in_letta_reaches_nothing_and_says_so(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, conversations="room") as t:
+        wants_to_roll(fake_letta)
+        agent = t.agent(fake_letta.add_agent("Careful"))
+        await t.conversations.answer(t.job(agent, "roll for me"))
+        [deleted] = fake_letta.conversations_of(agent.agent_id)
+        decisions = (Decision(pending_call(fake_letta, agent.agent_id, deleted), True),)
+        del fake_letta.conversations[deleted]
+        sent_before = len(t.api.sent)
+        await t.conversations.answer(t.job(agent, "✅", decisions=decisions))
+        [(_, notice)] = t.api.sent[sent_before:]  # no "deleted" notice before it
+        assert (notice["msgtype"], notice["body"]) == ("m.notice", DECIDED_IN_VAIN)
+        assert len(fake_letta.message_log) == 1  # the new conversation got nothing
+        # The room's next message goes to the new conversation, without a second notice.
+        [new] = fake_letta.conversations_of(agent.agent_id)
+        sent_before = len(t.api.sent)
+        await t.conversations.answer(t.job(agent, "hello"))
+        assert said_in(fake_letta)[-1] == (new, "hello")
+        assert GONE not in [c["body"] for _, c in t.api.sent[sent_before:]]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize(
+    ("approvers", "who"),
+    [("asker", f"{SENDER} or a bridge admin"), ("users", "anyone here who may use the bridge")],
+)
+async def test_a_card_says_who_may_decide(
+    tmp_path: Path, fake_letta: FakeLetta, streaming: bool, approvers: str, who: str
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, streaming=streaming, approvers=approvers) as t:
+        wants_to_roll(fake_letta)
+        await t.conversations.answer(t.job(t.agent(fake_letta.add_agent("Careful"))))
+        card = t.api.sent[-1][1].get("m.new_content", t.api.sent[-1][1])["body"]
+        assert card.endswith(f"Who decides: {who}.")
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_an_image_in_an_answer_is_posted_as_an_image(
+    tmp_path: Path, fake_letta: FakeLetta, streaming: bool
+) -> None:
+    data = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    async with turns_setup(tmp_path, fake_letta, files=True, streaming=streaming) as t:
+        fake_agent = fake_letta.add_agent("Painter")
+        fake_agent.responder = lambda _a, _t: [lr.assistant(f"A dot for you: ![dot]({data})")]
+        await t.conversations.answer(t.job(t.agent(fake_agent)))
+        [(name, mimetype, uploaded)] = t.api.uploads
+        assert (mimetype, uploaded) == ("image/png", PNG) and name.endswith(".png")
+        finals = {c.get("m.new_content", c)["msgtype"]: c for _, c in t.api.sent}
+        image = finals["m.image"]
+        assert image["url"] == "mxc://bridge.test/upload1" and image["body"] == name
+        text = finals["m.text"].get("m.new_content", finals["m.text"])["body"]
+        assert text.startswith("A dot for you") and "data:" not in text
+
+
+async def test_an_image_from_a_person_reaches_letta_as_an_image_part(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        agent = t.agent(fake_letta.add_agent("Viewer"))
+        t.api.media["mxc://bridge.test/dot"] = PNG
+        media = Media(IMAGE, "mxc://bridge.test/dot", "dot.png", "image/png", len(PNG), "Look")
+        job = t.job(agent, "bob: (sent an image: dot.png)\nLook", media=media)
+        await t.conversations.answer(job)
+        [request] = fake_letta.requests_to(f"/v1/agents/{agent.agent_id}/messages", "POST")
+        image = {
+            "type": "base64",
+            "media_type": "image/png",
+            "data": base64.b64encode(PNG).decode(),
+        }
+        assert request.json["messages"][0]["content"] == [
+            {"type": "text", "text": job.content},
+            {"type": "image", "source": image},
+        ]
+        assert t.api.bodies() == [f"Echo: {job.content}"]
+
+
+async def test_a_file_from_a_person_goes_into_the_agents_folder_once_per_message(
+    tmp_path: Path, fake_letta: FakeLetta
+) -> None:
+    async with turns_setup(tmp_path, fake_letta) as t:
+        agent = t.agent(fake_letta.add_agent("Reader"))
+        t.api.media["mxc://bridge.test/notes"] = b"some notes"
+        media = Media(FILE, "mxc://bridge.test/notes", "notes.txt", "text/plain", 10, "")
+        folder = f"matrix-{agent.agent_id}"
+        first = t.job(agent, "bob: (sent a file: notes.txt)", media=media)
+        # Letta fails after the upload: the retry of the message keeps the file it uploaded.
+        fake_letta.fail_next(1, 500, "/messages")
+        with pytest.raises(Retry):
+            await t.conversations.answer(first)
+        await t.conversations.answer(attrs.evolve(first, attempts=1))
+        # Another message with a file of the same name: a copy of its own.
+        await t.conversations.answer(t.job(agent, "bob: (sent a file: notes.txt)", media=media))
+        told = [m.text.rsplit(" as ", 1)[1] for m in fake_letta.message_log]
+        assert told == ["'notes.txt'.", "'notes_(1).txt'."]
+        assert fake_letta.message_log[0].text == (
+            f"{first.content}\nIt is in your files (folder {folder}) as 'notes.txt'."
+        )
+        [held] = fake_letta.folders.values()
+        assert held.name == folder and sorted(held.files) == ["notes.txt", "notes_(1).txt"]
+        assert fake_letta.attached[agent.agent_id] == {held.id}
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_media_the_homeserver_cannot_give_is_refused_with_a_notice(
+    tmp_path: Path, fake_letta: FakeLetta, streaming: bool
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, streaming=streaming) as t:
+        agent = t.agent(fake_letta.add_agent("Viewer"))
+        media = Media(IMAGE, "mxc://bridge.test/gone", "dot.png", "image/png", 9, "")
+        await t.conversations.answer(t.job(agent, "bob: (sent an image: dot.png)", media=media))
+        [(_, notice)] = t.api.sent
+        assert (notice["msgtype"], notice["body"]) == ("m.notice", BROKEN.format(what="image"))
+        assert fake_letta.message_log == [] and t.message_requests() == 0
+
+
+async def _running_in_a_conversation(t: Turns, fake: FakeLetta) -> tuple[str, asyncio.Task[None]]:
+    """A slow turn of a new agent in the room's conversation, made by a quick first message
+    (so no deadline can pass before the turn knows it): (conversation, the answer)."""
+    fake_agent = fake.add_agent("Slow")
+    agent = t.agent(fake_agent)
+    await t.conversations.answer(t.job(agent, "first"))
+    [conversation] = fake.conversations_of(fake_agent.id)
+    fake_agent.delay = 120
+    return conversation, asyncio.create_task(t.conversations.answer(t.job(agent, "slow")))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_an_admins_cancel_cancels_the_run_in_the_rooms_conversation(
+    tmp_path: Path, fake_letta: FakeLetta, streaming: bool
+) -> None:
+    async with turns_setup(tmp_path, fake_letta, conversations="room", streaming=streaming) as t:
+        conversation, answer = await _running_in_a_conversation(t, fake_letta)
+        agent_id = fake_letta.conversations[conversation].agent_id
+        await fake_letta.wait_for_in_flight(agent_id, timeout=30)
+        assert await t.conversations.cancel(agent_id)
+        await asyncio.wait_for(answer, 30)
+        assert t.api.bodies()[-1] == CANCELLED
+        assert fake_letta.requests_to(f"/v1/conversations/{conversation}/cancel", "POST")
+        # 0.16.8 finds a plain turn's run only by the agent (it says "No active runs" first).
+        by_agent = fake_letta.requests_to(f"/v1/agents/{agent_id}/messages/cancel", "POST")
+        assert bool(by_agent) is not streaming
+        await fake_letta.wait_for_messages(2)  # the run in Letta was ended
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_turn_past_its_deadline_is_cancelled_in_the_rooms_conversation(
+    tmp_path: Path, fake_letta: FakeLetta, streaming: bool
+) -> None:
+    async with turns_setup(
+        tmp_path, fake_letta, conversations="room", streaming=streaming, deadline=1.0
+    ) as t:
+        conversation, answer = await _running_in_a_conversation(t, fake_letta)
+        await asyncio.wait_for(answer, 30)
+        assert t.api.bodies()[-1].startswith("The agent did not finish within 1 s")
+        assert fake_letta.requests_to(f"/v1/conversations/{conversation}/cancel", "POST")

@@ -16,6 +16,7 @@ from multidict import MultiDict
 from tests.harness import letta_replies as replies
 from tests.harness.fake_letta_state import (
     FakeAgent,
+    FakeConversation,
     LoggedMessage,
     Raw,
     RecordedRequest,
@@ -24,23 +25,31 @@ from tests.harness.fake_letta_state import (
     content_text,
     is_legacy_client,
 )
+from tests.harness.fake_letta_stores import BODY as _BODY
+from tests.harness.fake_letta_stores import FakeFolder, StoreRoutes
+from tests.harness.fake_letta_stores import json_detail as _detail
 
-__all__ = ["FakeAgent", "FakeLetta", "LoggedMessage", "RecordedRequest", "Responder"]
+__all__ = [
+    "FakeAgent",
+    "FakeConversation",
+    "FakeFolder",
+    "FakeLetta",
+    "LoggedMessage",
+    "RecordedRequest",
+    "Responder",
+]
 
-_BODY = web.RequestKey("body", object)  # the parsed JSON body
 _LEGACY = web.RequestKey("legacy", bool)  # the client judged legacy by its headers
 _STREAMING_422 = "streaming=true is only supported for SDK v1.0+ clients."
 _PENDING_APPROVAL = (
     "Cannot send a new message: The agent is waiting for approval on a tool call. Please "
     "approve or deny the pending request before continuing."
 )
+# An answer to an approval nothing waits on (the fake's words; 0.16.8 refuses it too).
+_NO_PENDING = "Cannot process approval response: no tool call is waiting for approval."
 
 
-def _detail(status: int, detail: Any) -> web.Response:
-    return web.json_response({"detail": detail}, status=status)
-
-
-class FakeLetta:
+class FakeLetta(StoreRoutes):
     """Letta server double with fault injection and recording.
 
     Modes: `paginate=False` is 0.6.0 (no `limit`/`after`); `honour_after=False` is a broken
@@ -50,7 +59,17 @@ class FakeLetta:
     409 instead, as servers that lock an agent per request do (the refused request still counts
     in `in_flight`/`max_in_flight`: they measure what the client sent). Cancelling an agent with
     no turn running is a 409, as on 0.16.8; so is a message to an agent waiting on a tool
-    approval, with 0.16.8's `PENDING_APPROVAL` detail.
+    approval, with 0.16.8's `PENDING_APPROVAL` detail. A message of type `approval` answers
+    that request: the tool runs (or is denied) and the turn goes on to `end_turn`
+    (letta_replies.decided).
+
+    From 0.16.2 it has the Conversations API (`self.conversations`): histories of an agent of
+    their own, each with its own pending approval; messages there stream unless `"streaming":
+    false`; an unknown (deleted) one is 404 "Conversation not found"; its cancel finds only a
+    streamed turn of it (0.16.8 records no conversation on the run of a plain one), else 409.
+    Older versions answer 404 there, as the real ones do (so does `has_conversations=False`).
+    Folders (`self.folders`) take uploads (`duplicate_handling` "skip" keeps a file of that
+    name, else a suffixed copy) and are processed at once; `has_folders=False`: none.
 
     It follows the version it claims: replies in that version's shapes (letta_replies.
     for_version), no stop reason before 0.8.5, and (unless `inline_streaming` is given) the
@@ -66,13 +85,20 @@ class FakeLetta:
         honour_after: bool = True,
         inline_streaming: Literal["v1", "never", "ignored"] | None = None,
         reject_concurrent: bool = False,
+        has_conversations: bool = True,
+        has_folders: bool = True,
     ) -> None:
         self.api_key, self.version = api_key, version
         self.paginate = paginate
         self.honour_after = honour_after
         self.inline_streaming = inline_streaming
         self.reject_concurrent = reject_concurrent
+        self.has_conversations = has_conversations  # False: 404 there whatever the version
+        self.has_folders = has_folders  # False: no /v1/folders (nor /v1/sources): 404
+        self.folders: dict[str, FakeFolder] = {}
+        self.attached: dict[str, set[str]] = defaultdict(set)  # agent id -> folder ids
         self.agents: dict[str, FakeAgent] = {}
+        self.conversations: dict[str, FakeConversation] = {}
         self.responder: Responder = replies.echo
         self.delay = 0.0
         self.pings = 0  # keep-alive pings spread over the delay of streamed turns
@@ -102,6 +128,10 @@ class FakeLetta:
 
     def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path and method in (None, r.method)]
+
+    def conversations_of(self, agent_id: str) -> list[str]:
+        """The ids of the agent's conversations, oldest first."""
+        return [c.id for c in self.conversations.values() if c.agent_id == agent_id]
 
     def notify(self) -> None:
         self._changed.set()
@@ -135,6 +165,7 @@ class FakeLetta:
         add("POST", "/v1/agents/{agent_id}/messages", self._messages)
         add("POST", "/v1/agents/{agent_id}/messages/stream", self._messages)
         add("POST", "/v1/agents/{agent_id}/messages/cancel", self._cancel)
+        self.add_store_routes(add)
         self._runner = web.AppRunner(app, shutdown_timeout=2)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -153,7 +184,9 @@ class FakeLetta:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        raw = await request.read() if request.can_read_body else b""
+        # Uploads are multipart: their handler reads the form.
+        multipart = request.content_type.startswith("multipart/")
+        raw = await request.read() if request.can_read_body and not multipart else b""
         try:
             request[_BODY] = json.loads(raw) if raw else None
         except ValueError:
@@ -265,21 +298,13 @@ class FakeLetta:
             turn.cancel.set()
         return web.json_response({turn.run_id: "cancelled" for turn in turns})
 
+    # -- messages ----------------------------------------------------------------------------
+
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         agent = self._agent(request)
         body = request[_BODY] if isinstance(request[_BODY], dict) else {}
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
-            return _detail(422, [{"loc": ["body", "messages"], "msg": "Field required"}])
-        message = messages[-1]
-        # Servers before 0.6.15 read `text` and have no `content` (FastAPI: missing -> 422).
         release = replies.release(self.version)
-        field = "text" if release < (0, 6, 15) else "content"
         inline = self.inline_streaming or ("v1" if release >= (0, 14) else "ignored")
-        content = message.get(field)
-        if content is None:
-            return _detail(422, [{"loc": ["body", "messages", 0, field], "msg": "Field required"}])
-        text = content if isinstance(content, str) else content_text(content)
         legacy_route = request.path.endswith("/stream")
         streaming = legacy_route or bool(body.get("streaming"))
         if not legacy_route and inline == "ignored":
@@ -290,11 +315,45 @@ class FakeLetta:
             legacy = inline == "never" or request[_LEGACY]
             if streaming and legacy:
                 return _detail(422, _STREAMING_422)
-        if agent.pending_approval:
-            # 0.16.8's answer (server/rest_api/routers/v1/agents.py, PendingApprovalError).
-            pending = {"code": "PENDING_APPROVAL", "message": _PENDING_APPROVAL}
-            return _detail(409, {**pending, "pending_request_id": agent.pending_request_id})
-        turn = Turn(self, agent, text, message)  # counted in flight before any refusal
+        return await self._turn(agent, body, request, streaming, None)
+
+    async def _turn(
+        self,
+        agent: FakeAgent,
+        body: Raw,
+        request: web.Request,
+        streaming: bool,
+        conversation: FakeConversation | None,
+    ) -> web.StreamResponse:
+        """A turn of ``agent`` in its own history or ``conversation``."""
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+            return _detail(422, [{"loc": ["body", "messages"], "msg": "Field required"}])
+        message = messages[-1]
+        pending = conversation.pending_call if conversation else agent.pending_call
+        answer = None
+        if message.get("type") == "approval":
+            answer = self._decided(agent, conversation, message)
+            if isinstance(answer, web.Response):
+                return answer
+            approvals = [a for a in message.get("approvals") or [] if isinstance(a, dict)]
+            text = " ".join(f"[{'approve' if a.get('approve') else 'deny'} "
+                            f"{a.get('tool_call_id')}]" for a in approvals)  # fmt: skip
+        else:
+            # Servers before 0.6.15 read `text` and have no `content` (FastAPI: missing -> 422).
+            field = "text" if replies.release(self.version) < (0, 6, 15) else "content"
+            content = message.get(field)
+            if content is None:
+                loc = ["body", "messages", 0, field]
+                return _detail(422, [{"loc": loc, "msg": "Field required"}])
+            text = content if isinstance(content, str) else content_text(content)
+            if pending is not None or (conversation is None and agent.pending_approval):
+                # 0.16.8's answer (server/rest_api/routers/v1/agents.py, PendingApprovalError).
+                detail = {"code": "PENDING_APPROVAL", "message": _PENDING_APPROVAL}
+                request_id = pending["id"] if pending else agent.pending_request_id
+                return _detail(409, {**detail, "pending_request_id": request_id})
+        # Counted in flight before any refusal.
+        turn = Turn(self, agent, text, message, conversation, answer)
         if self.reject_concurrent and self.in_flight[agent.id] > 1:
             turn.finish(refused=True)
             return _detail(409, f"Agent {agent.id} is already processing a request")
@@ -305,6 +364,26 @@ class FakeLetta:
             return web.json_response(reply)
         finally:
             turn.finish()
+
+    def _decided(
+        self, agent: FakeAgent, conversation: FakeConversation | None, message: Raw
+    ) -> list[Raw] | web.Response:
+        """What the turn says after a person's answer to the pending request (which it
+        clears), or the refusal of an answer nothing waits on."""
+        pending = conversation.pending_call if conversation else agent.pending_call
+        if pending is None:
+            return _detail(400, _NO_PENDING)
+        call_id = pending["tool_call"]["tool_call_id"]
+        approvals = [a for a in message.get("approvals") or [] if isinstance(a, dict)]
+        answer = [a for a in approvals if a.get("tool_call_id") == call_id]
+        if not answer:
+            return _detail(400, f"Invalid tool call IDs: expected {call_id}")
+        if conversation is not None:
+            conversation.pending_call = None
+        else:
+            agent.pending_approval, agent.pending_request_id = False, None
+            agent.pending_call = None
+        return replies.decided(pending, answer[0])
 
 
 async def serve(host: str, port: int, agents: list[str]) -> None:

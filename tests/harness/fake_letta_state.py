@@ -53,6 +53,7 @@ class FakeAgent:
     stream_error: str | None = None  # set: streams end with `event: error`
     pending_approval: bool = False
     pending_request_id: str | None = None  # the approval request it waits on
+    pending_call: Raw | None = None  # that request's message (its own history's)
     drop_stream_after: int | None = None  # set: the connection is cut after so many messages
 
     def to_json(self, *, blocks: bool, tools: bool) -> Raw:
@@ -103,6 +104,23 @@ class LoggedMessage(NamedTuple):
     name: str | None
     start_time: float
     end_time: float
+    conversation_id: str | None = None  # None: the agent's own history
+
+
+@dataclass
+class FakeConversation:
+    """A conversation of an agent (0.16.2+): a history of its own, with its own pending
+    approval request."""
+
+    id: str
+    agent_id: str
+    created_at: str = field(default_factory=replies.now_iso)
+    messages: list[Raw] = field(default_factory=list)  # what the agent said, oldest first
+    pending_call: Raw | None = None
+
+    def to_json(self) -> Raw:
+        return {"id": self.id, "agent_id": self.agent_id, "created_at": self.created_at,
+                "summary": None}  # fmt: skip
 
 
 def content_text(content: Any) -> str:
@@ -115,9 +133,20 @@ def content_text(content: Any) -> str:
 class Turn:
     """One agent turn in progress: counts as in flight until finished, cancellable."""
 
-    def __init__(self, fake: FakeLetta, agent: FakeAgent, text: str, message: Raw) -> None:
+    def __init__(
+        self,
+        fake: FakeLetta,
+        agent: FakeAgent,
+        text: str,
+        message: Raw,
+        conversation: FakeConversation | None = None,
+        answer: list[Raw] | None = None,
+    ) -> None:
         self.fake, self.agent, self.text = fake, agent, text
         self.otid, self.name = message.get("otid"), message.get("name")
+        self.conversation = conversation
+        self.answer = answer  # set: the turn says this instead of asking the responder
+        self.streamed = False
         self.run_id = replies.new_id("run")
         self.cancel = asyncio.Event()
         self.start = time.monotonic()
@@ -137,9 +166,16 @@ class Turn:
         if refused:
             self.fake.notify()
             return
+        conversation = self.conversation.id if self.conversation else None
         self.fake.message_log.append(
             LoggedMessage(
-                self.agent.id, self.text, self.otid, self.name, self.start, time.monotonic()
+                self.agent.id,
+                self.text,
+                self.otid,
+                self.name,
+                self.start,
+                time.monotonic(),
+                conversation,
             )
         )
         self.fake.notify()
@@ -159,14 +195,24 @@ class Turn:
     async def _reply(self) -> tuple[list[Raw], str | None]:
         if self.cancel.is_set():
             return [], "cancelled"
-        result = (self.agent.responder or self.fake.responder)(self.agent, self.text)
-        messages = list(await result if inspect.isawaitable(result) else result)
+        if self.answer is not None:
+            messages = list(self.answer)
+        else:
+            result = (self.agent.responder or self.fake.responder)(self.agent, self.text)
+            messages = list(await result if inspect.isawaitable(result) else result)
         version = self.fake.version
         reason = self.agent.stop_reason
         for m in messages:
             if m.get("message_type") == "approval_request_message":
-                self.agent.pending_approval, self.agent.pending_request_id = True, m["id"]
+                # The history the request is in waits on it.
+                if self.conversation is not None:
+                    self.conversation.pending_call = m
+                else:
+                    self.agent.pending_approval, self.agent.pending_request_id = True, m["id"]
+                    self.agent.pending_call = m
                 reason = "requires_approval"
+        if self.conversation is not None:
+            self.conversation.messages.extend(messages)
         # Servers before 0.8.5 sent no stop reason at all.
         if replies.release(version) < (0, 8, 5):
             reason = None
@@ -186,6 +232,7 @@ class Turn:
         return response
 
     async def stream(self, request: web.Request, body: Raw) -> web.StreamResponse:
+        self.streamed = True
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )

@@ -188,3 +188,14 @@ def long_text(paragraphs: int = 120) -> str:
     """Markdown far longer than one Matrix event may be (~70 kB in 120 paragraphs)."""
     words = " ".join(["some **bold** words"] * 30)
     return "\n\n".join(f"Paragraph {i}: {words}" for i in range(paragraphs))
+
+
+def decided(request: Raw, approval: Raw) -> list[Raw]:
+    """The rest of a turn after a person's answer to its ``approval_request`` (0.16.8): the
+    tool runs (or is denied, with the person's reason) and the agent says what came of it."""
+    name = request["tool_call"]["name"]
+    if approval.get("approve"):
+        return [tool_return(f"{name} ran", name=name), assistant(f"I ran {name}.")]
+    reason = approval.get("reason") or "no reason given"
+    denied = f"Error: request to call tool denied. User reason: {reason}"
+    return [tool_return(denied, "error", name), assistant(f"I did not run {name}: {reason}.")]
