@@ -82,6 +82,9 @@ async def test_user_commands_in_the_management_room(
     reply = await say(user, dm, "version")
     assert "letta-appservice **0.1.0**" in reply["body"]
 
+    # The events before it (the bot's own replies among them) are handled first, so the
+    # status counts only itself in the inbox, however loaded the machine.
+    await app.worker.wait_idle()
     reply = await say(user, dm, "status")
     body = reply["body"]
     assert "- Homeserver: reachable" in body
