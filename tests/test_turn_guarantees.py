@@ -645,3 +645,59 @@ async def test_a_stop_between_tries_of_a_partly_posted_answer_ends_it_below_its_
         stopped = f"🛑 Stopped by {SENDER}; the answer above is all there is."
         assert t.api.bodies() == ["one", stopped]
         assert t.api.sent[1][0] == txn(job, 1) and t.message_requests() == 1
+
+
+# --- a first try cut short after its first part --------------------------------------------------
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+async def test_a_first_try_cut_short_after_its_first_part_keeps_it_and_ends_below_it(
+    tmp_path: Path, fake_letta: FakeLetta, monkeypatch: pytest.MonkeyPatch, thinking: bool
+) -> None:
+    """An admin's cancel once the first words are posted (over the placeholder, with
+    ``thinking``): the notice follows them, and the stored answer holds them, so a resume
+    after a crash posts the same."""
+    monkeypatch.setattr(turn, "THINKING_AFTER", 0.05)
+    async with turns_setup(tmp_path, fake_letta, streaming=True, thinking=thinking) as t:
+        agent = t.agent(fake_letta.add_agent("Helper"))
+
+        async def shown(*bodies: str) -> bool:
+            return t.api.bodies()[: len(bodies)] == list(bodies)
+
+        async def edited() -> bool:  # the words replaced the placeholder
+            words = "the first words"
+            return any(c.get("m.new_content", {}).get("body") == words for _, c in t.api.sent)
+
+        class Held:
+            """Letta streaming the first words, then working on (the client level: the fake
+            server cannot hold a stream after its first message)."""
+
+            stop_reason: str | None = None
+            timeout = 30.0
+
+            async def __aenter__(self) -> Held:
+                return self
+
+            async def __aexit__(self, *_exc: object) -> None:
+                return None
+
+            async def __aiter__(self) -> Any:
+                if thinking:
+                    await eventually(lambda: shown("thinking…"))
+                yield LettaMessage("assistant", "message-1", "the first words")
+                await asyncio.Event().wait()
+
+        monkeypatch.setattr(t.conversations.calls, "stream", lambda *_a, **_k: Held())
+        job = t.job(agent)
+        answer = asyncio.create_task(t.conversations.answer(job))
+        first = "thinking…" if thinking else "the first words"
+        await eventually(lambda: shown(first))
+        if thinking:
+            await eventually(edited)
+        assert await t.conversations.cancel(agent.agent_id)
+        await asyncio.wait_for(answer, 30)
+        # Nothing posted twice: the words (or the placeholder and its edit), then the notice.
+        assert t.api.bodies()[-1] == turn.CANCELLED and len(t.api.sent) == (3 if thinking else 2)
+        stored = await t.turns.get(job.event_id, agent.agent_id)
+        assert stored is not None
+        assert [p["body"] for p in stored] == ["the first words", turn.CANCELLED]
