@@ -655,8 +655,9 @@ async def test_a_first_try_cut_short_after_its_first_part_keeps_it_and_ends_belo
     tmp_path: Path, fake_letta: FakeLetta, monkeypatch: pytest.MonkeyPatch, thinking: bool
 ) -> None:
     """An admin's cancel once the first words are posted (over the placeholder, with
-    ``thinking``): the notice follows them, and the stored answer holds them, so a resume
-    after a crash posts the same."""
+    ``thinking``), even while the bridge is still recording them: the notice follows them
+    (it must not reuse their txn id, which the homeserver would answer with the words), and
+    the stored answer holds them, so a resume after a crash posts the same."""
     monkeypatch.setattr(turn, "THINKING_AFTER", 0.05)
     async with turns_setup(tmp_path, fake_letta, streaming=True, thinking=thinking) as t:
         agent = t.agent(fake_letta.add_agent("Helper"))
@@ -688,6 +689,14 @@ async def test_a_first_try_cut_short_after_its_first_part_keeps_it_and_ends_belo
                 await asyncio.Event().wait()
 
         monkeypatch.setattr(t.conversations.calls, "stream", lambda *_a, **_k: Held())
+        recorded, add = asyncio.Event(), t.sent.add
+
+        async def add_held(event_id: str, agent_id: str, index: int, *rest: Any) -> None:
+            if index == 0:  # the cancel comes between the send and its record
+                await recorded.wait()
+            await add(event_id, agent_id, index, *rest)
+
+        monkeypatch.setattr(t.sent, "add", add_held)
         job = t.job(agent)
         answer = asyncio.create_task(t.conversations.answer(job))
         first = "thinking…" if thinking else "the first words"
@@ -695,7 +704,9 @@ async def test_a_first_try_cut_short_after_its_first_part_keeps_it_and_ends_belo
         if thinking:
             await eventually(edited)
         assert await t.conversations.cancel(agent.agent_id)
+        recorded.set()
         await asyncio.wait_for(answer, 30)
+        assert t.api.sent[-1][0] == txn(job, 1)
         # Nothing posted twice: the words (or the placeholder and its edit), then the notice.
         assert t.api.bodies()[-1] == turn.CANCELLED and len(t.api.sent) == (3 if thinking else 2)
         stored = await t.turns.get(job.event_id, agent.agent_id)

@@ -101,6 +101,7 @@ class Poster:
         self.posted: dict[int, Part] = {}  # by this poster (edits included)
         self._first_text: int | None = None
         self._lock = asyncio.Lock()  # a placeholder and the answer's first part never race
+        self._in_flight: set[asyncio.Future[str]] = set()
 
     def _mentions(self, index: int, part: Part) -> list[str]:
         # The first answer text mentions the person, as a reply by a person would.
@@ -110,7 +111,24 @@ class Poster:
         return [self.job.sender]
 
     async def post(self, index: int, part: Part) -> str:
-        """Post part ``index`` unless it was posted before; its event id."""
+        """Post part ``index`` unless it was posted before; its event id. Shielded: a turn
+        cancelled meanwhile still learns whether the part went out (``settled``), so its
+        closing notice follows the part instead of taking its place and its txn id."""
+        task = asyncio.ensure_future(self._post_once(index, part))
+        self._in_flight.add(task)
+        task.add_done_callback(self._settle)
+        return await asyncio.shield(task)
+
+    async def settled(self) -> None:
+        """Wait for the posts a cancel interrupted (``so_far`` then knows their parts)."""
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    def _settle(self, task: asyncio.Future[str]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller that was cancelled saw none of it
+
+    async def _post_once(self, index: int, part: Part) -> str:
         mentions = self._mentions(index, part)
         async with self._lock:
             if index in self.sent:

@@ -221,6 +221,7 @@ class Conversations:
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if agent_id in self._cancelled and not (current and current.cancelling()):
+                    await poster.settled()
                     return [*poster.so_far(), Part(NOTICE, self._cancelled[agent_id])]
                 task.cancel()
                 raise
@@ -244,6 +245,7 @@ class Conversations:
         log.warning("Turn of %s for %s passed its deadline", agent_id, job.event_id)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await poster.settled()
         try:
             await self.calls.cancel(agent_id, self._conversation.get(agent_id))
         except LettaError as e:
