@@ -303,7 +303,8 @@ async def test_an_edit_goes_to_the_answers_room_once_per_new_text(
         for _, content in t.api.sent[1:]:
             assert content["m.relates_to"] == {"rel_type": "m.replace", "event_id": first}
         assert [c["m.new_content"]["body"] for _, c in t.api.sent[1:]] == ["a b", "a b", "a b c"]
-        assert poster.so_far() == [Part("m.text", "a b c")]  # what a turn cut short would keep
+        # What a turn cut short would keep.
+        assert await poster.so_far() == [Part("m.text", "a b c")]
 
 
 @pytest.mark.parametrize("streaming", [False, True])

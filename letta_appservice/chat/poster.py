@@ -112,16 +112,12 @@ class Poster:
 
     async def post(self, index: int, part: Part) -> str:
         """Post part ``index`` unless it was posted before; its event id. Shielded: a turn
-        cancelled meanwhile still learns whether the part went out (``settled``), so its
+        cancelled meanwhile still learns whether the part went out (``so_far``), so its
         closing notice follows the part instead of taking its place and its txn id."""
         task = asyncio.ensure_future(self._post_once(index, part))
         self._in_flight.add(task)
         task.add_done_callback(self._settle)
         return await asyncio.shield(task)
-
-    async def settled(self) -> None:
-        """Wait for the posts a cancel interrupted (``so_far`` then knows their parts)."""
-        await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     def _settle(self, task: asyncio.Future[str]) -> None:
         self._in_flight.discard(task)
@@ -188,10 +184,12 @@ class Poster:
         await _send(self.api, job.room_id, edit_content(part, self.sent[index]), txn)
         self.posted[index] = part
 
-    def so_far(self) -> list[Part]:
+    async def so_far(self) -> list[Part]:
         """The answer's parts posted so far, in order (those of an earlier attempt, unknown
         here, as placeholders: they are posted already and never sent again). What a turn cut
-        short stores, so that a closing notice comes after them instead of in their place."""
+        short stores, so that a closing notice comes after them instead of in their place.
+        Posts a cancel interrupted are waited for first: only then is it known they went out."""
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
         count = 0
         while count in self.sent:
             count += 1

@@ -112,12 +112,10 @@ class Conversations:
         if stopped is not None and (stopped[1] or stopped[0] == job.sender):
             # After what an earlier try posted; stored like an answer, so a retry (the
             # homeserver failing) posts it and asks no agent.
-            posted = poster.so_far()
-            notice = [*posted, Part(NOTICE, stopped_text(stopped[0], bool(posted)))]
-            await self.turns.put(
-                job.event_id, agent_id, job.room_id, [p.to_json() for p in notice]
+            posted = await poster.so_far()
+            await self._keep(
+                poster, [*posted, Part(NOTICE, stopped_text(stopped[0], bool(posted)))]
             )
-            await self._post(poster, notice)
             return
         read_up_to = job.event_id if job.attempts == 0 and not job.decisions else None
         typing = Typing(api, job.room_id, job.agent.mxid, read_up_to)
@@ -129,8 +127,7 @@ class Conversations:
             parts = await self._turn(job, poster)
             typing.settle()
             answered.set()
-            await self.turns.put(job.event_id, agent_id, job.room_id, [p.to_json() for p in parts])
-            await self._post(poster, parts)
+            await self._keep(poster, parts)
         finally:
             typing.stop()
             answered.set()
@@ -221,8 +218,7 @@ class Conversations:
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if agent_id in self._cancelled and not (current and current.cancelling()):
-                    await poster.settled()
-                    return [*poster.so_far(), Part(NOTICE, self._cancelled[agent_id])]
+                    return [*await poster.so_far(), Part(NOTICE, self._cancelled[agent_id])]
                 task.cancel()
                 raise
             except LettaError as e:
@@ -245,13 +241,12 @@ class Conversations:
         log.warning("Turn of %s for %s passed its deadline", agent_id, job.event_id)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await poster.settled()
         try:
             await self.calls.cancel(agent_id, self._conversation.get(agent_id))
         except LettaError as e:
             log.warning("Letta could not cancel the run of %s: %s", agent_id, e)
         text = DEADLINE.format(limit=duration(self.settings.deadline))
-        return [*poster.so_far(), Part(NOTICE, text)]
+        return [*await poster.so_far(), Part(NOTICE, text)]
 
     async def _ask_posting(self, job: Job, poster: Poster) -> list[Part]:
         # A streamed answer posts while Letta is still talking.
@@ -355,6 +350,15 @@ class Conversations:
             delay = min(backoff(job.attempts), max(s.retry_window - elapsed, 0.5))
             raise Retry(delay, str(error))
         return [Part(NOTICE, gave_up_text(error, s.retry_window))]
+
+    async def _keep(self, poster: Poster, parts: Sequence[Part]) -> None:
+        """Store the answer, then post it: a retry or a restart posts what is missing from
+        the stored parts and never asks the agent again."""
+        job = poster.job
+        await self.turns.put(
+            job.event_id, job.agent.agent_id, job.room_id, [p.to_json() for p in parts]
+        )
+        await self._post(poster, parts)
 
     async def _post(self, poster: Poster, parts: Sequence[Part]) -> None:
         async with homeserver_retry(poster.job.attempts):
